@@ -1,0 +1,1 @@
+"""Classification strategies behind one interface (`Strategy`)."""

@@ -1,0 +1,1 @@
+"""Shared runtime for llmroute's gRPC services: server bootstrap, errors, logging, validation."""

@@ -1,0 +1,100 @@
+"""One server interceptor: binds per-call log context and turns domain errors into rich statuses."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from service_kit import metadata
+from service_kit.errors import ServiceError
+
+log = structlog.get_logger()
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Binds `rpc_method` and `request_id` into contextvars and maps `ServiceError` to its status.
+
+    Anything else that escapes a handler is a bug: it is logged with its traceback and the client
+    gets INTERNAL without the exception text (which could echo a prompt).
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        request_id = metadata.get(handler_call_details.invocation_metadata, metadata.REQUEST_ID)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method, request_id),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _bind(method: str, request_id: str) -> None:
+    structlog.contextvars.bind_contextvars(rpc_method=method, request_id=request_id or None)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ServiceError, method: str, started: float) -> None:
+    log.info(
+        "rpc_failed",
+        code=error.code.name,
+        reason=error.reason,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+    await context.abort_with_status(error.to_status())
+
+
+def _unexpected(method: str, started: float) -> None:
+    log.exception("rpc_internal_error", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, request_id: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _bind(method, request_id)
+        started = time.perf_counter()
+        try:
+            return await behavior(request, context)
+        except ServiceError as error:
+            await _abort(context, error, method, started)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            _unexpected(method, started)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+    return wrapped
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, request_id: str) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        _bind(method, request_id)
+        started = time.perf_counter()
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except ServiceError as error:
+            await _abort(context, error, method, started)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            _unexpected(method, started)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+
+    return wrapped

@@ -1,0 +1,113 @@
+"""The routing policy (one YAML file): tiers → ordered candidate models, score thresholds, baseline.
+
+Read by the router (selection) and the classifier (score → tier). Validated with pydantic so a bad
+file is rejected with a clear error and the previous policy stays in force.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmroute.common.v1 import common_pb2
+
+TIER_NAMES = ("simple", "moderate", "complex", "reasoning")
+TIER_BY_NAME = {
+    "simple": common_pb2.TIER_SIMPLE,
+    "moderate": common_pb2.TIER_MODERATE,
+    "complex": common_pb2.TIER_COMPLEX,
+    "reasoning": common_pb2.TIER_REASONING,
+}
+NAME_BY_TIER = {v: k for k, v in TIER_BY_NAME.items()}
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
+
+
+class PolicyError(ValueError):
+    """The policy file is missing, not YAML, or does not validate."""
+
+
+class ModelSpec(BaseModel):
+    """One candidate model. Extra keys in `params` are passed to litellm.acompletion as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="LiteLLM model name, e.g. gpt-5-mini or groq/openai/gpt-oss-20b")
+    params: dict[str, Any] = Field(default_factory=dict)
+    # For OpenAI-compatible endpoints (vLLM, Ollama...): base URL and the env var holding the key.
+    api_base: str | None = None
+    api_key_env: str | None = None
+
+
+class Thresholds(BaseModel):
+    """Score cut points: a score at or above `reasoning` is REASONING, and so on down to SIMPLE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    moderate: float = Field(ge=0, le=1)
+    complex: float = Field(ge=0, le=1)
+    reasoning: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not self.moderate <= self.complex <= self.reasoning:
+            raise ValueError("thresholds must satisfy moderate <= complex <= reasoning")
+        return self
+
+    def tier_for(self, score: float, shift: float = 0.0) -> int:
+        """The tier for a score; `shift` raises every threshold (budget pressure sends traffic cheaper)."""
+        if score >= self.reasoning + shift:
+            return common_pb2.TIER_REASONING
+        if score >= self.complex + shift:
+            return common_pb2.TIER_COMPLEX
+        if score >= self.moderate + shift:
+            return common_pb2.TIER_MODERATE
+        return common_pb2.TIER_SIMPLE
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    baseline_model: str = Field(min_length=1)
+    default_tier: str = "moderate"
+    thresholds: Thresholds
+    tiers: dict[str, list[ModelSpec]]
+    # Expected output tokens per category, when the request sets no max_output_tokens.
+    output_token_estimates: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("tiers")
+    @classmethod
+    def _known_tiers(cls, tiers: dict[str, list[ModelSpec]]) -> dict[str, list[ModelSpec]]:
+        unknown = set(tiers) - set(TIER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown tiers {sorted(unknown)}; expected {list(TIER_NAMES)}")
+        missing = [t for t in TIER_NAMES if not tiers.get(t)]
+        if missing:
+            raise ValueError(f"tiers without candidate models: {missing}")
+        return tiers
+
+    @field_validator("default_tier")
+    @classmethod
+    def _known_default(cls, tier: str) -> str:
+        if tier not in TIER_NAMES:
+            raise ValueError(f"default_tier must be one of {list(TIER_NAMES)}")
+        return tier
+
+    def candidates(self, tier: int) -> list[ModelSpec]:
+        return self.tiers[NAME_BY_TIER[tier]]
+
+
+def load_policy(path: str | Path) -> Policy:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise PolicyError(f"cannot read policy {path}: {error}") from error
+    if not isinstance(raw, dict):
+        raise PolicyError(f"policy {path} must be a YAML mapping")
+    try:
+        return Policy.model_validate(raw)
+    except ValueError as error:
+        raise PolicyError(f"invalid policy {path}: {error}") from error

@@ -1,0 +1,19 @@
+"""Settings shared by every service; each service subclasses with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
+
+class ServiceSettings(BaseSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Seconds in-flight calls get to finish on SIGTERM.
+    grace_seconds: float = Field(default=5.0, ge=0)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
