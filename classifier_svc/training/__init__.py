@@ -1,0 +1,1 @@
+"""Training, evaluation and threshold calibration for the learned difficulty classifier."""
