@@ -37,10 +37,10 @@ protos: $(VENV)/.deps ## Generate Python code from protos/ into gen/ (ignored by
 	rm -f gen/.stamp && $(MAKE) --no-print-directory gen/.stamp
 
 run: install ## Serve the three services and the simulator in the foreground until Ctrl-C
-	$(PY) -m service_kit.launcher run
+	$(PY) -m devstack run
 
 demo: install ## Start everything, route a mixed sample workload, print decisions and spend
-	$(PY) -m service_kit.launcher demo
+	$(PY) -m devstack demo
 
 test: install ## Run the test suite (unit, PostgreSQL, end-to-end)
 	$(PY) -m pytest -q

@@ -1,0 +1,3 @@
+from classifier_svc.server import main
+
+main()

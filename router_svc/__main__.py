@@ -1,0 +1,3 @@
+from router_svc.server import main
+
+main()

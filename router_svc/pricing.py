@@ -1,0 +1,111 @@
+"""Prices per token from LiteLLM's bundled price map, with local overrides.
+
+LITELLM_LOCAL_MODEL_COST_MAP=True is set before litellm is imported (see router_svc/_litellm.py), so
+the map is the one shipped in the installed wheel: no network at start. A model without a price is
+reported as unpriced, never silently costed at $0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router_svc._litellm import litellm
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    input_per_token: float
+    output_per_token: float
+    cached_input_per_token: float
+    reasoning_per_token: float
+    max_input_tokens: int | None
+    provider: str
+    supports_json: bool
+    supports_tools: bool
+    supports_vision: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    usd: float
+    known: bool
+
+
+class PriceBook:
+    """Immutable view of prices; `version` identifies the map plus overrides in ledger records."""
+
+    def __init__(self, entries: dict[str, dict[str, Any]], version: str) -> None:
+        self._entries = entries
+        self.version = version
+        self._cache: dict[str, ModelPrice | None] = {}
+
+    @classmethod
+    def from_litellm(cls, overrides_path: Path | None = None) -> PriceBook:
+        entries: dict[str, dict[str, Any]] = dict(litellm.model_cost)
+        overrides: dict[str, dict[str, Any]] = {}
+        if overrides_path is not None:
+            overrides = yaml.safe_load(Path(overrides_path).read_text()) or {}
+            for model, fields in overrides.items():
+                entries[model] = {**entries.get(model, {}), **fields}
+        digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+        version = f"litellm-{_litellm_version()}" + (f"+overrides-{digest}" if overrides else "")
+        return cls(entries, version)
+
+    def price(self, model: str) -> ModelPrice | None:
+        if model not in self._cache:
+            self._cache[model] = self._lookup(model)
+        return self._cache[model]
+
+    def _lookup(self, model: str) -> ModelPrice | None:
+        entry = self._entries.get(model)
+        if entry is None and "/" in model:
+            entry = self._entries.get(model.split("/", 1)[1])
+        if not entry or entry.get("input_cost_per_token") is None or entry.get("output_cost_per_token") is None:
+            return None
+        input_price = float(entry["input_cost_per_token"])
+        output_price = float(entry["output_cost_per_token"])
+        return ModelPrice(
+            input_per_token=input_price,
+            output_per_token=output_price,
+            cached_input_per_token=float(entry.get("cache_read_input_token_cost") or input_price),
+            reasoning_per_token=float(entry.get("output_cost_per_reasoning_token") or output_price),
+            max_input_tokens=entry.get("max_input_tokens"),
+            provider=str(entry.get("litellm_provider", "")),
+            supports_json=bool(entry.get("supports_response_schema")),
+            supports_tools=bool(entry.get("supports_function_calling")),
+            supports_vision=bool(entry.get("supports_vision")),
+        )
+
+    def cost(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        reasoning_tokens: int = 0,
+    ) -> Cost:
+        """Dollars for the tokens. Reasoning tokens are part of output_tokens, priced as the map says."""
+        price = self.price(model)
+        if price is None:
+            return Cost(0.0, known=False)
+        cached = min(cached_input_tokens, input_tokens)
+        reasoning = min(reasoning_tokens, output_tokens)
+        usd = (
+            (input_tokens - cached) * price.input_per_token
+            + cached * price.cached_input_per_token
+            + (output_tokens - reasoning) * price.output_per_token
+            + reasoning * price.reasoning_per_token
+        )
+        return Cost(usd, known=True)
+
+
+def _litellm_version() -> str:
+    from importlib.metadata import version
+
+    return version("litellm")

@@ -1,0 +1,72 @@
+"""Where a model's calls go: the real provider (with its key) or the bundled simulator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router_svc._litellm import litellm
+from service_kit.policy import ModelSpec
+
+# The providers llmroute knows how to authenticate out of the box, and the variable holding the key.
+PROVIDER_KEYS = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+    "fireworks_ai": "FIREWORKS_AI_API_KEY",
+    "openrouter": "OPENROUTER_API_KEY",
+}
+# Providers that run locally and need no key.
+KEYLESS = frozenset({"ollama", "ollama_chat", "hosted_vllm", "lm_studio", "llamafile"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How to call one model: litellm keyword arguments, and whether the simulator serves it."""
+
+    provider: str
+    kwargs: Mapping[str, Any]
+    simulated: bool
+
+
+def provider_of(model: str) -> str:
+    try:
+        return litellm.get_llm_provider(model)[1]
+    except Exception:  # litellm raises several types for unknown models; the prefix is the best guess
+        return model.split("/", 1)[0] if "/" in model else "unknown"
+
+
+class Providers:
+    """Resolves a model spec to a call route, given the environment's keys and the simulator mode."""
+
+    def __init__(self, mode: str, simulator_url: str, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._simulator_url = simulator_url
+        any_key = any(self._environ.get(var) for var in PROVIDER_KEYS.values())
+        self.simulate_all = mode == "always" or (mode == "auto" and not any_key)
+
+    def resolve(self, spec: ModelSpec) -> Route | None:
+        """The route for this model, or None when it has no credentials (the router skips it)."""
+        provider = provider_of(spec.model)
+        if self.simulate_all:
+            kwargs = {"model": f"openai/{spec.model}", "api_base": self._simulator_url, "api_key": "simulated"}
+            return Route(provider, kwargs, simulated=True)
+        kwargs: dict[str, Any] = {"model": spec.model}
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+        if spec.api_key_env:
+            key = self._environ.get(spec.api_key_env)
+            if not key:
+                return None
+            kwargs["api_key"] = key
+        elif provider not in KEYLESS and not spec.api_base:
+            key_var = PROVIDER_KEYS.get(provider)
+            if key_var is None or not self._environ.get(key_var):
+                return None
+        return Route(provider, kwargs, simulated=False)

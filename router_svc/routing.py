@@ -1,0 +1,605 @@
+"""The routing core: classify, choose the cheapest adequate model, call it, validate, fall back, account.
+
+`Router` knows nothing of gRPC servicers: it takes a parsed `RouteInput` and returns the response
+proto, raising `service_kit.errors.ServiceError` subclasses for the caller's mistakes and outages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+
+from llmroute.classifier.v1 import classifier_pb2
+from llmroute.common.v1 import common_pb2
+from llmroute.ledger.v1 import ledger_pb2
+from llmroute.router.v1 import router_pb2
+from router_svc._litellm import litellm
+from router_svc.classifier_client import ClassifierClient
+from router_svc.cooldown import Cooldowns
+from router_svc.pricing import PriceBook
+from router_svc.providers import Providers, Route
+from router_svc.settings import RouterSettings
+from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, Validator, first_failure
+from service_kit.errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
+from service_kit.policy import NAME_BY_TIER, TIER_BY_NAME, ModelSpec, Policy
+
+log = structlog.get_logger()
+
+TIERS_IN_ORDER = (common_pb2.TIER_SIMPLE, common_pb2.TIER_MODERATE, common_pb2.TIER_COMPLEX, common_pb2.TIER_REASONING)
+DEFAULT_OUTPUT_ESTIMATE = 300
+# Errors worth retrying on the same model: rate limits, server errors, timeouts, dropped connections.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    litellm.RateLimitError,
+    litellm.Timeout,
+    litellm.APIConnectionError,
+    litellm.InternalServerError,
+    litellm.ServiceUnavailableError,
+    litellm.BadGatewayError,
+)
+
+
+class UsageSink(Protocol):
+    """Where usage records go (the ledger reporter with its durable spool)."""
+
+    def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInput:
+    """A validated Route request."""
+
+    messages: tuple[common_pb2.ChatMessage, ...]
+    request_id: str
+    caller: str
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    force_tier: int = common_pb2.TIER_UNSPECIFIED
+    force_model: str = ""
+    max_cost_usd: float | None = None
+    expectations: Expectations = field(default_factory=Expectations)
+    buffered_stream: bool = False
+
+    def litellm_messages(self) -> list[dict[str, str]]:
+        return [
+            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in self.messages
+        ]
+
+
+@dataclass(slots=True)
+class Choice:
+    """One eligible candidate, with its call route and cost estimate."""
+
+    spec: ModelSpec
+    tier: int
+    route: Route
+    estimated_cost_usd: float
+    price_known: bool
+
+
+@dataclass(slots=True)
+class Plan:
+    """Eligible candidates per tier, from the chosen tier up; `explained` is what the response shows."""
+
+    tiers: list[tuple[int, list[Choice]]]
+    explained: list[router_pb2.Candidate]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A finished provider call (successful or not) as the router accounts for it."""
+
+    attempt: router_pb2.Attempt
+    content: str = ""
+    finish_reason: str = ""
+    simulated: bool = False
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        settings: RouterSettings,
+        policy: Callable[[], Policy],
+        prices: PriceBook,
+        providers: Providers,
+        classifier: ClassifierClient,
+        usage_sink: UsageSink,
+        cooldowns: Cooldowns,
+        validators: Sequence[Validator] = DEFAULT_VALIDATORS,
+        acompletion: Callable[..., Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._prices = prices
+        self._providers = providers
+        self._classifier = classifier
+        self._usage_sink = usage_sink
+        self._cooldowns = cooldowns
+        self._validators = validators
+        self._acompletion = acompletion or litellm.acompletion
+
+    # ---- classification -------------------------------------------------------------------------
+
+    async def classify(self, request: RouteInput, deadline: float | None) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
+        """The verdict that drives the choice, and warnings. Never fails: degrades to the default tier."""
+        policy = self._policy()
+        if request.force_model or request.force_tier:
+            tier = request.force_tier or TIER_BY_NAME[policy.default_tier]
+            return classifier_pb2.ClassifyResponse(
+                tier=tier, source=common_pb2.CLASSIFIER_SOURCE_OVERRIDE, confidence=1.0, rationale="forced by the caller"
+            ), []
+        timeout = _bounded(self._settings.classify_timeout_seconds, deadline)
+        try:
+            verdict = await self._classifier.classify(request.messages, request.request_id, timeout)
+        except grpc.aio.AioRpcError as error:
+            log.warning("classifier_unavailable", code=error.code().name, default_tier=policy.default_tier)
+            return classifier_pb2.ClassifyResponse(
+                tier=TIER_BY_NAME[policy.default_tier],
+                source=common_pb2.CLASSIFIER_SOURCE_DEFAULT,
+                rationale=f"classifier unavailable ({error.code().name}); policy default tier",
+            ), [f"classifier_unavailable:{error.code().name}"]
+        # The router's policy is authoritative for the cut points (the classifier may run another version).
+        verdict.tier = policy.thresholds.tier_for(verdict.score)
+        return verdict, []
+
+    # ---- selection --------------------------------------------------------------------------------
+
+    def plan(self, request: RouteInput, tier: int, category: int) -> Plan:
+        policy = self._policy()
+        messages = request.litellm_messages()
+        output_estimate = request.max_output_tokens or policy.output_token_estimates.get(
+            common_pb2.Category.Name(category).removeprefix("CATEGORY_").lower(), DEFAULT_OUTPUT_ESTIMATE
+        )
+        if request.force_model:
+            specs_by_tier = [(tier, [ModelSpec(model=request.force_model)])]
+        else:
+            specs_by_tier = [(t, policy.candidates(t)) for t in TIERS_IN_ORDER if t >= tier]
+        plan = Plan(tiers=[], explained=[])
+        for candidate_tier, specs in specs_by_tier:
+            eligible: list[Choice] = []
+            for spec in specs:
+                choice, explained = self._consider(spec, candidate_tier, messages, output_estimate, request)
+                if candidate_tier == tier:
+                    plan.explained.append(explained)
+                if choice is not None:
+                    eligible.append(choice)
+            # Cheapest first; unpriced models last, in policy order (their cost is unknown, not zero).
+            eligible.sort(key=lambda c: (not c.price_known, c.estimated_cost_usd if c.price_known else 0.0))
+            plan.tiers.append((candidate_tier, eligible))
+        plan.explained.sort(key=lambda c: (bool(c.skipped_reason), not c.price_known, c.estimated_cost_usd))
+        return plan
+
+    def _consider(
+        self, spec: ModelSpec, tier: int, messages: list[dict[str, str]], output_estimate: int, request: RouteInput
+    ) -> tuple[Choice | None, router_pb2.Candidate]:
+        explained = router_pb2.Candidate(model=spec.model, tier=tier)
+        price = self._prices.price(spec.model)
+        input_tokens = _count_tokens(spec.model, messages)
+        if price is not None:
+            explained.price_known = True
+            explained.estimated_cost_usd = self._prices.cost(spec.model, input_tokens, output_estimate).usd
+        route = self._providers.resolve(spec)
+        skip = ""
+        if route is None:
+            skip = "no_credentials"
+        elif price is not None and price.max_input_tokens and input_tokens > price.max_input_tokens:
+            skip = "context_window"
+        elif price is not None and request.expectations.json_schema is not None and not price.supports_json:
+            skip = "no_json_schema_support"
+        elif self._cooldowns.in_cooldown(spec.model):
+            skip = "cooldown"
+        elif (
+            request.max_cost_usd is not None
+            and explained.price_known
+            and explained.estimated_cost_usd > request.max_cost_usd
+        ):
+            skip = "over_max_cost"
+        explained.skipped_reason = skip
+        if skip or route is None:
+            return None, explained
+        return Choice(spec, tier, route, explained.estimated_cost_usd, explained.price_known), explained
+
+    # ---- calling ----------------------------------------------------------------------------------
+
+    async def route(self, request: RouteInput, deadline: float | None) -> router_pb2.RouteResponse:
+        started = time.perf_counter()
+        verdict, warnings = await self.classify(request, deadline)
+        classify_ms = (time.perf_counter() - started) * 1000
+        plan = self._checked_plan(request, verdict)
+        outcomes: list[Outcome] = []
+        answer: Outcome | None = None
+        try:
+            answer = await self._call_plan(request, plan, deadline, outcomes)
+        finally:
+            response = self._response(request, verdict, plan, outcomes, answer, warnings, classify_ms, started)
+            self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
+        if answer is None:
+            raise _all_failed(outcomes)
+        log.info(
+            "route_completed",
+            model=response.model,
+            tier=NAME_BY_TIER.get(response.tier),
+            attempts=len(outcomes),
+            cost_usd=response.usage.cost_usd,
+            total_ms=round(response.timings.total_ms, 2),
+        )
+        return response
+
+    def _checked_plan(self, request: RouteInput, verdict: classifier_pb2.ClassifyResponse) -> Plan:
+        plan = self.plan(request, verdict.tier, verdict.category)
+        if any(choices for _, choices in plan.tiers):
+            return plan
+        reasons = sorted({c.skipped_reason for c in plan.explained})
+        if request.max_cost_usd is not None and "over_max_cost" in reasons:
+            cheapest = min(c.estimated_cost_usd for c in plan.explained if c.price_known)
+            raise ResourceExhausted(
+                f"no candidate fits max_cost_usd={request.max_cost_usd}; the cheapest estimate is {cheapest:.6f}",
+                reason="MAX_COST_EXCEEDED",
+                metadata={"max_cost_usd": request.max_cost_usd, "cheapest_estimate_usd": f"{cheapest:.6f}"},
+            )
+        if request.force_model:
+            raise FailedPrecondition(
+                f"model {request.force_model!r} has no credentials; set its provider's API key",
+                reason="NO_CREDENTIALS",
+                metadata={"model": request.force_model},
+            )
+        raise Unavailable(
+            "no candidate model is available for this request",
+            reason="NO_CANDIDATE_AVAILABLE",
+            metadata={"tier": NAME_BY_TIER.get(verdict.tier, ""), "skipped": ",".join(reasons)},
+        )
+
+    async def _call_plan(
+        self, request: RouteInput, plan: Plan, deadline: float | None, outcomes: list[Outcome]
+    ) -> Outcome | None:
+        """Try candidates cheapest first, then the next tier up; escalate on rejected output."""
+        rejected: Outcome | None = None
+        for index, (_, choices) in enumerate(plan.tiers):
+            has_higher_tier = any(c for _, c in plan.tiers[index + 1 :])
+            for choice in choices:
+                outcome = await self._call_with_retries(request, choice, deadline, outcomes)
+                if outcome is None:
+                    continue  # provider failure: next candidate
+                reason = first_failure(
+                    Answer(outcome.content, outcome.finish_reason, outcome.attempt.usage.output_tokens),
+                    request.expectations,
+                    self._validators,
+                )
+                if reason is None:
+                    return outcome
+                escalate = self._settings.escalate_on_validation_failure and has_higher_tier
+                outcome.attempt.outcome = (
+                    common_pb2.ATTEMPT_OUTCOME_ESCALATED if escalate else common_pb2.ATTEMPT_OUTCOME_VALIDATION_FAILED
+                )
+                outcome.attempt.error = reason
+                log.info("output_rejected", model=choice.spec.model, reason=reason, escalate=escalate)
+                rejected = outcome
+                if escalate:
+                    break  # the next tier up
+        # Nothing passed validation: the last rejected answer is still better than an error.
+        return rejected
+
+    async def _call_with_retries(
+        self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
+    ) -> Outcome | None:
+        model = choice.spec.model
+        for retry in range(self._settings.retries_per_model + 1):
+            if not self._cooldowns.available(model):
+                return None
+            outcome, transient = await self._call_once(request, choice, deadline, outcomes)
+            if outcome.attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
+                self._cooldowns.success(model)
+                return outcome
+            self._cooldowns.failure(model)
+            if not transient or retry == self._settings.retries_per_model:
+                return None
+            backoff = self._settings.retry_backoff_seconds * (2**retry)
+            if deadline is not None and asyncio.get_running_loop().time() + backoff >= deadline:
+                return None
+            await asyncio.sleep(backoff)
+        return None
+
+    def _call_kwargs(self, request: RouteInput, choice: Choice, deadline: float | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            **choice.route.kwargs,
+            **choice.spec.params,
+            "messages": request.litellm_messages(),
+            "timeout": _bounded(self._settings.provider_timeout_seconds, deadline),
+            "num_retries": 0,
+            "drop_params": True,
+        }
+        if request.max_output_tokens is not None:
+            kwargs["max_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        if request.expectations.json_output or request.expectations.json_schema:
+            kwargs["response_format"] = {"type": "json_object"}
+        return kwargs
+
+    async def _call_once(
+        self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
+    ) -> tuple[Outcome, bool]:
+        """One provider call, appended to `outcomes`. Returns it and whether a failure is worth retrying."""
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            raise DeadlineExceeded("the request's deadline passed before a model answered", reason="DEADLINE_EXCEEDED")
+        attempt = router_pb2.Attempt(model=choice.spec.model, provider=choice.route.provider, tier=choice.tier)
+        outcome = Outcome(attempt, simulated=choice.route.simulated)
+        outcomes.append(outcome)
+        started = time.perf_counter()
+        try:
+            response = await self._acompletion(**self._call_kwargs(request, choice, deadline))
+        except asyncio.CancelledError:
+            # The caller went away: the provider call is cancelled with us; charge the prompt it was sent.
+            attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
+            attempt.latency_ms = (time.perf_counter() - started) * 1000
+            self._charge_estimate(attempt, request)
+            raise
+        except Exception as error:
+            attempt.latency_ms = (time.perf_counter() - started) * 1000
+            transient = isinstance(error, TRANSIENT_ERRORS)
+            attempt.outcome = (
+                common_pb2.ATTEMPT_OUTCOME_TIMEOUT
+                if isinstance(error, litellm.Timeout)
+                else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
+            )
+            attempt.error = f"{type(error).__name__}: {_short(error)}"
+            log.warning("provider_error", model=choice.spec.model, error_type=type(error).__name__, transient=transient)
+            return outcome, transient
+        attempt.latency_ms = (time.perf_counter() - started) * 1000
+        self._charge(attempt, response.usage)
+        attempt.outcome = common_pb2.ATTEMPT_OUTCOME_OK
+        outcome.content = response.choices[0].message.content or ""
+        outcome.finish_reason = response.choices[0].finish_reason or ""
+        return outcome, False
+
+    def _charge(self, attempt: router_pb2.Attempt, usage: Any) -> None:
+        """Fill the attempt's usage from the provider's token counts, priced by the price map."""
+        input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        cached = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
+        reasoning = int(getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0)
+        cost = self._prices.cost(attempt.model, input_tokens, output_tokens, cached, reasoning)
+        attempt.usage.input_tokens = input_tokens
+        attempt.usage.output_tokens = output_tokens
+        attempt.usage.cached_input_tokens = cached
+        attempt.usage.reasoning_tokens = reasoning
+        attempt.usage.cost_usd = cost.usd
+        attempt.price_known = cost.known
+        if not cost.known:
+            log.warning("price_unknown", model=attempt.model)
+
+    def _charge_estimate(self, attempt: router_pb2.Attempt, request: RouteInput, output_tokens: int = 0) -> None:
+        input_tokens = _count_tokens(attempt.model, request.litellm_messages())
+        cost = self._prices.cost(attempt.model, input_tokens, output_tokens)
+        attempt.usage.input_tokens = input_tokens
+        attempt.usage.output_tokens = output_tokens
+        attempt.usage.cost_usd = cost.usd
+        attempt.price_known = cost.known
+
+    # ---- streaming --------------------------------------------------------------------------------
+
+    async def route_stream(
+        self, request: RouteInput, deadline: float | None
+    ) -> AsyncIterator[router_pb2.RouteStreamResponse]:
+        """Deltas as the provider sends them, then the summary.
+
+        Fallback to the next candidate happens only before the first delta; output validation and
+        escalation need `buffered_stream`, which validates the whole answer before sending it.
+        """
+        if request.buffered_stream:
+            response = await self.route(request, deadline)
+            yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=response.content))
+            yield router_pb2.RouteStreamResponse(summary=response)
+            return
+        started = time.perf_counter()
+        verdict, warnings = await self.classify(request, deadline)
+        classify_ms = (time.perf_counter() - started) * 1000
+        plan = self._checked_plan(request, verdict)
+        outcomes: list[Outcome] = []
+        answer: Outcome | None = None
+        try:
+            for _, choices in plan.tiers:
+                for choice in choices:
+                    if not self._cooldowns.available(choice.spec.model):
+                        continue
+                    stream = self._stream_once(request, choice, deadline, outcomes)
+                    async for delta in stream:
+                        yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=delta))
+                    if outcomes and outcomes[-1].attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
+                        answer = outcomes[-1]
+                        break
+                if answer is not None:
+                    break
+        finally:
+            response = self._response(request, verdict, plan, outcomes, answer, warnings, classify_ms, started)
+            self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
+        if answer is None:
+            raise _all_failed(outcomes)
+        yield router_pb2.RouteStreamResponse(summary=response)
+
+    async def _stream_once(
+        self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
+    ) -> AsyncIterator[str]:
+        """Yield deltas of one streamed call; append its outcome. Raises if it fails after the first delta."""
+        attempt = router_pb2.Attempt(model=choice.spec.model, provider=choice.route.provider, tier=choice.tier)
+        outcome = Outcome(attempt, simulated=choice.route.simulated)
+        outcomes.append(outcome)
+        parts: list[str] = []
+        usage = None
+        started = time.perf_counter()
+        try:
+            kwargs = self._call_kwargs(request, choice, deadline)
+            stream = await self._acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+            async for chunk in stream:
+                if getattr(chunk, "usage", None):
+                    usage = chunk.usage
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta.content or ""
+                if chunk.choices[0].finish_reason:
+                    outcome.finish_reason = chunk.choices[0].finish_reason
+                if delta:
+                    parts.append(delta)
+                    yield delta
+        except (asyncio.CancelledError, GeneratorExit):
+            attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
+            self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
+            raise
+        except Exception as error:
+            attempt.outcome = (
+                common_pb2.ATTEMPT_OUTCOME_TIMEOUT
+                if isinstance(error, litellm.Timeout)
+                else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
+            )
+            attempt.error = f"{type(error).__name__}: {_short(error)}"
+            self._cooldowns.failure(choice.spec.model)
+            self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
+            log.warning("provider_stream_error", model=choice.spec.model, error_type=type(error).__name__, after_first_delta=bool(parts))
+            if parts:
+                raise Unavailable(
+                    f"{choice.spec.model} failed mid-stream; the partial answer cannot be retried",
+                    reason="PROVIDER_STREAM_BROKEN",
+                    metadata={"model": choice.spec.model},
+                ) from None
+            return
+        finally:
+            attempt.latency_ms = (time.perf_counter() - started) * 1000
+        outcome.content = "".join(parts)
+        if usage is not None:
+            self._charge(attempt, usage)
+        else:
+            self._charge_estimate(attempt, request, _rough_tokens(outcome.content))
+        attempt.outcome = common_pb2.ATTEMPT_OUTCOME_OK
+        self._cooldowns.success(choice.spec.model)
+
+    # ---- accounting -------------------------------------------------------------------------------
+
+    def _response(
+        self,
+        request: RouteInput,
+        verdict: classifier_pb2.ClassifyResponse,
+        plan: Plan,
+        outcomes: list[Outcome],
+        answer: Outcome | None,
+        warnings: list[str],
+        classify_ms: float,
+        started: float,
+    ) -> router_pb2.RouteResponse:
+        response = router_pb2.RouteResponse(
+            request_id=request.request_id,
+            classification=verdict,
+            candidates=plan.explained,
+            attempts=[o.attempt for o in outcomes],
+            price_map_version=self._prices.version,
+            warnings=warnings,
+        )
+        for outcome in outcomes:
+            usage = outcome.attempt.usage
+            response.usage.input_tokens += usage.input_tokens
+            response.usage.output_tokens += usage.output_tokens
+            response.usage.cached_input_tokens += usage.cached_input_tokens
+            response.usage.reasoning_tokens += usage.reasoning_tokens
+            response.usage.cost_usd += usage.cost_usd
+            if not outcome.attempt.price_known and outcome.attempt.usage.input_tokens:
+                response.warnings.append(f"price_unknown:{outcome.attempt.model}")
+        if answer is not None:
+            response.content = answer.content
+            response.finish_reason = answer.finish_reason
+            response.model = answer.attempt.model
+            response.tier = answer.attempt.tier
+            response.simulated = answer.simulated
+            baseline = self._baseline_cost(answer.attempt.usage)
+            answer.attempt.usage.baseline_cost_usd = baseline
+            response.usage.baseline_cost_usd = baseline
+            if answer.attempt.outcome != common_pb2.ATTEMPT_OUTCOME_OK:
+                response.warnings.append(f"output_rejected:{answer.attempt.error}")
+        response.timings.classify_ms = classify_ms
+        response.timings.provider_ms = sum(o.attempt.latency_ms for o in outcomes)
+        response.timings.total_ms = (time.perf_counter() - started) * 1000
+        return response
+
+    def _baseline_cost(self, usage: common_pb2.Usage) -> float:
+        """What the flagship baseline would have charged for the answering attempt's tokens."""
+        return self._prices.cost(
+            self._policy().baseline_model, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
+        ).usd
+
+    def _records(
+        self,
+        request: RouteInput,
+        verdict: classifier_pb2.ClassifyResponse,
+        outcomes: list[Outcome],
+        answer: Outcome | None,
+        response: router_pb2.RouteResponse,
+    ) -> list[ledger_pb2.UsageRecord]:
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        records = []
+        for number, outcome in enumerate(outcomes, start=1):
+            attempt = outcome.attempt
+            final = outcome is answer
+            record = ledger_pb2.UsageRecord(
+                request_id=request.request_id,
+                attempt=number,
+                time=now,
+                caller=request.caller,
+                category=verdict.category,
+                tier=attempt.tier,
+                score=verdict.score,
+                classifier_source=verdict.source,
+                classifier_version=verdict.version,
+                model=attempt.model,
+                provider=attempt.provider,
+                outcome=attempt.outcome,
+                error=attempt.error,
+                usage=attempt.usage,
+                price_map_version=self._prices.version,
+                price_known=attempt.price_known,
+                provider_ms=attempt.latency_ms,
+                cache_hit=verdict.source == common_pb2.CLASSIFIER_SOURCE_CACHE,
+                final=final,
+            )
+            if number == 1:
+                record.classifier_cost_usd = verdict.overhead.cost_usd
+                record.classify_ms = response.timings.classify_ms
+            if final or number == len(outcomes):
+                record.total_ms = response.timings.total_ms
+            records.append(record)
+        return records
+
+
+def _all_failed(outcomes: list[Outcome]) -> Unavailable:
+    last = outcomes[-1].attempt if outcomes else None
+    return Unavailable(
+        f"every candidate model failed ({len(outcomes)} attempts); last error: {last.error if last else 'none'}",
+        reason="ALL_PROVIDERS_FAILED",
+        metadata={"attempts": len(outcomes), "last_model": last.model if last else ""},
+    )
+
+
+def _bounded(limit: float, deadline: float | None) -> float:
+    if deadline is None:
+        return limit
+    return max(0.001, min(limit, deadline - asyncio.get_running_loop().time()))
+
+
+def _count_tokens(model: str, messages: list[dict[str, str]]) -> int:
+    try:
+        return int(litellm.token_counter(model=model, messages=messages))
+    except Exception:  # unknown tokenizer: fall back to the usual 4 characters a token
+        return sum(_rough_tokens(m["content"]) for m in messages)
+
+
+def _rough_tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def _short(error: Exception) -> str:
+    return str(error).replace("\n", " ")[:300]

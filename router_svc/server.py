@@ -1,0 +1,192 @@
+"""The RouterService gRPC server: request validation and wiring; the routing itself is in routing.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import structlog
+
+from llmroute.common.v1 import common_pb2
+from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc.classifier_client import ClassifierClient
+from router_svc.cooldown import Cooldowns
+from router_svc.idempotency import ResponseCache
+from router_svc.policy_source import PolicySource
+from router_svc.pricing import PriceBook
+from router_svc.providers import Providers
+from router_svc.routing import RouteInput, Router, UsageSink
+from router_svc.settings import RouterSettings
+from router_svc.validators import Expectations
+from service_kit import metadata
+from service_kit import server as service_server
+from service_kit.errors import InvalidArgument
+from service_kit.logging import configure_logging
+from service_kit.validation import message_violations
+
+log = structlog.get_logger()
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CALLER = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+
+
+def parse_request(
+    request: router_pb2.RouteRequest | router_pb2.RouteStreamRequest,
+    invocation_metadata: object,
+    settings: RouterSettings,
+) -> RouteInput:
+    """Validate a Route/RouteStream request; every problem becomes one field violation."""
+    violations = message_violations(request.messages, settings.max_prompt_chars)
+    request_id = request.request_id or metadata.get(invocation_metadata, metadata.REQUEST_ID) or uuid.uuid4().hex
+    if not _REQUEST_ID.match(request_id):
+        violations.append(("request_id", "must be 1-128 characters of letters, digits and ._:-"))
+    caller = request.caller or metadata.get(invocation_metadata, metadata.CALLER) or settings.default_caller
+    if not _CALLER.match(caller):
+        violations.append(("caller", "must be 1-128 characters of letters, digits and ._:@/-"))
+    options = request.options
+    max_output_tokens = options.max_output_tokens if options.HasField("max_output_tokens") else None
+    if max_output_tokens is not None and max_output_tokens <= 0:
+        violations.append(("options.max_output_tokens", "must be a positive number of tokens"))
+    temperature = options.temperature if options.HasField("temperature") else None
+    if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
+        violations.append(("options.temperature", "must be a number between 0 and 2"))
+    max_cost = options.max_cost_usd if options.HasField("max_cost_usd") else None
+    if max_cost is not None and not (math.isfinite(max_cost) and max_cost >= 0):
+        violations.append(("options.max_cost_usd", "must be a non-negative number of US dollars"))
+    if options.force_tier not in common_pb2.Tier.values():
+        violations.append(("options.force_tier", f"unknown tier {options.force_tier}"))
+    schema = None
+    if options.json_schema:
+        try:
+            schema = json.loads(options.json_schema)
+        except ValueError:
+            violations.append(("options.json_schema", "must be a JSON Schema document (JSON text)"))
+        else:
+            if not isinstance(schema, dict):
+                violations.append(("options.json_schema", "must be a JSON object"))
+    if violations:
+        raise InvalidArgument(violations)
+    return RouteInput(
+        messages=tuple(request.messages),
+        request_id=request_id,
+        caller=caller,
+        max_output_tokens=max_output_tokens,
+        temperature=temperature,
+        force_tier=options.force_tier,
+        force_model=options.force_model,
+        max_cost_usd=max_cost,
+        expectations=Expectations(
+            json_output=options.json_output or schema is not None,
+            json_schema=schema,
+            caller_capped_output=max_output_tokens is not None,
+        ),
+        buffered_stream=options.buffered_stream,
+    )
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, router: Router, settings: RouterSettings, responses: ResponseCache) -> None:
+        self._router = router
+        self._settings = settings
+        self._responses = responses
+
+    async def Route(
+        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.RouteResponse:
+        route_input = parse_request(request, context.invocation_metadata(), self._settings)
+        structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
+        return await self._responses.get_or_run(
+            (route_input.caller, route_input.request_id),
+            lambda: self._router.route(route_input, _deadline(context)),
+        )
+
+    async def RouteStream(
+        self, request: router_pb2.RouteStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.RouteStreamResponse]:
+        route_input = parse_request(request, context.invocation_metadata(), self._settings)
+        structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
+        async for event in self._router.route_stream(route_input, _deadline(context)):
+            yield event
+
+
+def build_usage_sink(settings: RouterSettings) -> UsageSink:
+    from ledger_svc.client import LedgerReporter
+
+    return LedgerReporter(
+        address=settings.ledger_address,
+        spool_path=Path(settings.spool_path),
+        sender=settings.replica_id or f"router-{uuid.uuid4().hex[:8]}",
+    )
+
+
+async def create_server(
+    settings: RouterSettings, usage_sink: UsageSink | None = None
+) -> service_server.RunningServer:
+    policy = PolicySource(settings.policy_path)
+    prices = PriceBook.from_litellm(settings.price_overrides_path)
+    providers = Providers(settings.simulator, settings.simulator_url)
+    classifier = ClassifierClient(settings.classifier_address)
+    sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
+    router = Router(
+        settings=settings,
+        policy=policy.current,
+        prices=prices,
+        providers=providers,
+        classifier=classifier,
+        usage_sink=sink,
+        cooldowns=Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds),
+    )
+    responses = ResponseCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
+    server = service_server.new_server()
+    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, settings, responses), server)
+    running = await service_server.start(server, settings.address, [SERVICE_NAME])
+    start = getattr(sink, "start", None)
+    if start is not None:
+        await start()
+    close = getattr(sink, "close", None)
+    if close is not None:
+        running.closers.append(close)
+    running.closers.append(classifier.close)
+    watcher = asyncio.create_task(policy.watch())
+
+    async def stop_watching() -> None:
+        watcher.cancel()
+
+    running.closers.append(stop_watching)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
+    log.info(
+        "router_ready",
+        simulated=providers.simulate_all,
+        price_map_version=prices.version,
+        baseline_model=policy.current().baseline_model,
+    )
+    await running.set_serving()
+    return running
+
+
+async def _main(settings: RouterSettings) -> None:
+    running = await create_server(settings)
+    await service_server.serve_forever(running, settings.grace_seconds)
+
+
+def main() -> None:
+    settings = RouterSettings()
+    configure_logging("router", settings.log_level, settings.log_json)
+    asyncio.run(_main(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""router_svc configuration, from ROUTER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from service_kit.policy import DEFAULT_POLICY_PATH
+from service_kit.settings import ServiceSettings
+
+
+class RouterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTER_")
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    policy_path: Path = DEFAULT_POLICY_PATH
+    classifier_address: str = "127.0.0.1:50052"
+    ledger_address: str = "127.0.0.1:50053"
+    # Classification gets at most this long; then the policy's default tier is used.
+    classify_timeout_seconds: float = Field(default=1.0, gt=0)
+    # auto: the simulator serves every call when no provider key (OPENAI/ANTHROPIC/GROQ_API_KEY) is set,
+    # else real providers only; always: every call goes to the simulator; never: real providers only.
+    simulator: Literal["auto", "always", "never"] = "auto"
+    simulator_url: str = "http://127.0.0.1:8089/v1"
+    # Per provider call, when the client set no deadline.
+    provider_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Retries of one model on transient errors (429, 5xx, timeouts) before the next candidate.
+    retries_per_model: int = Field(default=1, ge=0, le=5)
+    retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    # Circuit breaker: this many consecutive failures put a model in cooldown for cooldown_seconds.
+    cooldown_after_failures: int = Field(default=3, ge=1)
+    cooldown_seconds: float = Field(default=30.0, gt=0)
+    # Escalate one tier up when a validator rejects the output.
+    escalate_on_validation_failure: bool = True
+    max_prompt_chars: int = Field(default=400_000, ge=1)
+    default_caller: str = "anonymous"
+    # Local JSON/YAML file of {model: {input_cost_per_token: ..., output_cost_per_token: ...}} overrides.
+    price_overrides_path: Path | None = None
+    # Durable spool of usage records waiting for the ledger.
+    spool_path: Path = Path("var/router-spool.db")
+    # Identifies this replica to the ledger (spool depth reporting).
+    replica_id: str = ""
+    # Remember finished responses by request_id this long, so a retried Route is not routed twice.
+    idempotency_ttl_seconds: float = Field(default=600.0, ge=0)
+    idempotency_max_entries: int = Field(default=10_000, ge=0)
