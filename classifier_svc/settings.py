@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from service_kit.policy import DEFAULT_POLICY_PATH
@@ -30,7 +30,12 @@ class ClassifierSettings(ServiceSettings):
     # OpenAI-compatible base URL for the LLM classifier (the simulator, vLLM, Ollama...). When set,
     # llm_model's name is sent there. When neither this nor the provider's key is set, no LLM is used.
     llm_base_url: str | None = None
+    # API key for llm_base_url (defaults to OPENAI_API_KEY, or a placeholder for keyless local servers).
+    llm_api_key: SecretStr | None = None
+    # Per attempt; a timed-out attempt is retried once, then the local model answers.
     llm_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The conversation sent to the LLM is cut to this many characters (the latest turns are kept).
+    llm_max_input_chars: int = Field(default=12_000, ge=500)
     # Cascade: ask the LLM when the local model's confidence is below this.
     cascade_min_confidence: float = Field(default=0.6, ge=0, le=1)
     # Semantic cache in front of the strategy.
@@ -38,5 +43,7 @@ class ClassifierSettings(ServiceSettings):
     cache_max_entries: int = Field(default=10_000, ge=1)
     cache_ttl_seconds: float = Field(default=3600.0, gt=0)
     cache_min_similarity: float = Field(default=0.97, gt=0, le=1)
+    # Refuse a similar entry whose negations, numbers, names, task or language differ (see docs).
+    cache_guard: bool = True
     # Conversations longer than this (characters, all messages) are refused with INVALID_ARGUMENT.
     max_prompt_chars: int = Field(default=400_000, ge=1)
