@@ -1,0 +1,37 @@
+"""Shared test set-up: no real provider calls, ever; in-process servers on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports litellm: the price map comes from the installed wheel, not the network.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+# A guard against real provider calls: no key reaches the code under test, so the router's "auto"
+# mode sends every call to the simulator, and pydantic-ai refuses model requests it was not allowed.
+for _key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GROQ_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY"):
+    os.environ.pop(_key, None)
+
+from collections.abc import AsyncIterator  # noqa: E402
+
+import pydantic_ai.models  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.doubles import RecordingSink  # noqa: E402
+
+pydantic_ai.models.ALLOW_MODEL_REQUESTS = False
+
+
+@pytest.fixture
+def recording_sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture
+async def simulator_url() -> AsyncIterator[str]:
+    """The bundled LLM simulator, in process, with no latency: its OpenAI-compatible base URL."""
+    from simulator.server import start_simulator
+    from simulator.settings import SimulatorSettings
+
+    runner, port = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0, latency_scale=0.0))
+    yield f"http://127.0.0.1:{port}/v1"
+    await runner.cleanup()

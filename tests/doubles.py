@@ -1,0 +1,17 @@
+"""Test doubles that implement the real interfaces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmroute.ledger.v1 import ledger_pb2
+
+
+class RecordingSink:
+    """A usage sink (the router's interface to the ledger) that keeps what it is given, in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[ledger_pb2.UsageRecord] = []
+
+    def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None:
+        self.records.extend(records)

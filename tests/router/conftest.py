@@ -1,0 +1,72 @@
+"""Router fixtures: a real classifier server, the simulator, and the router, all in process on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from classifier_svc.server import create_server as create_classifier
+from classifier_svc.settings import ClassifierSettings
+from llmroute.router.v1 import router_pb2_grpc
+from router_svc.server import create_server as create_router
+from router_svc.settings import RouterSettings
+from service_kit.server import RunningServer
+from tests.doubles import RecordingSink
+
+
+@dataclass
+class RouterHarness:
+    stub: router_pb2_grpc.RouterServiceStub
+    server: RunningServer
+    sink: RecordingSink
+    simulator_url: str
+    settings: RouterSettings
+
+    async def fault(self, **rule: object) -> None:
+        """Install a fault rule in the simulator (see simulator/README.md)."""
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(self.simulator_url.removesuffix("/v1") + "/_sim/faults", json=rule)
+            reply.raise_for_status()
+
+    async def simulator_stats(self) -> dict:
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(self.simulator_url.removesuffix("/v1") + "/_sim/stats")
+            reply.raise_for_status()
+            return dict(reply.json())
+
+
+@pytest.fixture
+async def classifier_address() -> AsyncIterator[str]:
+    running = await create_classifier(ClassifierSettings(port=0, strategy="heuristic", cache_enabled=False))
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(0)
+
+
+def router_settings(classifier_address: str, simulator_url: str, tmp_path: Path, **overrides: object) -> RouterSettings:
+    values: dict[str, object] = {
+        "port": 0,
+        "classifier_address": classifier_address,
+        "simulator_url": simulator_url,
+        "simulator": "always",
+        "spool_path": tmp_path / "spool.db",
+        "retry_backoff_seconds": 0.01,
+        **overrides,
+    }
+    return RouterSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def router(
+    classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
+) -> AsyncIterator[RouterHarness]:
+    settings = router_settings(classifier_address, simulator_url, tmp_path)
+    running = await create_router(settings, usage_sink=recording_sink)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    yield RouterHarness(router_pb2_grpc.RouterServiceStub(channel), running, recording_sink, simulator_url, settings)
+    await channel.close()
+    await running.stop(0)

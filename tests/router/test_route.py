@@ -1,0 +1,198 @@
+"""Route end to end in process: real classifier server, real simulator over HTTP, real LiteLLM calls."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+
+from llmroute.common.v1 import common_pb2
+from llmroute.router.v1 import router_pb2
+from router_svc.pricing import PriceBook
+from service_kit.policy import load_policy
+from tests.rich_status import details
+
+SPAM_CHECK = "Is this message spam? Answer yes or no: 'You won a free cruise, click here'"
+HARD = (
+    "Prove step by step that there are infinitely many primes, then derive an upper bound on the n-th prime, "
+    "analyze the complexity of the sieve of Eratosthenes and explain the trade-offs of a segmented sieve."
+)
+
+
+def request(text: str, **options: object) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=text)],
+        caller="tests",
+        options=router_pb2.RouteOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+async def test_routes_a_simple_prompt_to_the_cheapest_simple_model_and_prices_it(router) -> None:
+    response = await router.stub.Route(request(SPAM_CHECK))
+
+    assert response.tier == common_pb2.TIER_SIMPLE
+    assert response.classification.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
+    assert response.simulated and response.content.startswith("[simulated")
+    # The chosen model is the cheapest eligible candidate the response explains.
+    eligible = [c for c in response.candidates if not c.skipped_reason]
+    assert response.model == min(eligible, key=lambda c: c.estimated_cost_usd).model
+    # Costs are the price map's, for the tokens the provider reported.
+    prices = PriceBook.from_litellm()
+    usage = response.usage
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+    expected = prices.cost(response.model, usage.input_tokens, usage.output_tokens, 0, usage.reasoning_tokens).usd
+    assert math.isclose(usage.cost_usd, expected, rel_tol=1e-9)
+    baseline = load_policy(router.settings.policy_path).baseline_model
+    assert math.isclose(
+        usage.baseline_cost_usd, prices.cost(baseline, usage.input_tokens, usage.output_tokens).usd, rel_tol=1e-9
+    )
+    assert usage.baseline_cost_usd > usage.cost_usd > 0
+    assert response.timings.total_ms >= response.timings.provider_ms > 0
+    # One ledger record, the answering attempt, with the same money.
+    [record] = router.sink.records
+    assert record.request_id == response.request_id and record.attempt == 1 and record.final
+    assert record.usage.cost_usd == usage.cost_usd and record.caller == "tests"
+    assert record.price_map_version == response.price_map_version != ""
+
+
+async def test_a_hard_prompt_goes_to_a_stronger_tier(router) -> None:
+    response = await router.stub.Route(request(HARD))
+    assert response.tier in (common_pb2.TIER_COMPLEX, common_pb2.TIER_REASONING)
+    assert response.classification.score > 0.5
+
+
+async def test_falls_back_to_the_next_candidate_when_the_cheapest_fails(router) -> None:
+    first = (await router.stub.Route(request(SPAM_CHECK))).model
+    await router.fault(model=first, fault="status", status=500)
+
+    response = await router.stub.Route(request(SPAM_CHECK))
+
+    assert response.model != first
+    failed = [a for a in response.attempts if a.model == first]
+    # One retry on a transient error, then the next candidate.
+    assert len(failed) == router.settings.retries_per_model + 1
+    assert all(a.outcome == common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR for a in failed)
+    assert response.attempts[-1].outcome == common_pb2.ATTEMPT_OUTCOME_OK
+    records = [r for r in router.sink.records if r.request_id == response.request_id]
+    assert [r.attempt for r in records] == list(range(1, len(response.attempts) + 1))
+    assert [r.final for r in records].count(True) == 1
+
+
+async def test_escalates_one_tier_when_the_output_is_rejected(router) -> None:
+    first = (await router.stub.Route(request(SPAM_CHECK))).model
+    await router.fault(model="*", fault="empty", count=1)
+
+    response = await router.stub.Route(request(SPAM_CHECK))
+
+    assert response.attempts[0].model == first
+    assert response.attempts[0].outcome == common_pb2.ATTEMPT_OUTCOME_ESCALATED
+    assert response.attempts[0].error == "empty_output"
+    assert response.tier == common_pb2.TIER_MODERATE and response.content
+    # The rejected attempt is charged too.
+    assert response.usage.cost_usd == pytest.approx(sum(a.usage.cost_usd for a in response.attempts))
+
+
+async def test_classifier_down_degrades_to_the_default_tier(simulator_url, tmp_path, recording_sink) -> None:
+    from router_svc.server import create_server
+    from tests.router.conftest import router_settings
+
+    running = await create_server(
+        router_settings("127.0.0.1:1", simulator_url, tmp_path, classify_timeout_seconds=0.2), usage_sink=recording_sink
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            from llmroute.router.v1 import router_pb2_grpc
+
+            response = await router_pb2_grpc.RouterServiceStub(channel).Route(request(SPAM_CHECK))
+    finally:
+        await running.stop(0)
+    assert response.classification.source == common_pb2.CLASSIFIER_SOURCE_DEFAULT
+    assert response.tier == common_pb2.TIER_MODERATE
+    assert any(w.startswith("classifier_unavailable") for w in response.warnings)
+
+
+async def test_max_cost_too_low_is_resource_exhausted_with_details(router) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(request(SPAM_CHECK, max_cost_usd=1e-12))
+    found = details(raised.value)
+    assert found.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert found.reason == "MAX_COST_EXCEEDED"
+    assert float(found.metadata["cheapest_estimate_usd"]) > 1e-12
+    assert router.sink.records == []
+
+
+async def test_force_model_and_force_tier(router) -> None:
+    forced = await router.stub.Route(request(SPAM_CHECK, force_model="gpt-4.1"))
+    assert forced.model == "gpt-4.1"
+    assert forced.classification.source == common_pb2.CLASSIFIER_SOURCE_OVERRIDE
+
+    tiered = await router.stub.Route(request(SPAM_CHECK, force_tier=common_pb2.TIER_COMPLEX))
+    assert tiered.tier == common_pb2.TIER_COMPLEX
+
+
+async def test_a_model_without_a_price_is_flagged_not_free(router) -> None:
+    response = await router.stub.Route(request(SPAM_CHECK, force_model="acme/unpriced-model-1"))
+    assert not response.attempts[0].price_known
+    assert "price_unknown:acme/unpriced-model-1" in response.warnings
+    assert not router.sink.records[-1].price_known
+
+
+async def test_same_request_id_is_routed_once(router) -> None:
+    req = request(SPAM_CHECK)
+    req.request_id = "order-42"
+    first = await router.stub.Route(req)
+    second = await router.stub.Route(req)
+    assert first == second
+    assert [r.request_id for r in router.sink.records] == ["order-42"]
+
+
+async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
+    stream_request = router_pb2.RouteStreamRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="Write a short poem about the sea.")], caller="tests"
+    )
+    events = [event async for event in router.stub.RouteStream(stream_request)]
+    deltas = [e.delta.content for e in events if e.WhichOneof("event") == "delta"]
+    summary = events[-1].summary
+    assert len(deltas) > 1 and events[-1].WhichOneof("event") == "summary"
+    assert "".join(deltas) == summary.content
+    assert summary.usage.output_tokens > 0 and summary.usage.cost_usd > 0
+    assert router.sink.records[-1].request_id == summary.request_id
+
+
+async def test_route_stream_falls_back_before_the_first_delta(router) -> None:
+    await router.fault(model="*", fault="status", status=503, count=1)
+    stream_request = router_pb2.RouteStreamRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=SPAM_CHECK)], caller="tests"
+    )
+    events = [event async for event in router.stub.RouteStream(stream_request)]
+    summary = events[-1].summary
+    assert summary.attempts[0].outcome == common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
+    assert summary.attempts[-1].outcome == common_pb2.ATTEMPT_OUTCOME_OK and summary.content
+
+
+@pytest.mark.parametrize(
+    ("messages", "options", "field"),
+    [
+        ([], {}, "messages"),
+        ([("user", "   ")], {}, "messages[0].content"),
+        ([("wizard", "hi")], {}, "messages[0].role"),
+        ([("user", "hi")], {"max_output_tokens": -5}, "options.max_output_tokens"),
+        ([("user", "hi")], {"temperature": float("nan")}, "options.temperature"),
+        ([("user", "hi")], {"max_cost_usd": -1.0}, "options.max_cost_usd"),
+        ([("user", "hi")], {"json_schema": "{not json"}, "options.json_schema"),
+        ([("user", "x" * 400_001)], {}, "messages"),
+    ],
+)
+async def test_bad_input_is_invalid_argument_with_field_violations(router, messages, options, field) -> None:
+    bad = router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+        options=router_pb2.RouteOptions(**options),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(bad)
+    found = details(raised.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in found.violations, found.violations
+    # The service stays healthy: the next good request is served.
+    assert (await router.stub.Route(request(SPAM_CHECK))).content
