@@ -1,0 +1,139 @@
+"""The router's parts on their own: prices, providers, cooldowns, validators, policy reload, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+
+from llmroute.common.v1 import common_pb2
+from llmroute.router.v1 import router_pb2
+from router_svc._litellm import litellm
+from router_svc.cooldown import Cooldowns
+from router_svc.idempotency import ResponseCache
+from router_svc.policy_source import PolicySource
+from router_svc.pricing import PriceBook
+from router_svc.providers import Providers
+from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, first_failure
+from service_kit.policy import DEFAULT_POLICY_PATH, ModelSpec, PolicyError, load_policy
+
+
+def test_prices_come_from_litellms_map_with_cached_and_reasoning_tokens() -> None:
+    prices = PriceBook.from_litellm()
+    entry = litellm.model_cost["gpt-5-mini"]
+    cost = prices.cost("gpt-5-mini", input_tokens=1000, output_tokens=500, cached_input_tokens=200, reasoning_tokens=100)
+    expected = (
+        800 * entry["input_cost_per_token"]
+        + 200 * entry["cache_read_input_token_cost"]
+        + 500 * entry["output_cost_per_token"]
+    )
+    assert cost.known and math.isclose(cost.usd, expected)
+    assert prices.version.startswith("litellm-")
+    unknown = prices.cost("acme/never-heard-of-it", 1000, 1000)
+    assert not unknown.known and unknown.usd == 0.0
+
+
+def test_price_overrides_change_the_price_and_the_version(tmp_path: Path) -> None:
+    overrides = tmp_path / "prices.yaml"
+    overrides.write_text("gpt-5-mini: {input_cost_per_token: 0.001}\nacme/custom: {input_cost_per_token: 1.0e-6, output_cost_per_token: 2.0e-6}\n")
+    prices = PriceBook.from_litellm(overrides)
+    assert prices.cost("gpt-5-mini", 10, 0).usd == pytest.approx(0.01)
+    assert prices.cost("acme/custom", 1, 1).usd == pytest.approx(3e-6)
+    assert "+overrides-" in prices.version and prices.version != PriceBook.from_litellm().version
+
+
+def test_providers_simulate_everything_without_keys_and_only_keyed_providers_with_keys() -> None:
+    spec = ModelSpec(model="claude-haiku-4-5")
+    offline = Providers("auto", "http://sim/v1", environ={})
+    route = offline.resolve(spec)
+    assert route is not None and route.simulated and route.kwargs["model"] == "openai/claude-haiku-4-5"
+    assert route.provider == "anthropic"
+
+    keyed = Providers("auto", "http://sim/v1", environ={"OPENAI_API_KEY": "sk-test"})
+    assert keyed.resolve(spec) is None  # no Anthropic key: skipped, not simulated
+    openai_route = keyed.resolve(ModelSpec(model="gpt-5-mini"))
+    assert openai_route is not None and not openai_route.simulated and openai_route.kwargs == {"model": "gpt-5-mini"}
+
+    local = ModelSpec(model="hosted_vllm/llama", api_base="http://vllm:8000/v1")
+    assert keyed.resolve(local) is not None
+    own_key = ModelSpec(model="openai/my-model", api_base="http://x/v1", api_key_env="MY_KEY")
+    assert keyed.resolve(own_key) is None
+    assert Providers("auto", "", environ={"MY_KEY": "k", "GROQ_API_KEY": "g"}).resolve(own_key).kwargs["api_key"] == "k"
+
+
+def test_cooldown_opens_after_repeated_failures_and_one_probe_closes_it() -> None:
+    now = [0.0]
+    cooldowns = Cooldowns(after_failures=2, seconds=10, clock=lambda: now[0])
+    cooldowns.failure("m")
+    assert cooldowns.available("m")
+    cooldowns.failure("m")
+    assert not cooldowns.available("m") and cooldowns.in_cooldown("m")
+    now[0] = 11
+    assert cooldowns.available("m")  # the probe
+    assert not cooldowns.available("m")  # only one probe at a time
+    cooldowns.failure("m")  # the probe failed: open again
+    assert not cooldowns.available("m")
+    now[0] = 22
+    assert cooldowns.available("m")
+    cooldowns.success("m")
+    assert cooldowns.available("m") and cooldowns.available("m") and not cooldowns.in_cooldown("m")
+
+
+@pytest.mark.parametrize(
+    ("content", "finish", "expect", "reason"),
+    [
+        ("fine", "stop", Expectations(), None),
+        ("  ", "stop", Expectations(), "empty_output"),
+        ("cut", "length", Expectations(), "truncated_output"),
+        ("cut", "length", Expectations(caller_capped_output=True), None),
+        ("I'm sorry, but I can't help with that.", "stop", Expectations(), "refusal"),
+        ("{oops", "stop", Expectations(json_output=True), "invalid_json"),
+        ('```json\n{"a": 1}\n```', "stop", Expectations(json_output=True), None),
+        ('{"a": "x"}', "stop", Expectations(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}), "schema_mismatch"),
+    ],
+)
+def test_validators(content: str, finish: str, expect: Expectations, reason: str | None) -> None:
+    found = first_failure(Answer(content, finish, 10), expect, DEFAULT_VALIDATORS)
+    assert (found or "").split(":")[0] == (reason or "")
+
+
+def test_an_invalid_policy_is_rejected_and_the_old_one_stays(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(DEFAULT_POLICY_PATH.read_text())
+    source = PolicySource(path)
+    before = source.current()
+    path.write_text(DEFAULT_POLICY_PATH.read_text().replace("moderate: 0.35", "moderate: 0.95"))
+    assert not source.reload()  # thresholds out of order
+    assert source.current() is before
+    path.write_text(DEFAULT_POLICY_PATH.read_text().replace("baseline_model: claude-sonnet-4-5", "baseline_model: gpt-5.1"))
+    assert source.reload() and source.current().baseline_model == "gpt-5.1"
+    with pytest.raises(PolicyError, match="tiers without candidate models"):
+        path.write_text("baseline_model: x\nthresholds: {moderate: 0.1, complex: 0.2, reasoning: 0.3}\ntiers: {simple: []}\n")
+        load_policy(path)
+
+
+def test_thresholds_cut_scores_into_tiers_and_shift_under_budget_pressure() -> None:
+    thresholds = load_policy(DEFAULT_POLICY_PATH).thresholds
+    assert thresholds.tier_for(0.0) == common_pb2.TIER_SIMPLE
+    assert thresholds.tier_for(thresholds.reasoning) == common_pb2.TIER_REASONING
+    assert thresholds.tier_for(thresholds.complex, shift=0.01) == common_pb2.TIER_MODERATE
+
+
+async def test_response_cache_runs_duplicates_once_and_expires() -> None:
+    now = [0.0]
+    cache = ResponseCache(ttl_seconds=5, max_entries=2, clock=lambda: now[0])
+    calls = 0
+
+    async def run() -> router_pb2.RouteResponse:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return router_pb2.RouteResponse(request_id=str(calls))
+
+    first, second = await asyncio.gather(cache.get_or_run("k", run), cache.get_or_run("k", run))
+    assert calls == 1 and first == second
+    assert (await cache.get_or_run("k", run)).request_id == "1"
+    now[0] = 6
+    assert (await cache.get_or_run("k", run)).request_id == "2"

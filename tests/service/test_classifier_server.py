@@ -1,0 +1,73 @@
+"""The Classify RPC: verdicts, health, reflection, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from classifier_svc.server import create_server
+from classifier_svc.settings import ClassifierSettings
+from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from llmroute.common.v1 import common_pb2
+from tests.rich_status import details
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    running = await create_server(ClassifierSettings(port=0, strategy="heuristic", max_prompt_chars=1000))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield channel
+    await running.stop(0)
+
+
+def classify_request(*pairs: tuple[str, str]) -> classifier_pb2.ClassifyRequest:
+    return classifier_pb2.ClassifyRequest(messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in pairs])
+
+
+async def test_classify_returns_a_scored_tier(channel) -> None:
+    stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+    easy = await stub.Classify(classify_request(("user", "Is this spam? 'WIN A FREE PHONE'")))
+    hard = await stub.Classify(
+        classify_request(("user", "Prove step by step that sqrt(2) is irrational and derive a general rule."))
+    )
+    assert easy.tier == common_pb2.TIER_SIMPLE and easy.category == common_pb2.CATEGORY_CLASSIFICATION
+    assert 0 <= easy.score < hard.score <= 1
+    assert hard.tier > easy.tier
+    assert easy.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL and easy.version
+    # The rationale never echoes the prompt.
+    assert "FREE PHONE" not in easy.rationale
+
+
+async def test_health_is_serving_and_reflection_lists_the_service(channel) -> None:
+    health = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="llmroute.classifier.v1.ClassifierService")
+    )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = [r async for r in reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"llmroute.classifier.v1.ClassifierService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(
+    ("pairs", "field"),
+    [
+        ((), "messages"),
+        ((("user", ""),), "messages[0].content"),
+        ((("robot", "hi"),), "messages[0].role"),
+        ((("user", "x" * 1001),), "messages"),
+    ],
+)
+async def test_bad_input_is_invalid_argument(channel, pairs, field) -> None:
+    stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Classify(classify_request(*pairs))
+    found = details(raised.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT and field in found.violations
+    assert found.reason == "INVALID_ARGUMENT"
+    ok = await stub.Classify(classify_request(("user", "hello")))
+    assert ok.tier != common_pb2.TIER_UNSPECIFIED
