@@ -1,0 +1,21 @@
+"""Simulator configuration, from SIMULATOR_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from service_kit.settings import ServiceSettings
+
+
+class SimulatorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="SIMULATOR_")
+
+    port: int = Field(default=8089, ge=0, le=65535)
+    # Multiplies every model's time to first token and token time; 0 answers instantly (tests, benchmarks).
+    latency_scale: float = Field(default=1.0, ge=0)
+    # Extra delay before the first request of each new TCP connection, modelling TLS/connection set-up.
+    # Not scaled by latency_scale, so a benchmark can measure connection reuse on its own.
+    connect_delay_ms: float = Field(default=0.0, ge=0)
+    # Upper bound for the `timeout` fault, which otherwise hangs until the client goes away.
+    max_hang_seconds: float = Field(default=300.0, gt=0)
