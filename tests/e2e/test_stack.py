@@ -1,0 +1,125 @@
+"""The three services and the simulator as separate processes, driven by grpcurl through reflection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.stack import Ports, Stack
+
+pytestmark = pytest.mark.e2e
+
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+SECRET_PROMPT_MARKER = "zebra-umbrella-4417"
+PROMPTS = [
+    ("moderation", f"Is this spam? Reply yes or no. 'Claim your prize now' {SECRET_PROMPT_MARKER}"),
+    ("support", "Translate to German: 'Your parcel arrives tomorrow.'"),
+    ("analyst", "Prove step by step that the sum of the first n odd numbers is n^2, then generalize."),
+    ("coder", "Implement a thread-safe LRU cache in Python with TTL expiry and explain the edge cases."),
+]
+
+
+def grpcurl(*args: str, data: dict | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [GRPCURL, "-plaintext", "-format-error"]
+    if data is not None:
+        command += ["-d", json.dumps(data)]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"grpcurl {args} failed: {result.stdout} {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        ports=Ports.free(),
+        extra_env={"SIMULATOR_LATENCY_SCALE": "0", "CLASSIFIER_LOG_LEVEL": "DEBUG", "ROUTER_LOG_LEVEL": "DEBUG"},
+    )
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def test_reflection_lists_each_service(stack: Stack) -> None:
+    for port, service in (
+        (stack.ports.router, "llmroute.router.v1.RouterService"),
+        (stack.ports.classifier, "llmroute.classifier.v1.ClassifierService"),
+        (stack.ports.ledger, "llmroute.ledger.v1.LedgerService"),
+    ):
+        listed = grpcurl(f"127.0.0.1:{port}", "list").stdout.split()
+        assert service in listed and "grpc.health.v1.Health" in listed
+        health = json.loads(grpcurl(f"127.0.0.1:{port}", "grpc.health.v1.Health/Check", data={"service": service}).stdout)
+        assert health["status"] == "SERVING"
+    described = grpcurl(f"127.0.0.1:{stack.ports.router}", "describe", "llmroute.router.v1.RouterService").stdout
+    assert "rpc Route" in described and "rpc RouteStream" in described
+
+
+def test_route_then_the_ledger_total_equals_the_routed_costs(stack: Stack) -> None:
+    router = f"127.0.0.1:{stack.ports.router}"
+    routed = []
+    for index, (caller, prompt) in enumerate(PROMPTS):
+        reply = grpcurl(
+            router,
+            "llmroute.router.v1.RouterService/Route",
+            data={"messages": [{"role": "user", "content": prompt}], "caller": caller, "requestId": f"e2e-{index}"},
+        )
+        routed.append(json.loads(reply.stdout))
+    assert {r["tier"] for r in routed} >= {"TIER_SIMPLE"} and len({r["tier"] for r in routed}) >= 2
+    assert all(r["simulated"] and r["usage"]["costUsd"] > 0 for r in routed)
+    routed_cost = sum(r["usage"]["costUsd"] for r in routed)
+    routed_baseline = sum(r["usage"]["baselineCostUsd"] for r in routed)
+
+    ledger = f"127.0.0.1:{stack.ports.ledger}"
+    deadline = time.monotonic() + 20
+    while True:
+        stats = json.loads(grpcurl(ledger, "llmroute.ledger.v1.LedgerService/GetStats", data={}).stdout)
+        if int(stats["totals"].get("requests", 0)) >= len(PROMPTS) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    totals = stats["totals"]
+    assert int(totals["requests"]) == len(PROMPTS)
+    assert totals["costUsd"] == pytest.approx(routed_cost, rel=1e-9)
+    assert totals["baselineCostUsd"] == pytest.approx(routed_baseline, rel=1e-9)
+    assert totals["grossSavingsUsd"] == pytest.approx(routed_baseline - routed_cost, rel=1e-6)
+    by = {b["groupBy"]: {g["key"]: g["totals"] for g in b["groups"]} for b in stats["breakdowns"]}
+    assert set(by["GROUP_BY_CALLER"]) == {caller for caller, _ in PROMPTS}
+
+
+def test_bad_input_gets_invalid_argument_with_field_details(stack: Stack) -> None:
+    reply = grpcurl(
+        f"127.0.0.1:{stack.ports.router}",
+        "llmroute.router.v1.RouterService/Route",
+        data={"messages": [{"role": "user", "content": ""}]},
+        check=False,
+    )
+    assert reply.returncode != 0
+    error = json.loads(reply.stdout)
+    assert error["code"] == 3  # INVALID_ARGUMENT
+    violations = [v for d in error["details"] if "fieldViolations" in d for v in d["fieldViolations"]]
+    assert violations == [{"field": "messages[0].content", "description": "must not be empty"}]
+
+
+def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
+    grpcurl(
+        f"127.0.0.1:{stack.ports.router}",
+        "llmroute.router.v1.RouterService/Route",
+        data={"messages": [{"role": "user", "content": f"Hello there {SECRET_PROMPT_MARKER}"}], "requestId": "trace-me-77"},
+    )
+    time.sleep(0.5)
+    classifier_log = stack.log_path("classifier").read_text()
+    assert any('"request_id": "trace-me-77"' in line for line in classifier_log.splitlines())
+    for name in ("router", "classifier", "ledger", "simulator"):
+        assert SECRET_PROMPT_MARKER not in stack.log_path(name).read_text(), name
+
+
+def test_sigterm_stops_every_service_cleanly(tmp_path: Path) -> None:
+    stack = Stack(state_dir=tmp_path, ports=Ports.free(), extra_env={"SIMULATOR_LATENCY_SCALE": "0"})
+    stack.start()
+    assert stack.stop() == {"router": 0, "classifier": 0, "ledger": 0, "simulator": 0}
