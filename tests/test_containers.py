@@ -1,0 +1,74 @@
+"""docker-compose.yml and the Dockerfiles agree with what the code reads (no Docker engine runs here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from classifier_svc.settings import ClassifierSettings
+from devstack.stack import MODULES, Ports, Stack
+from ledger_svc.settings import LedgerSettings
+from router_svc.providers import PROVIDER_KEYS
+from router_svc.settings import RouterSettings
+from simulator.settings import SimulatorSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+SETTINGS = {
+    "router": (RouterSettings, "ROUTER_"),
+    "classifier": (ClassifierSettings, "CLASSIFIER_"),
+    "ledger": (LedgerSettings, "LEDGER_"),
+    "simulator": (SimulatorSettings, "SIMULATOR_"),
+}
+DOCKERFILES = {"router": "router_svc", "classifier": "classifier_svc", "ledger": "ledger_svc", "simulator": "simulator"}
+
+
+@pytest.mark.parametrize("service", sorted(MODULES))
+def test_compose_service_matches_the_code(service: str) -> None:
+    declared = COMPOSE[service]
+    settings_class, prefix = SETTINGS[service]
+    env = {key: str(value) for key, value in declared["environment"].items()}
+    # The command is the module the dev stack and the image run.
+    assert declared["command"] == ["python", "-m", MODULES[service]]
+    # Every variable is one the service reads: a settings field under its prefix, or a provider key.
+    fields = {prefix + name.upper() for name in settings_class.model_fields}
+    unknown = {k for k in env if k not in fields and k not in PROVIDER_KEYS.values()}
+    assert not unknown, f"{service} sets variables its code does not read: {unknown}"
+    # The published port is the one the service listens on, and the image exposes.
+    port = int(env[f"{prefix}PORT"])
+    assert declared["ports"] == [f"{port}:{port}"]
+    assert env[f"{prefix}HOST"] == "0.0.0.0"
+    dockerfile = (ROOT / DOCKERFILES[service] / "Dockerfile").read_text()
+    assert re.search(rf"^EXPOSE {port}$", dockerfile, re.M)
+    assert declared["build"] == {"context": ".", "dockerfile": f"{DOCKERFILES[service]}/Dockerfile"}
+    # The dev stack (and so the end-to-end tests) sets the same variables, bar a state path it owns.
+    stack_env = Stack(state_dir=Path("/tmp/x"), ports=Ports()).environments()[service]
+    assert set(stack_env) <= set(env)
+
+
+@pytest.mark.parametrize("service", sorted(MODULES))
+def test_dockerfile_is_slim_non_root_and_health_checked(service: str) -> None:
+    dockerfile = (ROOT / DOCKERFILES[service] / "Dockerfile").read_text()
+    assert re.findall(r"^FROM (\S+)", dockerfile, re.M)[-1] == "python:3.11-slim"
+    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert "HEALTHCHECK" in dockerfile
+    assert f'CMD ["python", "-m", "{MODULES[service]}"]' in dockerfile
+    # Every path the image copies exists in the repository (the build context).
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), f"{service} Dockerfile copies missing {path}"
+
+
+def test_router_points_at_the_other_services_by_compose_name() -> None:
+    env = COMPOSE["router"]["environment"]
+    assert env["ROUTER_CLASSIFIER_ADDRESS"] == f"classifier:{COMPOSE['classifier']['environment']['CLASSIFIER_PORT']}"
+    assert env["ROUTER_LEDGER_ADDRESS"] == f"ledger:{COMPOSE['ledger']['environment']['LEDGER_PORT']}"
+    assert env["ROUTER_SIMULATOR_URL"] == f"http://simulator:{COMPOSE['simulator']['environment']['SIMULATOR_PORT']}/v1"
+    assert set(COMPOSE["router"]["depends_on"]) == {"classifier", "ledger", "simulator"}
+    # Defaults in code match the compose ports, so a bare `python -m router_svc` finds its peers locally.
+    assert RouterSettings().classifier_address.endswith(":" + str(ClassifierSettings().port))
+    assert RouterSettings().ledger_address.endswith(":" + str(LedgerSettings().port))
