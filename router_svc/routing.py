@@ -21,6 +21,7 @@ from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2
 from llmroute.router.v1 import router_pb2
 from router_svc._litellm import litellm
+from router_svc.budgets import BudgetGate
 from router_svc.classifier_client import ClassifierClient
 from router_svc.cooldown import Cooldowns
 from router_svc.pricing import PriceBook
@@ -34,6 +35,9 @@ log = structlog.get_logger()
 
 TIERS_IN_ORDER = (common_pb2.TIER_SIMPLE, common_pb2.TIER_MODERATE, common_pb2.TIER_COMPLEX, common_pb2.TIER_REASONING)
 DEFAULT_OUTPUT_ESTIMATE = 300
+_SCORED_SOURCES = frozenset(
+    {common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL, common_pb2.CLASSIFIER_SOURCE_LLM, common_pb2.CLASSIFIER_SOURCE_CACHE}
+)
 # Errors worth retrying on the same model: rate limits, server errors, timeouts, dropped connections.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     litellm.RateLimitError,
@@ -113,6 +117,7 @@ class Router:
         usage_sink: UsageSink,
         cooldowns: Cooldowns,
         validators: Sequence[Validator] = DEFAULT_VALIDATORS,
+        budgets: BudgetGate | None = None,
         acompletion: Callable[..., Any] | None = None,
     ) -> None:
         self._settings = settings
@@ -123,9 +128,24 @@ class Router:
         self._usage_sink = usage_sink
         self._cooldowns = cooldowns
         self._validators = validators
+        self._budgets = budgets
         self._acompletion = acompletion or litellm.acompletion
 
     # ---- classification -------------------------------------------------------------------------
+
+    async def decide(
+        self, request: RouteInput, deadline: float | None
+    ) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
+        """Classification and budget check, concurrently. Near a soft limit, thresholds rise (cheaper tiers)."""
+        if self._budgets is None:
+            return await self.classify(request, deadline)
+        (verdict, warnings), budget = await asyncio.gather(
+            self.classify(request, deadline), self._budgets.check(request.caller)
+        )
+        if budget.state == ledger_pb2.BUDGET_STATE_SOFT_LIMIT and verdict.source in _SCORED_SOURCES:
+            verdict.tier = self._policy().thresholds.tier_for(verdict.score, shift=self._settings.budget_soft_limit_shift)
+            warnings.append("budget_soft_limit")
+        return verdict, warnings
 
     async def classify(self, request: RouteInput, deadline: float | None) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
         """The verdict that drives the choice, and warnings. Never fails: degrades to the default tier."""
@@ -210,7 +230,7 @@ class Router:
 
     async def route(self, request: RouteInput, deadline: float | None) -> router_pb2.RouteResponse:
         started = time.perf_counter()
-        verdict, warnings = await self.classify(request, deadline)
+        verdict, warnings = await self.decide(request, deadline)
         classify_ms = (time.perf_counter() - started) * 1000
         plan = self._checked_plan(request, verdict)
         outcomes: list[Outcome] = []
@@ -220,6 +240,8 @@ class Router:
         finally:
             response = self._response(request, verdict, plan, outcomes, answer, warnings, classify_ms, started)
             self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
+            if self._budgets is not None and outcomes:
+                self._budgets.note_spend(request.caller)
         if answer is None:
             raise _all_failed(outcomes)
         log.info(
@@ -399,7 +421,7 @@ class Router:
             yield router_pb2.RouteStreamResponse(summary=response)
             return
         started = time.perf_counter()
-        verdict, warnings = await self.classify(request, deadline)
+        verdict, warnings = await self.decide(request, deadline)
         classify_ms = (time.perf_counter() - started) * 1000
         plan = self._checked_plan(request, verdict)
         outcomes: list[Outcome] = []
@@ -420,6 +442,8 @@ class Router:
         finally:
             response = self._response(request, verdict, plan, outcomes, answer, warnings, classify_ms, started)
             self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
+            if self._budgets is not None and outcomes:
+                self._budgets.note_spend(request.caller)
         if answer is None:
             raise _all_failed(outcomes)
         yield router_pb2.RouteStreamResponse(summary=response)

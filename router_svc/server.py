@@ -15,7 +15,9 @@ import grpc
 import structlog
 
 from llmroute.common.v1 import common_pb2
+from llmroute.ledger.v1 import ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc.budgets import BudgetGate
 from router_svc.classifier_client import ClassifierClient
 from router_svc.cooldown import Cooldowns
 from router_svc.idempotency import ResponseCache
@@ -140,6 +142,16 @@ async def create_server(
     providers = Providers(settings.simulator, settings.simulator_url)
     classifier = ClassifierClient(settings.classifier_address)
     sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
+    ledger_channel = grpc.aio.insecure_channel(settings.ledger_address)
+    budgets = (
+        BudgetGate(
+            ledger_pb2_grpc.LedgerServiceStub(ledger_channel),
+            settings.budget_check_ttl_seconds,
+            settings.budget_check_timeout_seconds,
+        )
+        if settings.budgets_enabled
+        else None
+    )
     router = Router(
         settings=settings,
         policy=policy.current,
@@ -148,6 +160,7 @@ async def create_server(
         classifier=classifier,
         usage_sink=sink,
         cooldowns=Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds),
+        budgets=budgets,
     )
     responses = ResponseCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
     server = service_server.new_server()
@@ -160,6 +173,7 @@ async def create_server(
     if close is not None:
         running.closers.append(close)
     running.closers.append(classifier.close)
+    running.closers.append(ledger_channel.close)
     watcher = asyncio.create_task(policy.watch())
 
     async def stop_watching() -> None:

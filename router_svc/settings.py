@@ -35,6 +35,12 @@ class RouterSettings(ServiceSettings):
     cooldown_seconds: float = Field(default=30.0, gt=0)
     # Escalate one tier up when a validator rejects the output.
     escalate_on_validation_failure: bool = True
+    # Budgets (kept by the ledger): a caller's state is cached this long; the check fails open.
+    budgets_enabled: bool = True
+    budget_check_ttl_seconds: float = Field(default=2.0, gt=0)
+    budget_check_timeout_seconds: float = Field(default=0.3, gt=0)
+    # Near a soft limit every threshold rises by this much, shifting traffic to cheaper tiers.
+    budget_soft_limit_shift: float = Field(default=0.2, ge=0, le=1)
     max_prompt_chars: int = Field(default=400_000, ge=1)
     default_caller: str = "anonymous"
     # Local JSON/YAML file of {model: {input_cost_per_token: ..., output_cost_per_token: ...}} overrides.

@@ -1,0 +1,120 @@
+"""Router overhead: Route over gRPC against a bare `litellm.acompletion` loop, same simulator, one run.
+
+Both loads run in their own client process against the same simulator process (no added latency),
+so what differs is exactly what the router adds: gRPC, classification (a second service), selection,
+validation and ledger reporting. Reported as ratios, because these 2-core machines are shared and
+noisy. Run: `python -m benchmarks.router_bench` (part of `make bench`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from devstack.stack import Ports, Stack
+
+PROMPT = "Is this message spam? Answer yes or no: 'Congratulations, you won a free cruise, click here.'"
+MODEL = "groq/openai/gpt-oss-20b"  # what Route picks for this prompt; the bare loop calls the same model
+
+
+async def _bare_litellm(simulator_url: str, concurrency: int, total: int) -> list[float]:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    async def one() -> None:
+        await litellm.acompletion(
+            model=f"openai/{MODEL}",
+            api_base=simulator_url,
+            api_key="simulated",
+            messages=[{"role": "user", "content": PROMPT}],
+            num_retries=0,
+        )
+
+    return await _load(one, concurrency, total)
+
+
+async def _route(router_address: str, concurrency: int, total: int) -> list[float]:
+    import grpc
+
+    from llmroute.common.v1 import common_pb2
+    from llmroute.router.v1 import router_pb2, router_pb2_grpc
+
+    async with grpc.aio.insecure_channel(router_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        request = router_pb2.RouteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=PROMPT)], caller="bench"
+        )
+
+        async def one() -> None:
+            reply = await stub.Route(request, timeout=30)
+            assert reply.model == MODEL, reply.model
+
+        return await _load(one, concurrency, total)
+
+
+async def _load(one, concurrency: int, total: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """Latencies (ms) of `total` calls issued by `concurrency` workers, after a short warm-up."""
+    for _ in range(min(20, total)):
+        await one()
+    latencies: list[float] = []
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await one()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return [elapsed, *latencies]
+
+
+def _client(mode: str, target: str, concurrency: int, total: int) -> dict[str, float]:
+    """Run one load in a fresh client process; returns throughput and latency percentiles."""
+    code = (
+        "import asyncio, json, sys; from benchmarks import router_bench as b; "
+        f"r = asyncio.run(b._{mode}({target!r}, {concurrency}, {total})); print(json.dumps(r))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    elapsed, *latencies = json.loads(output.strip().splitlines()[-1])
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+    }
+
+
+def main() -> None:
+    total_by_concurrency = {1: int(os.environ.get("BENCH_N1", 300)), 32: int(os.environ.get("BENCH_N32", 2000))}
+    with tempfile.TemporaryDirectory() as state, Stack(
+        state_dir=Path(state), ports=Ports.free(), extra_env={"SIMULATOR_LATENCY_SCALE": "0", "ROUTER_LOG_LEVEL": "WARNING"}
+    ) as stack:
+        stack.start()
+        simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
+        router_address = f"127.0.0.1:{stack.ports.router}"
+        print("\nRouter overhead: Route over gRPC vs bare litellm.acompletion, same simulator (no model latency)")
+        print(f"{'concurrency':>11} {'bare rps':>9} {'Route rps':>9} {'ratio':>6} {'bare p50':>9} {'Route p50':>9} {'added p50':>9}")
+        for concurrency, total in total_by_concurrency.items():
+            bare = _client("bare_litellm", simulator_url, concurrency, total)
+            routed = _client("route", router_address, concurrency, total)
+            print(
+                f"{concurrency:>11} {bare['rps']:>9.1f} {routed['rps']:>9.1f} {routed['rps'] / bare['rps']:>6.2f} "
+                f"{bare['p50_ms']:>8.2f}ms {routed['p50_ms']:>8.2f}ms {routed['p50_ms'] - bare['p50_ms']:>8.2f}ms"
+            )
+        print("targets: ratio >= 0.85; added p50 <= 3 ms at low load (concurrency 1)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Budget enforcement on the router: the ledger keeps budgets and spend; the router asks it, cached.
+
+A caller's budget state is fetched with CheckBudget and kept for `ttl` seconds; a stale state is used
+while a refresh runs in the background, so the check is off the request's critical path except for a
+caller's very first request. When the ledger cannot answer, the router fails open (routes, and warns):
+refusing all traffic because accounting is down would turn a ledger outage into a product outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from service_kit.errors import ResourceExhausted
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    state: int
+    statuses: tuple[ledger_pb2.BudgetStatus, ...] = ()
+
+
+UNKNOWN = BudgetVerdict(ledger_pb2.BUDGET_STATE_UNSPECIFIED)
+
+
+class BudgetGate:
+    def __init__(
+        self,
+        stub: ledger_pb2_grpc.LedgerServiceStub,
+        ttl_seconds: float,
+        timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stub = stub
+        self._ttl = ttl_seconds
+        self._timeout = timeout_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[float, BudgetVerdict]] = {}
+        self._refreshing: dict[str, asyncio.Task[BudgetVerdict]] = {}
+
+    async def check(self, caller: str) -> BudgetVerdict:
+        """The caller's budget state; raises ResourceExhausted over a hard limit."""
+        cached = self._cache.get(caller)
+        if cached is None:
+            verdict = await self._refresh(caller)
+        else:
+            expires, verdict = cached
+            if expires <= self._clock() and caller not in self._refreshing:
+                task = asyncio.create_task(self._refresh(caller))
+                self._refreshing[caller] = task
+                task.add_done_callback(lambda _: self._refreshing.pop(caller, None))
+        if verdict.state == ledger_pb2.BUDGET_STATE_HARD_LIMIT:
+            over = next(s for s in verdict.statuses if s.state == ledger_pb2.BUDGET_STATE_HARD_LIMIT)
+            period = ledger_pb2.BudgetPeriod.Name(over.budget.period).removeprefix("BUDGET_PERIOD_").lower()
+            scope = over.budget.caller or "global"
+            raise ResourceExhausted(
+                f"{scope} {period} budget of ${over.budget.hard_limit_usd:.2f} is spent (${over.spent_usd:.4f})",
+                reason="BUDGET_EXCEEDED",
+                metadata={
+                    "caller": over.budget.caller,
+                    "scope": scope,
+                    "period": period,
+                    "hard_limit_usd": over.budget.hard_limit_usd,
+                    "spent_usd": f"{over.spent_usd:.6f}",
+                },
+            )
+        return verdict
+
+    def note_spend(self, caller: str) -> None:
+        """After spending, the cached state may be stale: refresh it on the next check."""
+        cached = self._cache.get(caller)
+        if cached is not None:
+            self._cache[caller] = (0.0, cached[1])
+
+    async def _refresh(self, caller: str) -> BudgetVerdict:
+        try:
+            reply = await self._stub.CheckBudget(ledger_pb2.CheckBudgetRequest(caller=caller), timeout=self._timeout)
+        except grpc.aio.AioRpcError as error:
+            log.warning("budget_check_unavailable", code=error.code().name)
+            verdict = self._cache.get(caller, (0.0, UNKNOWN))[1]
+            self._cache[caller] = (self._clock() + self._ttl, verdict)
+            return verdict
+        verdict = BudgetVerdict(reply.state, tuple(reply.budgets))
+        self._cache[caller] = (self._clock() + self._ttl, verdict)
+        return verdict
