@@ -27,6 +27,7 @@ from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
 from router_svc.settings import RouterSettings
 from router_svc.validators import Expectations
+from router_svc.warmup import default_models, warm_up
 from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
@@ -181,6 +182,8 @@ async def create_server(
 
     running.closers.append(stop_watching)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
+    if settings.warm_up:
+        await warm_up(router, settings.warm_up_models or default_models(router), settings.warm_up_timeout_seconds)
     log.info(
         "router_ready",
         simulated=providers.simulate_all,

@@ -196,3 +196,20 @@ async def test_bad_input_is_invalid_argument_with_field_violations(router, messa
     assert field in found.violations, found.violations
     # The service stays healthy: the next good request is served.
     assert (await router.stub.Route(request(SPAM_CHECK))).content
+
+
+async def test_warm_up_calls_the_cheapest_model_of_each_tier_and_accounts_for_it(
+    classifier_address, simulator_url, tmp_path, recording_sink
+) -> None:
+    from router_svc.server import create_server
+    from tests.router.conftest import router_settings
+
+    running = await create_server(
+        router_settings(classifier_address, simulator_url, tmp_path, warm_up=True), usage_sink=recording_sink
+    )
+    await running.stop(0)
+    warmed = {r.model for r in recording_sink.records}
+    policy = load_policy(router_settings(classifier_address, simulator_url, tmp_path).policy_path)
+    assert len(warmed) >= 3 and all(r.caller == "llmroute-warmup" for r in recording_sink.records)
+    assert all(r.usage.output_tokens <= 1 and r.usage.cost_usd > 0 for r in recording_sink.records)
+    assert warmed <= {spec.model for specs in policy.tiers.values() for spec in specs}

@@ -1,0 +1,56 @@
+"""Warm-up: before reporting SERVING, call the routes most requests will take, so the first real
+request does not pay connection set-up (TCP, TLS, HTTP/2) nor LiteLLM's first-call work.
+
+Each warm-up call is a real 1-token completion, routed like any request (forced model, caller
+`llmroute-warmup`), so what it costs is recorded in the ledger like everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+
+import structlog
+
+from llmroute.common.v1 import common_pb2
+from router_svc.routing import TIERS_IN_ORDER, RouteInput, Router
+from service_kit.errors import ServiceError
+
+log = structlog.get_logger()
+WARM_UP_CALLER = "llmroute-warmup"
+
+
+def default_models(router: Router) -> list[str]:
+    """The cheapest eligible model of each tier: where most requests of each tier go."""
+    probe = RouteInput(messages=(common_pb2.ChatMessage(role="user", content="ping"),), request_id="-", caller="-")
+    models: list[str] = []
+    for tier in TIERS_IN_ORDER:
+        for _, choices in router.plan(probe, tier, common_pb2.CATEGORY_CHAT).tiers[:1]:
+            if choices and choices[0].spec.model not in models:
+                models.append(choices[0].spec.model)
+    return models
+
+
+async def warm_up(router: Router, models: Sequence[str], timeout_seconds: float) -> dict[str, float]:
+    """Call each model once, concurrently; returns each one's latency in ms. Failures only log."""
+
+    async def one(model: str) -> tuple[str, float]:
+        request = RouteInput(
+            messages=(common_pb2.ChatMessage(role="user", content="Reply with the single word: ok"),),
+            request_id=f"warmup-{uuid.uuid4().hex}",
+            caller=WARM_UP_CALLER,
+            force_model=model,
+            max_output_tokens=1,
+        )
+        started = time.perf_counter()
+        try:
+            await router.route(request, asyncio.get_running_loop().time() + timeout_seconds)
+        except ServiceError as error:
+            log.warning("warm_up_failed", model=model, reason=error.reason)
+        return model, (time.perf_counter() - started) * 1000
+
+    results = dict(await asyncio.gather(*(one(model) for model in models)))
+    log.info("warm_up_done", models=list(results), latency_ms={m: round(v, 1) for m, v in results.items()})
+    return results
