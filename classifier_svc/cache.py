@@ -1,0 +1,479 @@
+"""A semantic cache in front of a strategy: exact-hash fast path, then cosine similarity with a meaning guard.
+
+Entries are keyed by system prompt (`Conversation.system_key()`): a verdict is never reused across
+system prompts. Lookup order:
+
+1. Exact: a digest of the system key and the normalised dialogue (case and whitespace folded).
+2. Similar: the cosine between WordLlama embeddings of the last user turn (its head and tail, where
+   the request usually is) against every live entry of the same system key, one numpy mat-vec over a
+   preallocated matrix; earlier turns must be similar too. Embeddings average word vectors, so
+   "do X" and "do not X", or "3 items" and "30 items", look alike: a candidate must also pass the
+   guard, a small per-entry `Signature` that must agree (negation count, numbers, names, task,
+   language, length).
+
+Bounded (least recently used entries are evicted) and every entry expires after a TTL. Verdicts from
+the cache carry source CLASSIFIER_SOURCE_CACHE and zero overhead. Not thread-safe: one event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from classifier_svc import embeddings
+from classifier_svc.strategies.base import Conversation, Overhead, Strategy, Verdict
+from classifier_svc.strategies.heuristic import detect_category
+from llmroute.common.v1 import common_pb2
+
+__all__ = ["CacheStats", "CachedStrategy", "Signature", "compatible", "signature"]
+
+# How much of the last user turn is embedded and signed: its start and its end.
+_WINDOW_CHARS = 600
+# Earlier turns: the most recent characters of them.
+_CONTEXT_CHARS = 1200
+# At most this many similar candidates are checked against the guard, best first.
+_MAX_CANDIDATES = 16
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+_TOKEN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# "Don't", "never", "without", "except", "avoid"... all count as one cue each: what matters is whether
+# the two prompts negate the same number of times, not which word they use.
+_NEGATIONS = frozenset(
+    _words(
+        "not no never none nothing nobody nowhere neither nor without cannot except excluding unless "
+        "avoid omit skip exclude"
+    )
+)
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        _words(
+            "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+            "sixteen seventeen eighteen nineteen twenty"
+        )
+    )
+} | {
+    "thirty": "30",
+    "forty": "40",
+    "fifty": "50",
+    "sixty": "60",
+    "seventy": "70",
+    "eighty": "80",
+    "ninety": "90",
+    "hundred": "100",
+    "thousand": "1000",
+    "million": "1000000",
+    "billion": "1000000000",
+    "dozen": "12",
+    "half": "0.5",
+    "twice": "2",
+    "double": "2",
+    "triple": "3",
+}
+# One side of a pair of opposites is enough to tell "sort ascending" from "sort descending", which
+# embeddings of averaged word vectors cannot: the words differ in one place and mean the same kind.
+_POLAR = frozenset(
+    _words(
+        "positive negative ascending descending increase decrease increasing decreasing more less "
+        "longer shorter larger smaller bigger higher lower maximum minimum max min against pros cons "
+        "before after above below remove true false best worst encrypt decrypt encode "
+        "decode compress decompress import export upload download enable disable start stop open close "
+        "agree disagree allow deny include exclude"
+    )
+)
+# Frequent function words of a few languages; the one with the most hits names the prompt's language.
+_STOPWORDS = {
+    lang: frozenset(_words(words))
+    for lang, words in {
+        "en": "the is are and of to what how with this that please you my for it can write does",
+        "fr": "le la les des est et une du pour avec qui quelle quel dans sur vous mon pas écris",
+        "es": "el los las es y del para con qué cómo por mi está escribe",
+        "de": "der die das und ist ein eine mit für wie was nicht ich mein schreibe",
+        "it": "il lo gli è di per che come cosa non mio scrivi della",
+        "pt": "o os é uma um do da com não meu escreva",
+    }.items()
+}
+_WARM_UP = (
+    Conversation.user("Translate 'good morning' into French."),
+    Conversation.of(
+        ("user", "Write a haiku about rain."), ("assistant", "..."), ("user", "Now do not rhyme.")
+    ),
+)
+_SENTENCE_END = frozenset(".!?:;\"'“”‘’([{*#>-|")
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What two near-identical prompts must share to be the same request (the meaning guard)."""
+
+    negations: int
+    # Numbers, digits or words ("three" is "3"), sorted, repeats kept.
+    numbers: tuple[str, ...]
+    # Words of opposite pairs (ascending/descending, for/against...) present in the text.
+    polar: frozenset[str]
+    # Words capitalised in mid-sentence (names, places, languages, products), lower-cased.
+    names: frozenset[str]
+    # Words capitalised anywhere, lower-cased: a name may move to the start of a sentence.
+    capitalised: frozenset[str]
+    category: int
+    # "en", "fr"... or a script name ("CJK", "CYRILLIC"); "" when unsure.
+    language: str
+    words: int
+
+
+def signature(text: str) -> Signature:
+    """The guard's signature of one text (use the same window of the prompt as is embedded)."""
+    folded = text.casefold()
+    tokens = _TOKEN.findall(folded)
+    negations = sum(1 for t in tokens if t in _NEGATIONS or t.endswith(("n't", "n’t")))
+    numbers = [n.replace(",", "") for n in _NUMBER.findall(text)]
+    numbers.extend(_NUMBER_WORDS[t] for t in tokens if t in _NUMBER_WORDS)
+    names: set[str] = set()
+    capitalised: set[str] = set()
+    for match in _TOKEN.finditer(text):
+        word = match.group()
+        if not word[0].isupper() or word == "I":
+            continue
+        lowered = re.sub(r"['’]s$", "", word.casefold())
+        capitalised.add(lowered)
+        before = text[: match.start()].rstrip()
+        at_start = not before or before[-1] in _SENTENCE_END or "\n" in text[len(before) : match.start()]
+        if not at_start:
+            names.add(lowered)
+    return Signature(
+        negations=negations,
+        numbers=tuple(sorted(numbers)),
+        polar=frozenset(t for t in tokens if t in _POLAR),
+        names=frozenset(names),
+        capitalised=frozenset(capitalised),
+        category=detect_category(text),
+        language=_language(text, tokens),
+        words=len(text.split()),
+    )
+
+
+def compatible(a: Signature, b: Signature) -> bool:
+    """Whether two similar prompts may share a verdict: nothing the embedding blurs may differ."""
+    return (
+        a.negations == b.negations
+        and a.numbers == b.numbers
+        and a.polar == b.polar
+        and a.names <= b.capitalised
+        and b.names <= a.capitalised
+        and a.category == b.category
+        and (not a.language or not b.language or a.language == b.language)
+        and abs(a.words - b.words) <= max(8, 0.25 * max(a.words, b.words))
+    )
+
+
+def _language(text: str, tokens: Sequence[str]) -> str:
+    scripts: dict[str, int] = {}
+    for char in text[:400]:
+        if char.isalpha():
+            script = unicodedata.name(char, "UNKNOWN").split(" ")[0]
+            scripts[script] = scripts.get(script, 0) + 1
+    if not scripts:
+        return ""
+    script = max(scripts, key=scripts.__getitem__)
+    if script != "LATIN":
+        return script
+    votes = {lang: sum(1 for t in tokens if t in words) for lang, words in _STOPWORDS.items()}
+    best = max(votes, key=votes.__getitem__)
+    return best if votes[best] > 0 else ""
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters since start; `hits` = exact + similar."""
+
+    hits: int = 0
+    exact_hits: int = 0
+    similar_hits: int = 0
+    misses: int = 0
+    # Requests that asked to skip the lookup (their verdict is still stored).
+    bypassed: int = 0
+    stores: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    # Similar candidates refused by the meaning guard, or because their earlier turns differed.
+    guard_rejections: int = 0
+    context_rejections: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    id: int
+    system_key: str
+    digest: bytes
+    row: int
+    expires_at: float
+    signature: Signature
+    has_context: bool
+    verdict: Verdict
+
+
+@dataclass(slots=True)
+class _Probe:
+    """A conversation prepared for lookup and storage: embedded and signed once."""
+
+    vector: np.ndarray
+    context: np.ndarray | None
+    signature: Signature
+
+
+def _digest(system_key: str, conversation: Conversation) -> bytes:
+    hasher = hashlib.blake2b(system_key.encode(), digest_size=16)
+    for message in conversation.dialogue:
+        hasher.update(b"\x1e" + message.role.encode() + b"\x1f")
+        hasher.update(" ".join(message.content.split()).casefold().encode())
+    return hasher.digest()
+
+
+def _window(text: str) -> str:
+    if len(text) <= 2 * _WINDOW_CHARS:
+        return text
+    return text[:_WINDOW_CHARS] + "\n" + text[-_WINDOW_CHARS:]
+
+
+def _context(conversation: Conversation) -> str:
+    dialogue = conversation.dialogue
+    # Everything before the last user turn.
+    for index in range(len(dialogue) - 1, -1, -1):
+        if dialogue[index].role == "user":
+            dialogue = dialogue[:index]
+            break
+    text = "\n".join(f"{m.role}: {m.content}" for m in dialogue)
+    return text[-_CONTEXT_CHARS:]
+
+
+class CachedStrategy:
+    """Wraps a strategy with the semantic cache; itself a `Strategy`."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        max_entries: int = 10_000,
+        ttl_seconds: float = 3600.0,
+        min_similarity: float = 0.97,
+        guard: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        embed: Callable[[list[str]], np.ndarray] = embeddings.embed,
+        should_store: Callable[[Verdict], bool] = lambda verdict: True,
+    ) -> None:
+        """`should_store` refuses verdicts not worth reusing (e.g. the local answer after an LLM failure)."""
+        if max_entries < 1 or ttl_seconds <= 0 or not 0 < min_similarity <= 1:
+            raise ValueError("max_entries >= 1, ttl_seconds > 0 and 0 < min_similarity <= 1 are required")
+        self.name = f"cached-{inner.name}"
+        self.inner = inner
+        self._max_entries = max_entries
+        self._ttl = ttl_seconds
+        self._min_similarity = min_similarity
+        self._guard = guard
+        self._clock = clock
+        self._embed = embed
+        self._should_store = should_store
+        self.stats = CacheStats()
+        # Least recently used first.
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._by_digest: dict[bytes, int] = {}
+        self._next_id = 0
+        # Rows of the matrix: a free row has a zero vector (similarity 0, never a candidate) and id -1.
+        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._contexts = np.zeros((0, 0), dtype=np.float32)
+        self._keys = np.zeros(0, dtype=np.uint64)
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._free: list[int] = []
+        self._top = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def warm_up(self) -> None:
+        await self.inner.warm_up()
+        # Loads WordLlama and runs the tokenizer, the signature and the numpy kernels once.
+        for conversation in _WARM_UP:
+            self._similar(conversation.system_key(), self._probe(conversation))
+
+    async def classify(self, conversation: Conversation, *, skip_cache: bool = False) -> Verdict:
+        """The cached verdict for this conversation, or the inner strategy's (then stored).
+
+        With `skip_cache`, the lookup is skipped but the fresh verdict is still stored.
+        """
+        system_key = conversation.system_key()
+        digest = _digest(system_key, conversation)
+        if skip_cache:
+            self.stats.bypassed += 1
+        else:
+            entry = self._exact(digest)
+            if entry is not None:
+                self.stats.hits += 1
+                self.stats.exact_hits += 1
+                return self._hit(entry, "exact")
+        probe = self._probe(conversation)
+        if not skip_cache:
+            found = self._similar(system_key, probe)
+            if found is not None:
+                entry, similarity = found
+                self.stats.hits += 1
+                self.stats.similar_hits += 1
+                return self._hit(entry, f"similarity {similarity:.3f}")
+            self.stats.misses += 1
+        verdict = await self.inner.classify(conversation)
+        if self._should_store(verdict):
+            self._store(system_key, digest, probe, verdict)
+        return verdict
+
+    def clear(self) -> None:
+        for entry_id in list(self._entries):
+            self._remove(self._entries[entry_id])
+
+    # Lookup.
+
+    def _exact(self, digest: bytes) -> _Entry | None:
+        entry_id = self._by_digest.get(digest)
+        if entry_id is None:
+            return None
+        entry = self._entries[entry_id]
+        if entry.expires_at <= self._clock():
+            self._expire(entry)
+            return None
+        return entry
+
+    def _similar(self, system_key: str, probe: _Probe) -> tuple[_Entry, float] | None:
+        if not self._entries:
+            return None
+        similarities = self._vectors[: self._top] @ probe.vector
+        rows = np.flatnonzero(similarities >= self._min_similarity)
+        if rows.size == 0:
+            return None
+        rows = rows[self._keys[rows] == np.uint64(int(system_key, 16))]
+        rows = rows[np.argsort(-similarities[rows], kind="stable")][:_MAX_CANDIDATES]
+        now = self._clock()
+        for row in rows.tolist():
+            entry = self._entries[int(self._ids[row])]
+            if entry.expires_at <= now:
+                self._expire(entry)
+                continue
+            if not self._same_context(entry, probe):
+                self.stats.context_rejections += 1
+                continue
+            if self._guard and not compatible(probe.signature, entry.signature):
+                self.stats.guard_rejections += 1
+                continue
+            return entry, float(similarities[row])
+        return None
+
+    def _same_context(self, entry: _Entry, probe: _Probe) -> bool:
+        if probe.context is None or not entry.has_context:
+            return probe.context is None and not entry.has_context
+        return float(self._contexts[entry.row] @ probe.context) >= self._min_similarity
+
+    def _hit(self, entry: _Entry, how: str) -> Verdict:
+        self._entries.move_to_end(entry.id)
+        return dataclasses.replace(
+            entry.verdict,
+            source=common_pb2.CLASSIFIER_SOURCE_CACHE,
+            overhead=Overhead(),
+            rationale=f"cache hit ({how}): {entry.verdict.rationale}",
+        )
+
+    def _probe(self, conversation: Conversation) -> _Probe:
+        request = _window(conversation.last_user)
+        context = _context(conversation)
+        vectors = self._embed([request, context] if context else [request])
+        return _Probe(
+            vector=vectors[0],
+            context=vectors[1] if context else None,
+            signature=signature(request),
+        )
+
+    # Storage.
+
+    def _store(self, system_key: str, digest: bytes, probe: _Probe, verdict: Verdict) -> None:
+        now = self._clock()
+        previous = self._by_digest.get(digest)
+        if previous is not None:
+            self._remove(self._entries[previous])
+        self._drop_expired_head(now)
+        while len(self._entries) >= self._max_entries:
+            self._remove(next(iter(self._entries.values())))
+            self.stats.evictions += 1
+        row = self._take_row(probe.vector.shape[0])
+        self._vectors[row] = probe.vector
+        if probe.context is not None:
+            self._contexts[row] = probe.context
+        self._keys[row] = np.uint64(int(system_key, 16))
+        entry = _Entry(
+            id=self._next_id,
+            system_key=system_key,
+            digest=digest,
+            row=row,
+            expires_at=now + self._ttl,
+            signature=probe.signature,
+            has_context=probe.context is not None,
+            verdict=dataclasses.replace(verdict, overhead=Overhead()),
+        )
+        self._next_id += 1
+        self._ids[row] = entry.id
+        self._entries[entry.id] = entry
+        self._by_digest[digest] = entry.id
+        self.stats.stores += 1
+
+    def _drop_expired_head(self, now: float) -> None:
+        # Entries expire in insertion order but hits reorder them: this only catches the common case,
+        # the rest are dropped when a lookup meets them or the LRU bound evicts them.
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.expires_at > now:
+                return
+            self._expire(oldest)
+
+    def _expire(self, entry: _Entry) -> None:
+        self._remove(entry)
+        self.stats.expirations += 1
+
+    def _remove(self, entry: _Entry) -> None:
+        del self._entries[entry.id]
+        if self._by_digest.get(entry.digest) == entry.id:
+            del self._by_digest[entry.digest]
+        self._vectors[entry.row] = 0.0
+        self._contexts[entry.row] = 0.0
+        self._ids[entry.row] = -1
+        self._free.append(entry.row)
+
+    def _take_row(self, dim: int) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._top == self._vectors.shape[0]:
+            self._grow(dim)
+        self._top += 1
+        return self._top - 1
+
+    def _grow(self, dim: int) -> None:
+        # Doubling, capped at the bound: the matrix never holds more rows than entries allowed.
+        rows = min(max(64, 2 * self._vectors.shape[0]), self._max_entries)
+        vectors = np.zeros((rows, dim), dtype=np.float32)
+        contexts = np.zeros((rows, dim), dtype=np.float32)
+        keys = np.zeros(rows, dtype=np.uint64)
+        ids = np.full(rows, -1, dtype=np.int64)
+        used = self._top
+        if used:
+            vectors[:used] = self._vectors[:used]
+            contexts[:used] = self._contexts[:used]
+            keys[:used] = self._keys[:used]
+            ids[:used] = self._ids[:used]
+        self._vectors, self._contexts, self._keys, self._ids = vectors, contexts, keys, ids
