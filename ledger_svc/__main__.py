@@ -1,0 +1,3 @@
+from ledger_svc.server import main
+
+main()

@@ -1,0 +1,240 @@
+"""Versioned schema migrations, applied in order at start-up, each in the same transaction as its record.
+
+Rules for whoever adds one:
+- never edit a released migration; add the next version;
+- each migration defines the tables it creates *frozen*, here, not by importing `schema` (which
+  describes the latest version and will move on);
+- keep the DDL portable (SQLAlchemy constructs) or branch on `conn.dialect.name`.
+
+Replicas starting together on PostgreSQL serialise on an advisory lock; on SQLite the migration runs
+in a `BEGIN IMMEDIATE` transaction, which excludes other writers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = structlog.get_logger()
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer ledger than this one; refusing to run against it."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[AsyncConnection], Awaitable[None]]
+
+
+async def _create(conn: AsyncConnection, md: sa.MetaData) -> None:
+    await conn.run_sync(md.create_all)
+
+
+def _v1_tables() -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table(
+        "ledger_meta",
+        md,
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("value", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "usage_records",
+        md,
+        sa.Column("request_id", sa.String(200), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("ts", sa.BigInteger, nullable=False),
+        sa.Column("caller", sa.String(200), nullable=False),
+        sa.Column("category", sa.Integer, nullable=False),
+        sa.Column("tier", sa.Integer, nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("classifier_source", sa.Integer, nullable=False),
+        sa.Column("classifier_version", sa.Text, nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("provider", sa.String(200), nullable=False),
+        sa.Column("outcome", sa.Integer, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("input_tokens", sa.BigInteger, nullable=False),
+        sa.Column("output_tokens", sa.BigInteger, nullable=False),
+        sa.Column("cached_input_tokens", sa.BigInteger, nullable=False),
+        sa.Column("reasoning_tokens", sa.BigInteger, nullable=False),
+        sa.Column("cost_nusd", sa.BigInteger, nullable=False),
+        sa.Column("baseline_nusd", sa.BigInteger, nullable=False),
+        sa.Column("classifier_nusd", sa.BigInteger, nullable=False),
+        sa.Column("price_map_version", sa.Text, nullable=False),
+        sa.Column("price_known", sa.Boolean, nullable=False),
+        sa.Column("classify_ms", sa.Float, nullable=False),
+        sa.Column("provider_ms", sa.Float, nullable=False),
+        sa.Column("total_ms", sa.Float, nullable=False),
+        sa.Column("cache_hit", sa.Boolean, nullable=False),
+        sa.Column("final", sa.Boolean, nullable=False),
+        sa.Column("received_ts", sa.BigInteger, nullable=False),
+        sa.Index("ix_usage_records_ts", "ts"),
+    )
+    sa.Table(
+        "requests",
+        md,
+        sa.Column("request_id", sa.String(200), primary_key=True),
+        sa.Column("first_ts", sa.BigInteger, nullable=False),
+        sa.Column("home_ts", sa.BigInteger, nullable=True),
+        sa.Column("caller", sa.String(200), nullable=True),
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Column("tier", sa.Integer, nullable=True),
+        sa.Column("category", sa.Integer, nullable=True),
+        sa.Column("cache_hit", sa.Boolean, nullable=False),
+        sa.Column("attempt_count", sa.Integer, nullable=False),
+        sa.Column("escalated", sa.Boolean, nullable=False),
+        sa.Column("total_ms", sa.Float, nullable=True),
+        sa.Column("lat_bucket", sa.Integer, nullable=True),
+        sa.Index("ix_requests_home_ts", "home_ts"),
+    )
+    counters = (
+        "attempts",
+        "input_tokens",
+        "output_tokens",
+        "cost_nusd",
+        "baseline_nusd",
+        "classifier_nusd",
+        "failed_nusd",
+        "unpriced_attempts",
+        "requests",
+        "escalated_requests",
+        "fallback_requests",
+        "cache_hits",
+    )
+    sa.Table(
+        "usage_hourly",
+        md,
+        sa.Column("dim", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("per_caller", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("caller", sa.String(200), primary_key=True),
+        sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("key", sa.String(200), primary_key=True),
+        *(sa.Column(name, sa.BigInteger, nullable=False) for name in counters),
+        sqlite_with_rowid=False,
+    )
+    sa.Table(
+        "latency_hourly",
+        md,
+        sa.Column("dim", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("per_caller", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("caller", sa.String(200), primary_key=True),
+        sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("bucket", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("n", sa.BigInteger, nullable=False),
+        sqlite_with_rowid=False,
+    )
+    return md
+
+
+async def _v1(conn: AsyncConnection) -> None:
+    md = _v1_tables()
+    await _create(conn, md)
+    await conn.execute(md.tables["ledger_meta"].insert().values(key="pruned_before", value=0))
+
+
+async def _v2(conn: AsyncConnection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "budgets",
+        md,
+        sa.Column("caller", sa.String(200), primary_key=True),
+        sa.Column("period", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("soft_nusd", sa.BigInteger, nullable=False),
+        sa.Column("hard_nusd", sa.BigInteger, nullable=False),
+        sa.Column("updated_ts", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "feedback",
+        md,
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+        sa.Column("request_id", sa.String(200), nullable=False),
+        sa.Column("verdict", sa.SmallInteger, nullable=False),
+        sa.Column("needed_tier", sa.SmallInteger, nullable=False),
+        sa.Column("note", sa.Text, nullable=False),
+        sa.Column("created_ts", sa.BigInteger, nullable=False),
+        sa.Index("ix_feedback_request_id", "request_id"),
+    )
+    sa.Table(
+        "senders",
+        md,
+        sa.Column("sender", sa.String(200), primary_key=True),
+        sa.Column("spool_depth", sa.BigInteger, nullable=False),
+        sa.Column("updated_ts", sa.BigInteger, nullable=False),
+    )
+    await _create(conn, md)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "usage records, request states, hourly rollups and latency histograms", _v1),
+    Migration(2, "budgets, feedback and sender spool reports", _v2),
+)
+LATEST = MIGRATIONS[-1].version
+
+_migrations_table = sa.Table(
+    "schema_migrations",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("applied_ts", sa.BigInteger, nullable=False),
+)
+
+
+async def current_version(conn: AsyncConnection) -> int:
+    exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table("schema_migrations"))
+    if not exists:
+        return 0
+    return int(
+        await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(_migrations_table.c.version), 0))) or 0
+    )
+
+
+async def migrate(engine: AsyncEngine, target: int | None = None) -> int:
+    """Bring the database to `target` (default: the latest version); returns the version reached.
+
+    `engine` must be the writer (on SQLite, its transactions begin IMMEDIATE).
+    """
+    target = LATEST if target is None else target
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                sa.text(
+                    "SELECT pg_advisory_xact_lock(hashtext('llmroute.ledger.migrate.' || current_schema()))"
+                )
+            )
+        await conn.run_sync(lambda sync: _migrations_table.create(sync, checkfirst=True))
+        version = await current_version(conn)
+        if version > LATEST:
+            raise SchemaTooNew(
+                f"database schema is at version {version}; this ledger knows versions up to {LATEST}"
+            )
+        for migration in MIGRATIONS:
+            if version < migration.version <= target:
+                started = time.perf_counter()
+                await migration.apply(conn)
+                await conn.execute(
+                    _migrations_table.insert().values(
+                        version=migration.version,
+                        description=migration.description,
+                        applied_ts=int(time.time() * 1_000_000),
+                    )
+                )
+                version = migration.version
+                log.info(
+                    "schema_migrated",
+                    version=version,
+                    description=migration.description,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+        return version

@@ -1,0 +1,197 @@
+"""The ledger's tables as the queries see them (the current schema version), and their units.
+
+Conventions, shared by SQLite and PostgreSQL so one code path serves both:
+- times are integer microseconds since the Unix epoch, UTC (`ts`, `*_ts`); hours are `ts // HOUR_US`;
+- money is integer nano-dollars (`*_nusd`, 1e-9 USD): sums are exact, never float-rounded, so
+  totals reconcile to the last digit across replicas and re-deliveries;
+- enums are stored as their proto numbers.
+
+`ledger_svc.migrations` creates these tables; a test checks that the migrated database matches them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sqlalchemy as sa
+
+HOUR_US = 3_600_000_000
+NUSD_PER_USD = 1_000_000_000
+
+# Dimension codes of the rollup tables; the same numbers as the proto's GroupBy where they overlap.
+DIM_TOTAL = 0
+DIM_MODEL = 1
+DIM_TIER = 2
+DIM_CATEGORY = 4
+
+# Request latency histogram: bucket 0 holds [0, 1) ms; bucket b >= 1 holds [γ^(b-1), γ^b) ms.
+# A percentile is reported as the bucket's midpoint 2·γ^(b-1)·γ/(1+γ): relative error <= (γ-1)/(γ+1).
+LATENCY_GAMMA = 1.05
+LATENCY_MAX_BUCKET = 400  # γ^400 ms is about 100 days: everything real fits
+_LOG_GAMMA = math.log(LATENCY_GAMMA)
+
+
+def latency_bucket(ms: float) -> int:
+    if ms < 1.0:
+        return 0
+    return min(LATENCY_MAX_BUCKET, 1 + int(math.log(ms) / _LOG_GAMMA))
+
+
+def bucket_value(bucket: int) -> float:
+    """The value reported for a bucket: the point with the least worst-case relative error."""
+    if bucket <= 0:
+        return 0.5
+    return 2 * LATENCY_GAMMA ** (bucket - 1) * LATENCY_GAMMA / (1 + LATENCY_GAMMA)
+
+
+metadata = sa.MetaData()
+
+schema_migrations = sa.Table(
+    "schema_migrations",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("applied_ts", sa.BigInteger, nullable=False),
+)
+
+# Single values the replicas share. `pruned_before`: raw records and request states older than this
+# (an hour boundary, µs) are gone; only the hourly rollups remain for them.
+ledger_meta = sa.Table(
+    "ledger_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+# One row per provider attempt, as delivered. (request_id, attempt) is the idempotency key.
+usage_records = sa.Table(
+    "usage_records",
+    metadata,
+    sa.Column("request_id", sa.String(200), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("caller", sa.String(200), nullable=False),
+    sa.Column("category", sa.Integer, nullable=False),
+    sa.Column("tier", sa.Integer, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("classifier_source", sa.Integer, nullable=False),
+    sa.Column("classifier_version", sa.Text, nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("provider", sa.String(200), nullable=False),
+    sa.Column("outcome", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cached_input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("reasoning_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_nusd", sa.BigInteger, nullable=False),
+    sa.Column("baseline_nusd", sa.BigInteger, nullable=False),
+    sa.Column("classifier_nusd", sa.BigInteger, nullable=False),
+    sa.Column("price_map_version", sa.Text, nullable=False),
+    sa.Column("price_known", sa.Boolean, nullable=False),
+    sa.Column("classify_ms", sa.Float, nullable=False),
+    sa.Column("provider_ms", sa.Float, nullable=False),
+    sa.Column("total_ms", sa.Float, nullable=False),
+    sa.Column("cache_hit", sa.Boolean, nullable=False),
+    sa.Column("final", sa.Boolean, nullable=False),
+    sa.Column("received_ts", sa.BigInteger, nullable=False),
+    sa.Index("ix_usage_records_ts", "ts"),
+)
+
+# One row per routed request: what its attempts so far say about it. The request's "home" is its
+# attempt 1 (time, caller, model, tier, category); request-level figures are counted there.
+requests = sa.Table(
+    "requests",
+    metadata,
+    sa.Column("request_id", sa.String(200), primary_key=True),
+    sa.Column("first_ts", sa.BigInteger, nullable=False),
+    sa.Column("home_ts", sa.BigInteger, nullable=True),
+    sa.Column("caller", sa.String(200), nullable=True),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("tier", sa.Integer, nullable=True),
+    sa.Column("category", sa.Integer, nullable=True),
+    sa.Column("cache_hit", sa.Boolean, nullable=False),
+    sa.Column("attempt_count", sa.Integer, nullable=False),
+    sa.Column("escalated", sa.Boolean, nullable=False),
+    sa.Column("total_ms", sa.Float, nullable=True),
+    sa.Column("lat_bucket", sa.Integer, nullable=True),
+    sa.Index("ix_requests_home_ts", "home_ts"),
+)
+
+# Additive counters per hour, per dimension value, for all callers (per_caller=0, caller='') and for
+# each caller (per_caller=1). Maintained in the ingest transaction, so every hour is always rolled up.
+ROLLUP_COUNTERS = (
+    "attempts",
+    "input_tokens",
+    "output_tokens",
+    "cost_nusd",
+    "baseline_nusd",
+    "classifier_nusd",
+    "failed_nusd",
+    "unpriced_attempts",
+    "requests",
+    "escalated_requests",
+    "fallback_requests",
+    "cache_hits",
+)
+ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:8]
+REQUEST_COUNTERS = ROLLUP_COUNTERS[8:]
+ROLLUP_KEY = ("dim", "per_caller", "caller", "hour", "key")
+
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    sa.Column("dim", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("per_caller", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("caller", sa.String(200), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(200), primary_key=True),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in ROLLUP_COUNTERS),
+    sqlite_with_rowid=False,
+)
+
+# Request latency histograms (see latency_bucket), keyed like usage_hourly plus the bucket.
+latency_hourly = sa.Table(
+    "latency_hourly",
+    metadata,
+    sa.Column("dim", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("per_caller", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("caller", sa.String(200), primary_key=True),
+    sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("bucket", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# Spending limits; caller '' is the global budget. Limits of 0 are "not set".
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("caller", sa.String(200), primary_key=True),
+    sa.Column("period", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("soft_nusd", sa.BigInteger, nullable=False),
+    sa.Column("hard_nusd", sa.BigInteger, nullable=False),
+    sa.Column("updated_ts", sa.BigInteger, nullable=False),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(200), nullable=False),
+    sa.Column("verdict", sa.SmallInteger, nullable=False),
+    sa.Column("needed_tier", sa.SmallInteger, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("created_ts", sa.BigInteger, nullable=False),
+    sa.Index("ix_feedback_request_id", "request_id"),
+)
+
+# Each router replica's last reported spool depth.
+senders = sa.Table(
+    "senders",
+    metadata,
+    sa.Column("sender", sa.String(200), primary_key=True),
+    sa.Column("spool_depth", sa.BigInteger, nullable=False),
+    sa.Column("updated_ts", sa.BigInteger, nullable=False),
+)

@@ -1,0 +1,253 @@
+"""The LedgerService gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+from google.protobuf import timestamp_pb2
+
+from ledger_svc import records as conv
+from ledger_svc import stats as st
+from ledger_svc import validation as v
+from ledger_svc.settings import LedgerSettings
+from ledger_svc.store import BudgetRow, LedgerStore
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from service_kit import metadata
+from service_kit import server as service_server
+from service_kit.errors import PermissionDenied
+from service_kit.logging import configure_logging
+
+log = structlog.get_logger()
+
+SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
+ADMIN_TOKEN = "x-admin-token"
+# After a change-triggered WatchSpend snapshot, wait this long so a burst of batches is one snapshot.
+_WATCH_COALESCE_SECONDS = 0.05
+
+
+def _timestamp(us: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def _budget_status(row: BudgetRow) -> ledger_pb2.BudgetStatus:
+    return ledger_pb2.BudgetStatus(
+        budget=ledger_pb2.Budget(
+            caller=row.caller,
+            period=row.period,  # type: ignore[arg-type]
+            soft_limit_usd=conv.to_usd(row.soft_nusd),
+            hard_limit_usd=conv.to_usd(row.hard_nusd),
+        ),
+        spent_usd=conv.to_usd(row.spent_nusd),
+        state=row.state,  # type: ignore[arg-type]
+    )
+
+
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, store: LedgerStore, settings: LedgerSettings) -> None:
+        self._store = store
+        self._settings = settings
+
+    async def RecordUsage(
+        self, request: ledger_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.RecordUsageResponse:
+        violations = v.record_usage_violations(request, self._settings.max_batch_records)
+        v.raise_if(violations, metadata={"max_batch_records": self._settings.max_batch_records})
+        max_future = v.now_us() + int(self._settings.max_future_skew_seconds * 1_000_000)
+        for index, record in enumerate(request.records):
+            violations += v.record_violations(index, record, max_future)
+        v.raise_if(violations)
+        started = time.perf_counter()
+        result = await self._store.record_usage(request.records, request.sender, request.sender_spool_depth)
+        log.debug(
+            "usage_recorded",
+            inserted=result.inserted,
+            duplicates=result.duplicates,
+            sender=request.sender,
+            sender_spool_depth=request.sender_spool_depth,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return ledger_pb2.RecordUsageResponse(inserted=result.inserted, duplicates=result.duplicates)
+
+    async def GetStats(
+        self, request: ledger_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GetStatsResponse:
+        window, violations = v.resolve_window(request.window, v.now_us())
+        violations += v.group_by_violations(request.group_by)
+        violations += v.caller_violations("caller", request.caller)
+        v.raise_if(violations)
+        assert window is not None
+        dims = list(request.group_by) or list(v.DEFAULT_GROUP_BY)
+        result = await self._store.stats(window, dims, request.caller or None)
+        return ledger_pb2.GetStatsResponse(
+            totals=st.totals_pb(result.totals),
+            breakdowns=[st.breakdown_pb(dim, groups) for dim, groups in result.breakdowns],
+            window=ledger_pb2.TimeWindow(
+                since=_timestamp(result.window.since_us), until=_timestamp(result.window.until_us)
+            ),
+            spool_depth=result.spool_depth,
+        )
+
+    async def WatchSpend(
+        self, request: ledger_pb2.WatchSpendRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ledger_pb2.WatchSpendResponse]:
+        v.raise_if(v.watch_violations(request))
+        interval = request.interval_seconds or v.DEFAULT_WATCH_INTERVAL
+        caller = request.caller or None
+        while True:
+            now = v.now_us()
+            if request.last_minutes:
+                window = v.Window(now - request.last_minutes * 60_000_000, now)
+            else:
+                day = datetime.fromtimestamp(now / 1_000_000, UTC).replace(
+                    hour=0, minute=0, second=0, microsecond=0
+                )
+                window = v.Window(int(day.timestamp()) * 1_000_000, now)
+            totals = await self._store.totals(window, caller)
+            yield ledger_pb2.WatchSpendResponse(time=_timestamp(now), totals=st.totals_pb(totals))
+            if await self._store.changes.wait(interval):
+                await asyncio.sleep(min(_WATCH_COALESCE_SECONDS, interval))
+
+    async def ExportRecords(
+        self, request: ledger_pb2.ExportRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ledger_pb2.ExportRecordsResponse]:
+        window, violations = v.resolve_window(request.window, v.now_us())
+        violations += v.export_violations(request)
+        v.raise_if(violations)
+        assert window is not None
+        as_csv = request.format == ledger_pb2.EXPORT_FORMAT_CSV
+        line = conv.csv_line if as_csv else conv.json_line
+        limit = self._settings.export_chunk_bytes
+        buffer: list[str] = [conv.csv_header()] if as_csv else []
+        size = sum(len(part) for part in buffer)
+        exported = 0
+        async for row in self._store.export(window):
+            text = line(row)
+            buffer.append(text)
+            size += len(text)
+            exported += 1
+            if size >= limit:
+                yield ledger_pb2.ExportRecordsResponse(chunk="".join(buffer).encode())
+                buffer, size = [], 0
+        if buffer:
+            yield ledger_pb2.ExportRecordsResponse(chunk="".join(buffer).encode())
+        log.info("records_exported", records=exported, format="csv" if as_csv else "jsonl")
+
+    def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
+        expected = self._settings.admin_token
+        if expected is None:
+            return
+        given = metadata.get(context.invocation_metadata(), ADMIN_TOKEN)
+        if not given:
+            raise PermissionDenied(
+                f"SetBudget is an admin operation: send metadata {ADMIN_TOKEN}", reason="ADMIN_TOKEN_MISSING"
+            )
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            raise PermissionDenied(
+                f"the {ADMIN_TOKEN} metadata is not the admin token", reason="ADMIN_TOKEN_INVALID"
+            )
+
+    async def SetBudget(
+        self, request: ledger_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.SetBudgetResponse:
+        self._require_admin(context)
+        v.raise_if(v.budget_violations(request.budget))
+        b = request.budget
+        soft, hard = conv.to_nusd(b.soft_limit_usd), conv.to_nusd(b.hard_limit_usd)
+        await self._store.set_budget(b.caller, b.period, soft, hard)
+        log.info(
+            "budget_set",
+            caller=b.caller,
+            period=ledger_pb2.BudgetPeriod.Name(b.period),
+            soft_nusd=soft,
+            hard_nusd=hard,
+        )
+        return ledger_pb2.SetBudgetResponse(
+            budget=ledger_pb2.Budget(
+                caller=b.caller,
+                period=b.period,
+                soft_limit_usd=conv.to_usd(soft),
+                hard_limit_usd=conv.to_usd(hard),
+            )
+        )
+
+    async def GetBudgets(
+        self, request: ledger_pb2.GetBudgetsRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GetBudgetsResponse:
+        v.raise_if(v.caller_violations("caller", request.caller))
+        rows = await self._store.budgets(request.caller or None)
+        return ledger_pb2.GetBudgetsResponse(budgets=[_budget_status(row) for row in rows])
+
+    async def CheckBudget(
+        self, request: ledger_pb2.CheckBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.CheckBudgetResponse:
+        v.raise_if(v.caller_violations("caller", request.caller))
+        # A caller with no budget of its own (or not seen yet) is still bound by the global ones.
+        rows = await self._store.budgets(request.caller)
+        state = max((row.state for row in rows), default=ledger_pb2.BUDGET_STATE_OK)
+        return ledger_pb2.CheckBudgetResponse(
+            state=state,  # type: ignore[arg-type]
+            budgets=[_budget_status(row) for row in rows],
+        )
+
+    async def RecordFeedback(
+        self, request: ledger_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.RecordFeedbackResponse:
+        v.raise_if(v.feedback_violations(request))
+        await self._store.record_feedback(
+            request.request_id, request.verdict, request.needed_tier, request.note
+        )
+        log.info("feedback_recorded", verdict=ledger_pb2.FeedbackVerdict.Name(request.verdict))
+        return ledger_pb2.RecordFeedbackResponse(stored=True)
+
+
+async def create_server(
+    settings: LedgerSettings, store: LedgerStore | None = None
+) -> service_server.RunningServer:
+    """Start the server; health turns SERVING once the database is migrated and reachable.
+
+    `store` lets tests pass one opened with a fake clock; the server closes it when it stops.
+    """
+    if store is None:
+        store = await LedgerStore.open(settings)
+    server = service_server.new_server()
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(store, settings), server)
+    try:
+        running = await service_server.start(server, settings.address, [SERVICE_NAME])
+    except BaseException:
+        await store.close()
+        raise
+    running.closers.append(store.close)
+    if settings.retention_interval_seconds and (
+        settings.retention_raw_days or settings.retention_rollup_days
+    ):
+        retention = asyncio.create_task(store.run_retention(settings.retention_interval_seconds))
+
+        async def stop_retention() -> None:
+            retention.cancel()
+            await asyncio.gather(retention, return_exceptions=True)
+
+        running.closers.append(stop_retention)
+    log.info("ledger_ready", dialect=store.dialect, port=running.port)
+    await running.set_serving()
+    return running
+
+
+async def _main(settings: LedgerSettings) -> None:
+    running = await create_server(settings)
+    await service_server.serve_forever(running, settings.grace_seconds)
+
+
+def main() -> None:
+    settings = LedgerSettings()
+    configure_logging("ledger", settings.log_level, settings.log_json)
+    asyncio.run(_main(settings))
+
+
+if __name__ == "__main__":
+    main()

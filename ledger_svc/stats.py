@@ -1,0 +1,294 @@
+"""GetStats in the database: full hours from the hourly rollups, partial hours from the raw tables.
+
+A window [since, until) is cut at hour boundaries. Whole hours are read from `usage_hourly` and
+`latency_hourly` (a few rows per hour and value, whatever the traffic); the partial hours at either
+end come from `usage_records` (per-attempt figures) and `requests` (per-request figures), whose rows
+are small ranges on indexed times. Both are summed in one UNION ALL query per breakdown.
+
+Raw rows of pruned hours are gone: a window edge that falls in a pruned hour is moved to that hour's
+start, and the response's resolved window says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger_svc.records import enum_name, iso_hour, to_usd
+from ledger_svc.schema import (
+    DIM_CATEGORY,
+    DIM_MODEL,
+    DIM_TIER,
+    DIM_TOTAL,
+    HOUR_US,
+    ROLLUP_COUNTERS,
+    bucket_value,
+    latency_hourly,
+    requests,
+    usage_hourly,
+    usage_records,
+)
+from llmroute.common.v1 import common_pb2
+from llmroute.ledger.v1 import ledger_pb2
+
+TOTAL = 0  # not a GroupBy: the window's totals
+HOUR = ledger_pb2.GROUP_BY_HOUR
+CALLER = ledger_pb2.GROUP_BY_CALLER
+_ESCALATED = common_pb2.ATTEMPT_OUTCOME_ESCALATED
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each part of a window is read from."""
+
+    since_us: int
+    until_us: int
+    full_hours: tuple[int, int] | None  # [first, end) hour numbers read from the rollups
+    raw: tuple[tuple[int, int], ...]  # µs ranges read from the raw tables, each inside one hour
+
+
+def plan(since_us: int, until_us: int, pruned_before_us: int) -> Plan:
+    first_full = -(-since_us // HOUR_US)  # ceil
+    end_full = until_us // HOUR_US
+    head: tuple[int, int] | None = None
+    tail: tuple[int, int] | None = None
+    full: tuple[int, int] | None = None
+    inside_one_hour = first_full > end_full
+    if inside_one_hour:
+        if since_us < until_us:
+            head = (since_us, until_us)
+    else:
+        if since_us < first_full * HOUR_US:
+            head = (since_us, first_full * HOUR_US)
+        if end_full * HOUR_US < until_us:
+            tail = (end_full * HOUR_US, until_us)
+        if first_full < end_full:
+            full = (first_full, end_full)
+    # Pruned hours have no raw rows: their edges are rounded down to the hour, so that a record
+    # counts when its hour starts in [since, until) (pruned_before is always an hour boundary).
+    if head is not None and head[0] < pruned_before_us:
+        hour = head[0] // HOUR_US
+        since_us = hour * HOUR_US
+        if inside_one_hour:
+            until_us = since_us
+        else:
+            full = (hour, full[1] if full else first_full)
+        head = None
+    if tail is not None and tail[0] < pruned_before_us:
+        until_us = tail[0]
+        tail = None
+    raw = tuple(r for r in (head, tail) if r is not None)
+    if full is not None and full[0] >= full[1]:
+        full = None
+    return Plan(since_us, until_us, full, raw)
+
+
+@dataclass
+class Aggregate:
+    """Additive counters (schema.ROLLUP_COUNTERS) and a latency histogram {bucket: requests}."""
+
+    counters: list[int] = field(default_factory=lambda: [0] * len(ROLLUP_COUNTERS))
+    latency: dict[int, int] = field(default_factory=dict)
+
+    def get(self, name: str) -> int:
+        return self.counters[ROLLUP_COUNTERS.index(name)]
+
+
+def grouped(query: Any, *exprs: Any) -> Any:
+    """GROUP BY the non-constant expressions (PostgreSQL refuses GROUP BY '')."""
+    keep = [e for e in exprs if not getattr(e, "is_literal", False)]
+    return query.group_by(*keep) if keep else query
+
+
+def _ranges(column: Any, ranges: Sequence[tuple[int, int]]) -> Any:
+    return sa.or_(*(sa.and_(column >= a, column < b) for a, b in ranges))
+
+
+def _key_exprs(dim: int) -> tuple[int, Any, Any, Any]:
+    """(rollup dim, rollup key, usage_records key, requests key) for a GroupBy (or TOTAL)."""
+    h, r, q = usage_hourly.c, usage_records.c, requests.c
+    empty = sa.literal_column("''")
+    if dim == TOTAL:
+        return DIM_TOTAL, h.key, empty, empty
+    if dim == HOUR:
+        return DIM_TOTAL, h.hour, r.ts // HOUR_US, q.home_ts // HOUR_US
+    if dim == CALLER:
+        return DIM_TOTAL, h.caller, r.caller, q.caller
+    if dim == ledger_pb2.GROUP_BY_MODEL:
+        return DIM_MODEL, h.key, r.model, q.model
+    if dim == ledger_pb2.GROUP_BY_TIER:
+        return DIM_TIER, h.key, sa.cast(r.tier, sa.String), sa.cast(q.tier, sa.String)
+    if dim == ledger_pb2.GROUP_BY_CATEGORY:
+        return DIM_CATEGORY, h.key, sa.cast(r.category, sa.String), sa.cast(q.category, sa.String)
+    raise ValueError(f"unknown dimension {dim}")
+
+
+def _rollup_filter(
+    table: sa.Table, rollup_dim: int, per_caller: bool, caller: str | None, hours: tuple[int, int]
+) -> Any:
+    c = table.c
+    conditions = [c.dim == rollup_dim, c.per_caller == int(per_caller), c.hour >= hours[0], c.hour < hours[1]]
+    if per_caller and caller is not None:
+        conditions.append(c.caller == caller)
+    elif not per_caller:
+        conditions.append(c.caller == "")
+    return sa.and_(*conditions)
+
+
+async def aggregate(conn: AsyncConnection, dim: int, p: Plan, caller: str | None) -> dict[Any, Aggregate]:
+    """Counters and latency histograms per key of `dim` over the planned window."""
+    rollup_dim, rollup_key, raw_key, req_key = _key_exprs(dim)
+    per_caller = caller is not None or dim == CALLER
+    zero = sa.literal_column("0")
+    r, q = usage_records.c, requests.c
+    attempt_sums = [
+        sa.func.count(),
+        sa.func.sum(r.input_tokens),
+        sa.func.sum(r.output_tokens),
+        sa.func.sum(r.cost_nusd),
+        sa.func.sum(r.baseline_nusd),
+        sa.func.sum(r.classifier_nusd),
+        sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
+        sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
+    ]
+    request_sums = [
+        sa.func.count(),
+        sa.func.sum(sa.case((q.escalated == sa.true(), 1), else_=0)),
+        sa.func.sum(sa.case((q.attempt_count > 1, 1), else_=0)),
+        sa.func.sum(sa.case((q.cache_hit == sa.true(), 1), else_=0)),
+    ]
+    n_attempt = len(attempt_sums)
+    counter_parts: list[Any] = []
+    latency_parts: list[Any] = []
+    if p.full_hours:
+        counter_parts.append(
+            sa.select(
+                rollup_key.label("k"), *(usage_hourly.c[name].label(name) for name in ROLLUP_COUNTERS)
+            ).where(_rollup_filter(usage_hourly, rollup_dim, per_caller, caller, p.full_hours))
+        )
+        lat_key = latency_hourly.c[rollup_key.name]
+        latency_parts.append(
+            sa.select(
+                lat_key.label("k"), latency_hourly.c.bucket.label("b"), latency_hourly.c.n.label("n")
+            ).where(_rollup_filter(latency_hourly, rollup_dim, per_caller, caller, p.full_hours))
+        )
+    if p.raw:
+        raw_where = [_ranges(r.ts, p.raw)]
+        req_where = [_ranges(q.home_ts, p.raw)]
+        if caller is not None:
+            raw_where.append(r.caller == caller)
+            req_where.append(q.caller == caller)
+        raw_select = sa.select(
+            raw_key.label("k"),
+            *(s.label(name) for s, name in zip(attempt_sums, ROLLUP_COUNTERS, strict=False)),
+            *(zero.label(name) for name in ROLLUP_COUNTERS[n_attempt:]),
+        ).where(*raw_where)
+        counter_parts.append(grouped(raw_select, raw_key))
+        req_select = sa.select(
+            req_key.label("k"),
+            *(zero.label(name) for name in ROLLUP_COUNTERS[:n_attempt]),
+            *(s.label(name) for s, name in zip(request_sums, ROLLUP_COUNTERS[n_attempt:], strict=True)),
+        ).where(*req_where)
+        counter_parts.append(grouped(req_select, req_key))
+        latency_parts.append(
+            grouped(
+                sa.select(req_key.label("k"), q.lat_bucket.label("b"), sa.func.count().label("n")).where(
+                    *req_where, q.lat_bucket.is_not(None)
+                ),
+                req_key,
+                q.lat_bucket,
+            )
+        )
+    result: dict[Any, Aggregate] = {}
+    if not counter_parts:
+        return result
+    union = sa.union_all(*counter_parts).subquery() if len(counter_parts) > 1 else counter_parts[0].subquery()
+    query = sa.select(union.c.k, *(sa.func.sum(union.c[name]) for name in ROLLUP_COUNTERS)).group_by(
+        union.c.k
+    )
+    for row in await conn.execute(query):
+        result[row[0]] = Aggregate(counters=[int(v or 0) for v in row[1:]])
+    lat_union = (
+        sa.union_all(*latency_parts).subquery() if len(latency_parts) > 1 else latency_parts[0].subquery()
+    )
+    lat_query = sa.select(lat_union.c.k, lat_union.c.b, sa.func.sum(lat_union.c.n)).group_by(
+        lat_union.c.k, lat_union.c.b
+    )
+    for key, bucket, n in await conn.execute(lat_query):
+        result.setdefault(key, Aggregate()).latency[int(bucket)] = int(n)
+    return result
+
+
+def percentile(histogram: dict[int, int], p: float) -> float:
+    """Nearest-rank percentile over a latency histogram, as the bucket's representative value."""
+    total = sum(histogram.values())
+    if total == 0:
+        return 0.0
+    rank = max(1, math.ceil(p * total))
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return round(bucket_value(bucket), 3)
+    return round(bucket_value(max(histogram)), 3)  # pragma: no cover
+
+
+def totals_pb(agg: Aggregate) -> ledger_pb2.Totals:
+    g = agg.get
+    requests_n = g("requests")
+    cost, baseline, classifier = g("cost_nusd"), g("baseline_nusd"), g("classifier_nusd")
+
+    def rate(n: int) -> float:
+        return n / requests_n if requests_n else 0.0
+
+    return ledger_pb2.Totals(
+        requests=requests_n,
+        attempts=g("attempts"),
+        input_tokens=g("input_tokens"),
+        output_tokens=g("output_tokens"),
+        cost_usd=to_usd(cost),
+        baseline_cost_usd=to_usd(baseline),
+        gross_savings_usd=to_usd(baseline - cost),
+        classifier_cost_usd=to_usd(classifier),
+        net_savings_usd=to_usd(baseline - cost - classifier),
+        failed_attempt_cost_usd=to_usd(g("failed_nusd")),
+        escalation_rate=rate(g("escalated_requests")),
+        fallback_rate=rate(g("fallback_requests")),
+        cache_hit_rate=rate(g("cache_hits")),
+        latency_p50_ms=percentile(agg.latency, 0.50),
+        latency_p95_ms=percentile(agg.latency, 0.95),
+        unpriced_attempts=g("unpriced_attempts"),
+    )
+
+
+def group_key(dim: int, key: Any) -> str:
+    if dim == HOUR:
+        return iso_hour(int(key))
+    if dim == ledger_pb2.GROUP_BY_TIER:
+        return enum_name(common_pb2.Tier, int(key))
+    if dim == ledger_pb2.GROUP_BY_CATEGORY:
+        return enum_name(common_pb2.Category, int(key))
+    return str(key)
+
+
+def breakdown_pb(dim: int, groups: dict[Any, Aggregate]) -> ledger_pb2.Breakdown:
+    items = [(group_key(dim, key), agg) for key, agg in groups.items() if key is not None]
+    items.sort(key=lambda item: (-item[1].get("cost_nusd"), item[0]))
+    return ledger_pb2.Breakdown(
+        group_by=dim,  # type: ignore[arg-type]
+        groups=[ledger_pb2.Group(key=key, totals=totals_pb(agg)) for key, agg in items],
+    )
+
+
+def merge(aggregates: Iterable[Aggregate]) -> Aggregate:
+    total = Aggregate()
+    for agg in aggregates:
+        total.counters = [a + b for a, b in zip(total.counters, agg.counters, strict=True)]
+        for bucket, n in agg.latency.items():
+            total.latency[bucket] = total.latency.get(bucket, 0) + n
+    return total
