@@ -51,15 +51,13 @@ __all__ = [
 
 log = structlog.get_logger()
 
-# The environment variable each pydantic-ai provider reads its key from. "test" is pydantic-ai's
-# offline TestModel: useful to exercise the LLM path without a provider.
+# The environment variable each pydantic-ai provider reads its key from (the installed extras).
 PROVIDER_KEY_ENV: dict[str, tuple[str, ...]] = {
     "anthropic": ("ANTHROPIC_API_KEY",),
     "openai": ("OPENAI_API_KEY",),
     "openai-chat": ("OPENAI_API_KEY",),
     "openai-responses": ("OPENAI_API_KEY",),
     "groq": ("GROQ_API_KEY",),
-    "test": (),
 }
 
 TierName = Literal["simple", "moderate", "complex", "reasoning"]
