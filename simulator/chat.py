@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import structlog
@@ -190,6 +191,17 @@ class _Completion:
         self.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         self.id = f"chatcmpl-sim{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
+        head = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+        }
+        # Every chunk: `data: {<head>,"choices":[<choice>]<usage>}`.
+        self._prefix = b"data: " + _dumps(head)[:-1] + b',"choices":['
+        # OpenAI sends "usage": null on every chunk but the last when usage was asked for.
+        self._usage_null = b',"usage":null' if self.include_usage else b""
 
     def first_token_seconds(self) -> float:
         # Hidden reasoning is generated before the first visible token.
@@ -233,40 +245,34 @@ class _Completion:
                 "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""},
             }
-            deltas = [{"tool_calls": [head]}]
-            deltas += [
-                {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-                for piece in token_pieces(call["function"]["arguments"], encoding)
+            first = self._event(_dumps({"tool_calls": [head]}))
+            pieces = token_pieces(call["function"]["arguments"], encoding)
+            return [first] + [
+                self._event(b'{"tool_calls":[{"index":0,"function":{"arguments":%s}}]}' % _string(p))
+                for p in pieces
             ]
-        else:
-            deltas = [{"content": piece} for piece in token_pieces(reply.content or "", encoding)]
-        return [self._event(delta) for delta in deltas]
+        return [
+            self._event(b'{"content":%s}' % _string(p)) for p in token_pieces(reply.content or "", encoding)
+        ]
 
     def first_event(self) -> bytes:
-        return self._event({"role": "assistant", "content": "", "refusal": None})
+        return self._event(b'{"role":"assistant","content":"","refusal":null}')
 
     def final_events(self) -> bytes:
-        out = self._event({}, self.reply.finish_reason)
+        out = self._event(b"{}", _dumps(self.reply.finish_reason))
         if self.include_usage:
-            out += self._chunk([], self.reply.usage)
+            out += b"%s]%s}\n\n" % (self._prefix, b',"usage":' + _dumps(self.reply.usage))
         return out + b"data: [DONE]\n\n"
 
-    def _event(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-
-    def _chunk(self, choices: list[Any], usage: dict[str, Any] | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        }
-        if self.include_usage:
-            # OpenAI sends "usage": null on every chunk but the last when usage was asked for.
-            chunk["usage"] = usage
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    def _event(self, delta: bytes, finish_reason: bytes = b"null") -> bytes:
+        # Chunks differ only in their delta, so they are spliced from bytes rather than each
+        # serialized whole: a long stream has hundreds of them, and json.dumps was most of its cost.
+        return b'%s{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]%s}\n\n' % (
+            self._prefix,
+            delta,
+            finish_reason,
+            self._usage_null,
+        )
 
     async def stream(self, request: web.Request, cut: FaultSpec | None) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -298,6 +304,15 @@ class _Completion:
             await asyncio.sleep(max(0.0, start + (index + batch) * per_token - loop.time()))
             await response.write(b"".join(events[index : index + batch]))
         await response.write(self.final_events())
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _string(text: str) -> bytes:
+    # The C encoder json.dumps uses for a str, without its per-call set-up.
+    return encode_basestring_ascii(text).encode()
 
 
 async def _cut_body(request: web.Request, payload: bytes) -> web.StreamResponse:

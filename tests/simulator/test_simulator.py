@@ -330,7 +330,7 @@ async def test_named_tool_choice_calls_that_tool_with_schema_valid_arguments(sim
     ],
 )
 async def test_status_fault_becomes_the_matching_litellm_exception(
-    sim: Sim, status: int, exception: type
+    sim: Sim, status: int, exception: type[openai.APIStatusError]
 ) -> None:
     with pytest.raises(exception) as raised:
         await complete(sim, "gpt-5-mini", extra_headers={"x-sim-fault": f"status:{status}"})
