@@ -21,6 +21,8 @@ from simulator.state import STATE, SimulatorState
 log = structlog.get_logger()
 
 FINGERPRINT = "llmroute-simulator"
+# nginx's status for "the client closed the connection before the answer": what the log says then.
+CLIENT_CLOSED = 499
 # OpenAI's error `type` and `code` by status, so SDKs and LiteLLM map them to their usual exceptions.
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Simulated bad request."),
@@ -70,17 +72,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(400, f"Invalid simulator fault: {exc}")
 
     state.stats.started(model, faulted=fault is not None)
-    status, reply = 0, None
     try:
         response, status, reply = await _answer(request, body, state, fault)
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client disconnects (handler_cancellation=True).
-        _finish(state, model, started, "cancelled", fault, None, status)
+        _finish(state, model, started, "cancelled", fault, None, CLIENT_CLOSED)
         raise
     except ConnectionResetError:
         # A streaming write found the client gone.
-        _finish(state, model, started, "cancelled", fault, None, status)
-        return web.Response(status=499)
+        _finish(state, model, started, "cancelled", fault, None, CLIENT_CLOSED)
+        return web.Response(status=CLIENT_CLOSED)
     except _Cut as cut:
         _finish(state, model, started, "completed", fault, None, 200)
         return cut.args[0]
@@ -153,7 +154,7 @@ async def _answer(
         return error_response(fault.status, fault.message, headers), fault.status, None
     if fault and kind == "timeout":
         # Hang as a stuck provider would; the client's timeout (or a cancel) ends it first.
-        await asyncio.sleep(
+        await _sleep(
             min(fault.hang_seconds or state.settings.max_hang_seconds, state.settings.max_hang_seconds)
         )
         return error_response(504), 504, None
@@ -162,7 +163,7 @@ async def _answer(
         content_type = "text/event-stream" if stream else "application/json"
         return web.Response(status=200, text=text, content_type=content_type), 200, None
     if fault and kind == "delay":
-        await asyncio.sleep(fault.delay_ms / 1000)
+        await _sleep(fault.delay_ms / 1000)
 
     profile = profile_for(body["model"])
     call_id = f"call_sim{uuid.uuid4().hex[:20]}"
@@ -170,7 +171,7 @@ async def _answer(
     completion = _Completion(body, profile, reply, state.settings.latency_scale)
     if stream:
         return await completion.stream(request, fault if kind == "cut_stream" else None), 200, reply
-    await asyncio.sleep(completion.total_seconds())
+    await _sleep(completion.total_seconds())
     payload = completion.body()
     if kind == "cut_stream":
         raise _Cut(await _cut_body(request, payload))
@@ -279,7 +280,7 @@ class _Completion:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        await asyncio.sleep(self.first_token_seconds())
+        await _sleep(self.first_token_seconds())
         events = self.events()
         if cut is not None:
             await response.write(self.first_event() + b"".join(events[: cut.after_chunks]))
@@ -304,6 +305,12 @@ class _Completion:
             await asyncio.sleep(max(0.0, start + (index + batch) * per_token - loop.time()))
             await response.write(b"".join(events[index : index + batch]))
         await response.write(self.final_events())
+
+
+async def _sleep(seconds: float) -> None:
+    # With latency_scale 0, skip even the event-loop round trip that sleep(0) costs.
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 def _dumps(value: Any) -> bytes:
