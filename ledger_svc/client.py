@@ -1,0 +1,406 @@
+"""LedgerReporter: the router's durable, batched, asynchronous delivery of usage records to the ledger.
+
+`submit()` appends the records to a local SQLite spool and returns; a background task sends the
+spool in batches with RecordUsage and deletes records only once the ledger acknowledged them (the
+ledger acknowledges after commit, and is idempotent on (request_id, attempt), so a resend after a
+crash between the two steps is counted once). When the ledger is unreachable, records wait in the
+spool, the task retries with backoff, and a restarted router replays what it finds there.
+
+Durability of `submit()` (what "acknowledged" means for the router's caller):
+- always: once `submit()` returns, the records are committed to the spool's WAL in the operating
+  system; killing the router (kill -9, OOM, crash) loses nothing;
+- power loss / kernel crash: with `fsync=False` (default) the WAL is fsynced at every checkpoint,
+  every `sync_interval` seconds (default 1 s), so at most the records submitted in the last
+  `sync_interval` seconds can be lost; with `fsync=True` every submit is fsynced before it returns
+  (about 2 ms per call on a cloud disk instead of about 50 µs).
+
+This module depends only on grpc, structlog and the generated stubs: the router's image ships it
+alone (with `ledger_svc/__init__.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+__all__ = ["LedgerReporter", "ReporterStats"]
+
+log = structlog.get_logger()
+
+# Failures that say "try again later": the records stay in the spool.
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, record BLOB NOT NULL, added REAL NOT NULL)",
+    # Records the ledger refused as invalid (INVALID_ARGUMENT naming them): kept for inspection,
+    # never resent, so one bad record cannot block the records behind it.
+    "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, record BLOB NOT NULL, reason TEXT NOT NULL, added REAL NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class ReporterStats:
+    """What the reporter did since it started; `depth` is what waits in the spool now."""
+
+    depth: int
+    dead_letters: int
+    sent: int
+    duplicates: int
+    failures: int
+    last_error: str
+
+
+class _Spool:
+    """An append-only queue in a SQLite file (WAL). One connection, guarded by a lock."""
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        # Checkpoints are ours (see checkpoint()), so they run off the request path.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        for statement in _SCHEMA:
+            self._db.execute(statement)
+
+    def append(self, blobs: Sequence[bytes]) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO spool (record, added) VALUES (?, ?)", [(b, now) for b in blobs]
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def peek(self, limit: int) -> list[tuple[int, bytes]]:
+        with self._lock:
+            return self._db.execute("SELECT id, record FROM spool ORDER BY id LIMIT ?", (limit,)).fetchall()
+
+    def delete(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            self._db.execute("COMMIT")
+
+    def bury(self, items: Sequence[tuple[int, bytes, str]]) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO dead_letters (id, record, reason, added) VALUES (?, ?, ?, ?)",
+                [(i, blob, reason, now) for i, blob, reason in items],
+            )
+            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i, _, _ in items])
+            self._db.execute("COMMIT")
+
+    def count(self, table: str = "spool") -> int:
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def checkpoint(self) -> None:
+        """Sync the WAL (and fold it into the database file); bounds what a power loss can take."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _violations(error: grpc.aio.AioRpcError) -> tuple[dict[str, str], dict[str, str]]:
+    """BadRequest field violations and ErrorInfo metadata of a failed call."""
+    violations: dict[str, str] = {}
+    info: dict[str, str] = {}
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.update({v.field: v.description for v in bad.field_violations})
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            found = error_details_pb2.ErrorInfo()
+            detail.Unpack(found)
+            info.update(found.metadata)
+    return violations, info
+
+
+def _record_index(field: str) -> int | None:
+    if not field.startswith("records["):
+        return None
+    try:
+        return int(field[len("records[") : field.index("]")])
+    except ValueError:
+        return None
+
+
+class LedgerReporter:
+    """Durable spool plus background sender; the router's `UsageSink`.
+
+    Args:
+        address: the ledger's host:port.
+        spool_path: SQLite file of the spool (created with its directory). One reporter per file.
+        sender: this router replica's id, reported with each batch (the ledger keeps each sender's
+            last spool depth); default: host name and spool path, stable across restarts.
+        batch_size: records per RecordUsage call.
+        flush_interval: seconds to wait for more records before sending a batch smaller than
+            `batch_size` (a burst becomes one call).
+        rpc_timeout: deadline of each RecordUsage call, in seconds.
+        backoff_initial, backoff_max: retry delays while the ledger is unreachable, in seconds
+            (exponential with jitter).
+        fsync: fsync every submit before returning (survives power loss; see the module docstring).
+        sync_interval: seconds between WAL syncs (checkpoints) when `fsync` is False.
+        channel: an existing channel to the ledger (then `address` is only used in logs).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        spool_path: str | os.PathLike[str] = "var/router-spool.db",
+        *,
+        sender: str = "",
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        rpc_timeout: float = 10.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        fsync: bool = False,
+        sync_interval: float = 1.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._address = address
+        path = Path(spool_path)
+        self._spool = _Spool(path, fsync)
+        self._sender = sender or f"{socket.gethostname()}:{path.resolve()}"
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._rpc_timeout = rpc_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._sync_interval = sync_interval
+        self._fsync = fsync
+        self._channel = channel
+        self._own_channel = channel is None
+        self._depth = self._spool.count()
+        self._dead = self._spool.count("dead_letters")
+        self._sent = 0
+        self._duplicates = 0
+        self._failures = 0
+        self._last_error = ""
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ---- the router's side ----------------------------------------------------------------------
+
+    def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None:
+        """Make `records` durable in the spool, then return; delivery happens in the background."""
+        if self._closed:
+            raise RuntimeError("LedgerReporter is closed")
+        if not records:
+            return
+        self._spool.append([record.SerializeToString() for record in records])
+        self._depth += len(records)
+        self._wake.set()
+
+    @property
+    def depth(self) -> int:
+        """Records in the spool, not yet acknowledged by the ledger."""
+        return self._depth
+
+    @property
+    def sender(self) -> str:
+        return self._sender
+
+    def stats(self) -> ReporterStats:
+        return ReporterStats(
+            depth=self._depth,
+            dead_letters=self._dead,
+            sent=self._sent,
+            duplicates=self._duplicates,
+            failures=self._failures,
+            last_error=self._last_error,
+        )
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start sending; whatever an earlier process left in the spool goes first."""
+        if self._task is not None:
+            return
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(
+                self._address,
+                options=[
+                    # Reconnect quickly once the ledger is back, instead of grpc's default (up to 120 s).
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", max(100, int(self._backoff_max * 1000))),
+                ],
+            )
+        self._stub = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+        if self._depth:
+            log.info("ledger_spool_replay", spool_depth=self._depth, spool=str(self._spool.path))
+        self._task = asyncio.create_task(self._run(), name="ledger-reporter")
+
+    async def flush(self, timeout: float) -> bool:
+        """Send without waiting for more records; True once the spool is empty, False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._depth > 0:
+            if self._task is None or self._task.done():
+                return False
+            self._urgent = True
+            self._wake.set()
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def close(self, drain_timeout: float = 2.0) -> None:
+        """Try to drain for up to `drain_timeout` seconds, then stop; undelivered records stay spooled."""
+        if self._closed:
+            return
+        if self._task is not None and drain_timeout > 0 and self._depth:
+            await self.flush(drain_timeout)
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._channel is not None and self._own_channel:
+            await self._channel.close()
+        self._spool.close()
+        log.info("ledger_reporter_closed", spool_depth=self._depth)
+
+    # ---- the background sender ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = self._backoff_initial
+        last_sync = time.monotonic()
+        while True:
+            if not self._fsync and time.monotonic() - last_sync >= self._sync_interval:
+                await asyncio.to_thread(self._spool.checkpoint)
+                last_sync = time.monotonic()
+            if self._depth == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._sync_interval)
+                continue
+            if self._depth < self._batch_size and not self._urgent and self._flush_interval > 0:
+                await asyncio.sleep(self._flush_interval)  # let a burst become one batch
+            self._urgent = False
+            try:
+                batch = self._spool.peek(self._batch_size)
+                if not batch:  # the count drifted (another process shares the file): trust the file
+                    self._depth = self._spool.count()
+                    continue
+                delivered = await self._send(batch)
+            except sqlite3.Error as error:  # disk trouble: keep the task alive and try again
+                log.error("ledger_spool_error", error=str(error))
+                delivered = False
+            if delivered:
+                backoff = self._backoff_initial
+            else:
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(self._backoff_max, backoff * 2)
+
+    async def _send(self, batch: list[tuple[int, bytes]]) -> bool:
+        """Deliver one batch; False when the ledger should be retried later."""
+        records = []
+        corrupt = []
+        for row_id, blob in batch:
+            try:
+                records.append((row_id, blob, ledger_pb2.UsageRecord.FromString(blob)))
+            except DecodeError:  # a damaged row must not block the spool
+                corrupt.append((row_id, blob, "not a UsageRecord"))
+        if corrupt:
+            self._bury(corrupt)
+        if not records:
+            return True
+        request = ledger_pb2.RecordUsageRequest(
+            records=[record for _, _, record in records],
+            sender=self._sender,
+            sender_spool_depth=max(0, self._depth - len(records)),
+        )
+        try:
+            response = await self._stub.RecordUsage(request, timeout=self._rpc_timeout)
+        except grpc.aio.AioRpcError as error:
+            return self._failed(error, records)
+        self._spool.delete([row_id for row_id, _, _ in records])
+        self._depth = max(0, self._depth - len(records))
+        self._sent += response.inserted
+        self._duplicates += response.duplicates
+        if self._failures and self._last_error:
+            log.info("ledger_reachable_again", spool_depth=self._depth)
+            self._last_error = ""
+        return True
+
+    def _failed(
+        self, error: grpc.aio.AioRpcError, records: list[tuple[int, bytes, ledger_pb2.UsageRecord]]
+    ) -> bool:
+        self._failures += 1
+        code = error.code()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            violations, info = _violations(error)
+            if "records" in violations and "max_batch_records" in info:
+                self._batch_size = max(1, min(self._batch_size, int(info["max_batch_records"])))
+                log.warning("ledger_batch_too_large", batch_size=self._batch_size)
+                return True
+            bad: dict[int, str] = {}
+            for field, description in violations.items():
+                index = _record_index(field)
+                if index is not None and index < len(records):
+                    bad[index] = (
+                        f"{bad[index]}; {field}: {description}" if index in bad else f"{field}: {description}"
+                    )
+            if bad:
+                self._bury([(records[i][0], records[i][1], reason) for i, reason in bad.items()])
+                log.error("ledger_records_refused", records=len(bad), spool_depth=self._depth)
+                return True
+        if code not in _TRANSIENT:
+            # Not the records' fault (a misconfiguration, say): keep them and keep trying.
+            log.error(
+                "ledger_delivery_failed", code=code.name, detail=error.details(), spool_depth=self._depth
+            )
+        elif self._last_error != code.name:
+            log.warning("ledger_unreachable", code=code.name, spool_depth=self._depth)
+        self._last_error = code.name
+        return False
+
+    def _bury(self, items: list[tuple[int, bytes, str]]) -> None:
+        self._spool.bury(items)
+        self._depth = max(0, self._depth - len(items))
+        self._dead += len(items)
