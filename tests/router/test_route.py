@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import grpc
@@ -213,3 +214,34 @@ async def test_warm_up_calls_the_cheapest_model_of_each_tier_and_accounts_for_it
     assert len(warmed) >= 3 and all(r.caller == "llmroute-warmup" for r in recording_sink.records)
     assert all(r.usage.output_tokens <= 1 and r.usage.cost_usd > 0 for r in recording_sink.records)
     assert warmed <= {spec.model for specs in policy.tiers.values() for spec in specs}
+
+
+async def test_the_clients_deadline_cancels_the_provider_call_and_the_attempt_is_recorded(router) -> None:
+    # A first call pays LiteLLM's lazy imports, which could eat the whole deadline below.
+    await router.stub.Route(request(SPAM_CHECK))
+    router.sink.records.clear()
+    await router.fault(model="*", fault="delay", delay_ms=5000)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(request(SPAM_CHECK), timeout=1.0)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    for _ in range(50):  # the server side notices the cancellation a moment later
+        stats = await router.simulator_stats()
+        if stats["totals"]["cancelled"] and router.sink.records:
+            break
+        await asyncio.sleep(0.05)
+    assert stats["totals"]["cancelled"] == 1 and stats["in_flight"] == 0
+    [record] = router.sink.records
+    assert record.outcome == common_pb2.ATTEMPT_OUTCOME_CANCELLED
+    assert record.usage.input_tokens > 0 and record.usage.cost_usd > 0  # the prompt was sent: it is charged
+
+
+async def test_a_model_in_cooldown_is_skipped_until_its_probe_succeeds(router) -> None:
+    first = (await router.stub.Route(request(SPAM_CHECK))).model
+    await router.fault(model=first, fault="status", status=500, count=router.settings.cooldown_after_failures)
+    # Two retries' worth of failures per request: after enough of them the model is in cooldown.
+    while True:
+        response = await router.stub.Route(request(SPAM_CHECK))
+        if any(c.model == first and c.skipped_reason == "cooldown" for c in response.candidates):
+            break
+    assert response.model != first and all(a.model != first for a in response.attempts)
