@@ -1,0 +1,321 @@
+"""WatchSpend, ExportRecords (CSV and JSON lines), budgets with CheckBudget and the admin token, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import itertools
+import json
+import time
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from ledger_svc.settings import LedgerSettings
+from llmroute.common.v1 import common_pb2 as C
+from llmroute.ledger.v1 import ledger_pb2 as L
+from tests.ledger.conftest import Backend, Ledger, start_ledger, stop_ledger
+from tests.ledger.ledger_helpers import now_us, record
+from tests.rich_status import details
+
+MIN = 60_000_000
+
+
+# ---- WatchSpend ---------------------------------------------------------------------------------
+
+
+async def test_watch_spend_sends_a_snapshot_at_once_then_on_change(ledger: Ledger) -> None:
+    call = ledger.stub.WatchSpend(L.WatchSpendRequest(interval_seconds=60, last_minutes=30))
+    first = await asyncio.wait_for(call.read(), 5)
+    assert first.totals.cost_usd == 0.0
+    started = time.monotonic()
+    await ledger.stub.RecordUsage(
+        L.RecordUsageRequest(records=[record("w1", 1, at=now_us() - MIN, cost=0.25, final=True, total_ms=5)])
+    )
+    changed = await asyncio.wait_for(call.read(), 5)
+    assert time.monotonic() - started < 5  # long before the 60 s interval
+    assert (changed.totals.cost_usd, changed.totals.requests) == (0.25, 1)
+    assert changed.time.ToMicroseconds() >= first.time.ToMicroseconds()
+    call.cancel()
+
+
+async def test_watch_spend_ticks_every_interval_and_filters_by_caller(ledger: Ledger) -> None:
+    await ledger.stub.RecordUsage(
+        L.RecordUsageRequest(
+            records=[
+                record("a", 1, at=now_us() - MIN, caller="alice", cost=0.1),
+                record("b", 1, at=now_us() - MIN, caller="bob", cost=0.2),
+            ]
+        )
+    )
+    call = ledger.stub.WatchSpend(L.WatchSpendRequest(interval_seconds=0.1, caller="bob"))
+    snapshots = [await asyncio.wait_for(call.read(), 5) for _ in range(3)]
+    call.cancel()
+    assert [s.totals.cost_usd for s in snapshots] == [0.2, 0.2, 0.2]  # since the start of today, bob only
+    gaps = [b.time.ToMicroseconds() - a.time.ToMicroseconds() for a, b in itertools.pairwise(snapshots)]
+    assert all(gap >= 90_000 for gap in gaps)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (L.WatchSpendRequest(interval_seconds=0.001), "interval_seconds"),
+        (L.WatchSpendRequest(interval_seconds=-1), "interval_seconds"),
+        (L.WatchSpendRequest(last_minutes=-1), "last_minutes"),
+    ],
+)
+async def test_bad_watch_requests(ledger: Ledger, request_: L.WatchSpendRequest, field: str) -> None:
+    call = ledger.stub.WatchSpend(request_)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in found.violations
+
+
+# ---- ExportRecords ------------------------------------------------------------------------------
+
+
+def _export_records(base: int) -> list[L.UsageRecord]:
+    return [
+        record("e1", 1, at=base, caller="alice", cost=0.000012345, classifier=0.0000001, input_tokens=10,
+               output_tokens=3, outcome=C.ATTEMPT_OUTCOME_VALIDATION_FAILED),
+        record("e1", 2, at=base + 1, caller="alice", model="big", cost=0.5, baseline=0.75, final=True, total_ms=12.5),
+        record("e2", 1, at=base + 2, caller='bo"b, jr', cost=0, price_known=False, final=True),
+    ]  # fmt: skip
+
+
+async def _export(ledger: Ledger, request: L.ExportRecordsRequest) -> tuple[str, int]:
+    chunks = [r.chunk async for r in ledger.stub.ExportRecords(request)]
+    return b"".join(chunks).decode(), len(chunks)
+
+
+async def test_export_csv(ledger: Ledger) -> None:
+    base = now_us() - 10 * MIN
+    await ledger.stub.RecordUsage(L.RecordUsageRequest(records=_export_records(base)))
+    text, _ = await _export(
+        ledger, L.ExportRecordsRequest(window=L.TimeWindow(last_minutes=60), format=L.EXPORT_FORMAT_CSV)
+    )
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["request_id"], r["attempt"]) for r in rows] == [("e1", "1"), ("e1", "2"), ("e2", "1")]
+    first, second, third = rows
+    assert first["cost_usd"] == "0.000012345" and first["classifier_cost_usd"] == "0.000000100"
+    assert first["outcome"] == "ATTEMPT_OUTCOME_VALIDATION_FAILED" and first["tier"] == "TIER_SIMPLE"
+    assert (first["input_tokens"], first["output_tokens"], first["final"]) == ("10", "3", "false")
+    assert (second["baseline_cost_usd"], second["total_ms"], second["final"]) == (
+        "0.750000000",
+        "12.5",
+        "true",
+    )
+    assert third["caller"] == 'bo"b, jr' and third["price_known"] == "false"
+    assert datetime.fromisoformat(first["time"]).astimezone(UTC).timestamp() * 1_000_000 == pytest.approx(
+        base
+    )
+
+
+async def test_export_jsonl_in_chunks(backend: Backend) -> None:
+    ledger = await start_ledger(backend.settings(export_chunk_bytes=1024))
+    try:
+        base = now_us() - 10 * MIN
+        records = [record(f"j{i:04d}", 1, at=base + i, cost=0.001 * i, final=True) for i in range(300)]
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(records=records))
+        text, chunks = await _export(ledger, L.ExportRecordsRequest(window=L.TimeWindow(last_minutes=60)))
+        assert chunks > 10
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["request_id"] for line in lines] == [f"j{i:04d}" for i in range(300)]
+        assert (
+            lines[7]["cost_usd"] == 0.007
+            and lines[7]["final"] is True
+            and lines[7]["category"] == "CATEGORY_CHAT"
+        )
+        empty, _ = await _export(
+            ledger, L.ExportRecordsRequest(window=L.TimeWindow(last_minutes=1), format=L.EXPORT_FORMAT_CSV)
+        )
+        assert empty.splitlines() == [empty.splitlines()[0]] and empty.startswith("request_id,attempt,time")
+    finally:
+        await stop_ledger(ledger)
+
+
+async def test_bad_export_requests(ledger: Ledger) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _export(ledger, L.ExportRecordsRequest(format=7))  # type: ignore[arg-type]
+    assert "unknown format" in details(caught.value).violations["format"]
+    since = L.TimeWindow()
+    since.since.FromMicroseconds(now_us())
+    since.until.FromMicroseconds(now_us() - MIN)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _export(ledger, L.ExportRecordsRequest(window=since))
+    assert "window.until" in details(caught.value).violations
+
+
+# ---- Budgets ------------------------------------------------------------------------------------
+
+
+def _budget(caller: str, period: int, soft: float, hard: float) -> L.SetBudgetRequest:
+    return L.SetBudgetRequest(
+        budget=L.Budget(caller=caller, period=period, soft_limit_usd=soft, hard_limit_usd=hard)  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def admin_ledger(backend: Backend) -> Ledger:
+    ledger = await start_ledger(backend.settings(admin_token="s3cret"))
+    yield ledger  # type: ignore[misc]
+    await stop_ledger(ledger)
+
+
+ADMIN = (("x-admin-token", "s3cret"),)
+
+
+async def test_set_budget_is_an_admin_operation(admin_ledger: Ledger) -> None:
+    request = _budget("alice", L.BUDGET_PERIOD_DAILY, 1, 2)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin_ledger.stub.SetBudget(request)
+    found = details(caught.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_TOKEN_MISSING")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin_ledger.stub.SetBudget(request, metadata=(("x-admin-token", "guess"),))
+    found = details(caught.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_TOKEN_INVALID")
+    stored = await admin_ledger.stub.SetBudget(request, metadata=ADMIN)
+    assert stored.budget == request.budget
+    # Reading needs no token.
+    assert len((await admin_ledger.stub.GetBudgets(L.GetBudgetsRequest())).budgets) == 1
+
+
+async def test_without_a_configured_token_anyone_may_set_budgets(ledger: Ledger) -> None:
+    assert isinstance(ledger.settings, LedgerSettings) and ledger.settings.admin_token is None
+    await ledger.stub.SetBudget(_budget("", L.BUDGET_PERIOD_MONTHLY, 0, 100))
+
+
+async def test_check_budget_states(admin_ledger: Ledger) -> None:
+    stub = admin_ledger.stub
+    await stub.SetBudget(_budget("alice", L.BUDGET_PERIOD_DAILY, 0.10, 0.20), metadata=ADMIN)
+    await stub.SetBudget(_budget("", L.BUDGET_PERIOD_MONTHLY, 0, 1.0), metadata=ADMIN)
+
+    async def spend(request_id: str, caller: str, cost: float, classifier: float = 0.0) -> None:
+        r = record(
+            request_id,
+            1,
+            at=now_us() - 1_000_000,
+            caller=caller,
+            cost=cost,
+            classifier=classifier,
+            final=True,
+        )
+        await stub.RecordUsage(L.RecordUsageRequest(records=[r]))
+
+    check = await stub.CheckBudget(L.CheckBudgetRequest(caller="alice"))
+    assert check.state == L.BUDGET_STATE_OK
+    assert {(b.budget.caller, b.budget.period) for b in check.budgets} == {
+        ("alice", L.BUDGET_PERIOD_DAILY),
+        ("", L.BUDGET_PERIOD_MONTHLY),
+    }
+    await spend("b1", "alice", 0.09, classifier=0.01)  # the classifier's cost is spend too
+    check = await stub.CheckBudget(L.CheckBudgetRequest(caller="alice"))
+    assert check.state == L.BUDGET_STATE_SOFT_LIMIT
+    assert {b.budget.caller: b.spent_usd for b in check.budgets} == {"alice": 0.1, "": 0.1}
+    await spend("b2", "alice", 0.1)
+    assert (await stub.CheckBudget(L.CheckBudgetRequest(caller="alice"))).state == L.BUDGET_STATE_HARD_LIMIT
+    # Another caller only has the global budget, which is not reached.
+    other = await stub.CheckBudget(L.CheckBudgetRequest(caller="nobody-seen-yet"))
+    assert other.state == L.BUDGET_STATE_OK
+    assert [(b.budget.caller, b.spent_usd, b.state) for b in other.budgets] == [("", 0.2, L.BUDGET_STATE_OK)]
+    await spend("b3", "bob", 0.8)
+    assert (await stub.CheckBudget(L.CheckBudgetRequest(caller="bob"))).state == L.BUDGET_STATE_HARD_LIMIT
+    # Replacing a budget: (caller, period) identifies it.
+    await stub.SetBudget(_budget("alice", L.BUDGET_PERIOD_DAILY, 5, 10), metadata=ADMIN)
+    listed = await stub.GetBudgets(L.GetBudgetsRequest(caller="alice"))
+    mine = [b for b in listed.budgets if b.budget.caller == "alice"]
+    assert len(mine) == 1 and mine[0].budget.hard_limit_usd == 10 and mine[0].state == L.BUDGET_STATE_OK
+    every = await stub.GetBudgets(L.GetBudgetsRequest())
+    assert len(every.budgets) == 2
+
+
+async def test_spend_outside_the_period_does_not_count(ledger: Ledger) -> None:
+    await ledger.stub.SetBudget(_budget("carol", L.BUDGET_PERIOD_DAILY, 0, 1))
+    old = record("old", 1, at=now_us() - 3 * 24 * 3600 * 1_000_000, caller="carol", cost=5.0)
+    await ledger.stub.RecordUsage(L.RecordUsageRequest(records=[old]))
+    check = await ledger.stub.CheckBudget(L.CheckBudgetRequest(caller="carol"))
+    assert (check.state, check.budgets[0].spent_usd) == (L.BUDGET_STATE_OK, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "fragment"),
+    [
+        (_budget("alice", L.BUDGET_PERIOD_DAILY, -1, 5), "budget.soft_limit_usd", "negative"),
+        (_budget("alice", L.BUDGET_PERIOD_DAILY, 1, -5), "budget.hard_limit_usd", "negative"),
+        (_budget("alice", L.BUDGET_PERIOD_DAILY, float("inf"), 5), "budget.soft_limit_usd", "finite"),
+        (_budget("alice", L.BUDGET_PERIOD_DAILY, 6, 5), "budget.soft_limit_usd", "must not exceed"),
+        (_budget("alice", L.BUDGET_PERIOD_DAILY, 0, 0), "budget.hard_limit_usd", "set soft_limit_usd"),
+        (_budget("alice", L.BUDGET_PERIOD_UNSPECIFIED, 1, 2), "budget.period", "DAILY"),
+        (_budget("alice", 9, 1, 2), "budget.period", "DAILY"),
+        (_budget("al\x00ice", L.BUDGET_PERIOD_DAILY, 1, 2), "budget.caller", "control"),
+        (_budget(" alice", L.BUDGET_PERIOD_DAILY, 1, 2), "budget.caller", "whitespace"),
+        (_budget("x" * 201, L.BUDGET_PERIOD_DAILY, 1, 2), "budget.caller", "at most 200"),
+    ],
+)
+async def test_bad_budgets(
+    admin_ledger: Ledger, request_: L.SetBudgetRequest, field: str, fragment: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin_ledger.stub.SetBudget(request_, metadata=ADMIN)
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in found.violations[field], found.violations
+
+
+async def test_bad_budget_reads(ledger: Ledger) -> None:
+    for call in (
+        ledger.stub.CheckBudget(L.CheckBudgetRequest(caller="tab\there")),
+        ledger.stub.GetBudgets(L.GetBudgetsRequest(caller="y" * 500)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        found = details(caught.value)
+        assert found.code == grpc.StatusCode.INVALID_ARGUMENT and "caller" in found.violations
+
+
+# ---- Feedback -----------------------------------------------------------------------------------
+
+
+async def test_feedback_is_stored(ledger: Ledger) -> None:
+    reply = await ledger.stub.RecordFeedback(
+        L.RecordFeedbackRequest(
+            request_id="r1",
+            verdict=L.FEEDBACK_VERDICT_BAD,
+            needed_tier=C.TIER_COMPLEX,
+            note="missed the edge case",
+        )
+    )
+    assert reply.stored
+    await ledger.stub.RecordFeedback(
+        L.RecordFeedbackRequest(request_id="r1", verdict=L.FEEDBACK_VERDICT_GOOD)
+    )
+    stored = await ledger.store.feedback_for("r1")
+    assert [(f["verdict"], f["needed_tier"], f["note"]) for f in stored] == [
+        (L.FEEDBACK_VERDICT_BAD, C.TIER_COMPLEX, "missed the edge case"),
+        (L.FEEDBACK_VERDICT_GOOD, C.TIER_UNSPECIFIED, ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (L.RecordFeedbackRequest(verdict=L.FEEDBACK_VERDICT_GOOD), "request_id"),
+        (L.RecordFeedbackRequest(request_id="r"), "verdict"),
+        (L.RecordFeedbackRequest(request_id="r", verdict=12), "verdict"),  # type: ignore[arg-type]
+        (
+            L.RecordFeedbackRequest(request_id="r", verdict=L.FEEDBACK_VERDICT_BAD, needed_tier=17),
+            "needed_tier",
+        ),  # type: ignore[arg-type]
+        (L.RecordFeedbackRequest(request_id="r", verdict=L.FEEDBACK_VERDICT_BAD, note="n" * 10_001), "note"),
+    ],
+)
+async def test_bad_feedback(ledger: Ledger, request_: L.RecordFeedbackRequest, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ledger.stub.RecordFeedback(request_)
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT and field in found.violations
