@@ -112,4 +112,6 @@ async def ensure_schema(engines: Engines, schema: str | None) -> None:
     if engines.dialect != "postgresql" or not schema:
         return
     async with engines.write.begin() as conn:
+        # CREATE SCHEMA IF NOT EXISTS races with itself when replicas start together.
+        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('llmroute.ledger.create_schema'))"))
         await conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))

@@ -1,0 +1,216 @@
+"""Migrations on new and existing databases, and retention: rollups keep the figures right after pruning."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from ledger_svc import migrations, schema
+from ledger_svc.db import create_engines, ensure_schema
+from ledger_svc.store import LedgerStore
+from ledger_svc.validation import Window
+from llmroute.ledger.v1 import ledger_pb2 as L
+from tests.ledger.conftest import Backend, start_ledger, stop_ledger
+from tests.ledger.ledger_helpers import HOUR_US, now_us, record, reference, ts
+from tests.rich_status import details
+
+DAY = 24 * HOUR_US
+MIN = 60_000_000
+
+
+async def _versions(store: LedgerStore) -> list[int]:
+    async with store.engines.read.connect() as conn:
+        return [
+            row[0]
+            for row in await conn.execute(sa.text("SELECT version FROM schema_migrations ORDER BY version"))
+        ]
+
+
+async def test_migrating_an_existing_v1_database_keeps_its_records(backend: Backend) -> None:
+    settings = backend.settings()
+    engines = create_engines(settings)
+    await ensure_schema(engines, settings.database_schema)
+    assert await migrations.migrate(engines.write, target=1) == 1
+    old = LedgerStore(engines, settings)  # a ledger of the v1 era wrote these
+    at = now_us() - 10 * MIN
+    await old.record_usage(
+        [record("v1-a", 1, at=at, cost=0.01, final=True), record("v1-b", 1, at=at, cost=0.02)]
+    )
+    async with engines.read.connect() as conn:
+        tables = set(await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()))
+    assert "budgets" not in tables and "usage_records" in tables
+    await engines.dispose()
+
+    store = await LedgerStore.open(settings)  # migrates to the latest version
+    try:
+        assert await _versions(store) == [1, 2]
+        totals = await store.totals(Window(at - MIN, at + MIN), None)
+        assert totals.get("requests") == 2 and totals.get("cost_nusd") == 30_000_000
+        await store.set_budget("alice", L.BUDGET_PERIOD_DAILY, 0, 10**9)
+        assert [b.caller for b in await store.budgets(None)] == ["alice"]
+    finally:
+        await store.close()
+    again = await LedgerStore.open(settings)  # nothing left to do
+    try:
+        assert await _versions(again) == [1, 2]
+    finally:
+        await again.close()
+
+
+async def test_the_migrated_schema_is_the_one_the_queries_use(store: LedgerStore) -> None:
+    def describe(sync: sa.Connection) -> dict[str, tuple[set[str], set[str], set[str]]]:
+        inspector = sa.inspect(sync)
+        found = {}
+        for name in inspector.get_table_names():
+            columns = {c["name"] for c in inspector.get_columns(name)}
+            pk = set(inspector.get_pk_constraint(name)["constrained_columns"])
+            indexes = {i["name"] for i in inspector.get_indexes(name) if i["name"]}
+            found[name] = (columns, pk, indexes)
+        return found
+
+    async with store.engines.read.connect() as conn:
+        actual = await conn.run_sync(describe)
+    expected = {
+        table.name: (
+            {c.name for c in table.columns},
+            {c.name for c in table.primary_key.columns},
+            {i.name for i in table.indexes if i.name},
+        )
+        for table in schema.metadata.sorted_tables
+    }
+    assert actual == expected
+
+
+async def test_a_database_from_a_newer_ledger_is_refused(backend: Backend) -> None:
+    settings = backend.settings()
+    store = await LedgerStore.open(settings)
+    async with store.engines.write.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO schema_migrations (version, description, applied_ts) VALUES (99, 'future', 0)"
+            )
+        )
+    await store.close()
+    with pytest.raises(migrations.SchemaTooNew, match="version 99"):
+        await LedgerStore.open(settings)
+
+
+@pytest.mark.postgres
+async def test_replicas_starting_together_migrate_once(pg_backend: Backend) -> None:
+    settings = pg_backend.settings()
+    stores = await asyncio.gather(*(LedgerStore.open(settings) for _ in range(3)))
+    try:
+        assert await _versions(stores[0]) == [1, 2]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+# ---- retention ----------------------------------------------------------------------------------
+
+
+def _old_and_new_records(now: int) -> list[L.UsageRecord]:
+    old_hour = (now - 3 * DAY) // HOUR_US * HOUR_US
+    records = []
+    for i in range(40):
+        at = old_hour + i * 4 * MIN  # 40 requests over 2h40m, three days ago
+        records.append(record(f"old{i}", 1, at=at, caller="alice" if i % 2 else "bob", cost=0.001 * (i % 7),
+                              classifier=0.0001, outcome=2 if i % 3 == 0 else 1, final=i % 3 != 0))  # fmt: skip
+        if i % 3 == 0:
+            records.append(record(f"old{i}", 2, at=at + 1, model="big", cost=0.01, baseline=0.05, final=True,
+                                  total_ms=100 + i))  # fmt: skip
+    records += [
+        record(f"new{i}", 1, at=now - (i + 1) * MIN, cost=0.002, baseline=0.01, final=True) for i in range(5)
+    ]
+    return records
+
+
+async def test_pruned_records_stay_in_the_stats_through_the_rollups(backend: Backend) -> None:
+    ledger = await start_ledger(backend.settings(retention_raw_days=1))
+    try:
+        now = now_us()
+        records = _old_and_new_records(now)
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(records=records))
+        old_hour = (now - 3 * DAY) // HOUR_US * HOUR_US
+        windows = [
+            (0, now + MIN),  # all time
+            (old_hour, old_hour + 3 * HOUR_US),  # whole hours
+            (old_hour + 30 * MIN, old_hour + 150 * MIN),  # partial hours at both ends
+            (old_hour + 5 * MIN, old_hour + 20 * MIN),  # inside one hour
+        ]
+
+        async def totals(since: int, until: int) -> L.GetStatsResponse:
+            w = L.TimeWindow(since=ts(since), until=ts(until))
+            return await ledger.stub.GetStats(L.GetStatsRequest(window=w, group_by=[L.GROUP_BY_CALLER]))
+
+        before = [await totals(a, b) for a, b in windows]
+        for (a, b), stats in zip(windows, before, strict=True):
+            reference(records, a, b)[""].check(stats.totals)
+
+        result = await ledger.store.prune()
+        assert result.pruned_before_us == (now - DAY) // HOUR_US * HOUR_US
+        assert result.records_deleted == len(records) - 5
+        after = [await totals(a, b) for a, b in windows]
+        # Hour-aligned windows are unchanged: the rollups hold everything.
+        assert after[0].totals == before[0].totals and after[0].breakdowns == before[0].breakdowns
+        assert after[1].totals == before[1].totals
+        # Partial hours in pruned time are rounded down to the hour, and the response says so.
+        for stats, (a, b) in zip(after[2:], windows[2:], strict=True):
+            since, until = stats.window.since.ToMicroseconds(), stats.window.until.ToMicroseconds()
+            assert (since, until) == (a // HOUR_US * HOUR_US, b // HOUR_US * HOUR_US)
+            expected = reference(records, since, until)
+            if expected:
+                expected[""].check(stats.totals)
+            else:
+                assert stats.totals == L.Totals()
+        # Raw records are gone from exports; redelivering one is refused instead of counted again.
+        chunks = [
+            c
+            async for c in ledger.stub.ExportRecords(
+                L.ExportRecordsRequest(
+                    window=L.TimeWindow(since=ts(old_hour), until=ts(old_hour + 3 * HOUR_US))
+                )
+            )
+        ]
+        assert b"".join(c.chunk for c in chunks) == b""
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await ledger.stub.RecordUsage(L.RecordUsageRequest(records=[records[1], records[-1]]))
+        found = details(caught.value)
+        assert found.reason == "RECORD_TOO_OLD" and "pruned" in found.violations["records[0].time"]
+        assert "records[1].time" not in found.violations
+        assert (await totals(0, now + MIN)).totals == before[0].totals
+    finally:
+        await stop_ledger(ledger)
+
+
+async def test_rollups_older_than_their_retention_are_dropped(backend: Backend) -> None:
+    ledger = await start_ledger(backend.settings(retention_raw_days=1, retention_rollup_days=2))
+    try:
+        now = now_us()
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(records=_old_and_new_records(now)))
+        await ledger.store.prune()
+        stats = await ledger.stub.GetStats(L.GetStatsRequest())
+        assert (stats.totals.requests, stats.totals.cost_usd) == (5, 0.01)
+    finally:
+        await stop_ledger(ledger)
+
+
+async def test_the_retention_job_runs_in_the_background(backend: Backend) -> None:
+    ledger = await start_ledger(backend.settings(retention_raw_days=1, retention_interval_seconds=0.1))
+    try:
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(records=_old_and_new_records(now_us())))
+        for _ in range(100):
+            if await ledger.store.pruned_before():
+                break
+            await asyncio.sleep(0.05)
+        assert await ledger.store.pruned_before() > 0
+    finally:
+        await stop_ledger(ledger)
+
+
+def test_rollups_must_outlive_raw_records(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="retention_rollup_days"):
+        backend.settings(retention_raw_days=30, retention_rollup_days=7)
