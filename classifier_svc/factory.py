@@ -11,8 +11,8 @@ serving: it loads the model and embeddings and classifies a few fixed prompts.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -65,21 +65,21 @@ def build_local_strategy(settings: ClassifierSettings) -> Strategy:
     if settings.strategy == "heuristic":
         return HeuristicStrategy()
     try:
-        from classifier_svc.strategies.learned import LearnedStrategy
+        learned = importlib.import_module(_LEARNED_MODULE)
     except ModuleNotFoundError as exc:
         if exc.name != _LEARNED_MODULE:
             raise  # the module exists but one of its imports is missing: a broken install, not a choice
         log.warning("local_model_unavailable", reason="no learned strategy module", fallback="heuristic")
         return HeuristicStrategy()
-    if not _has_artifact(settings.artifact_dir):
+    # A missing artifact is a supported set-up (heuristic only); one that exists but does not load is
+    # an error, raised by warm_up before the service reports SERVING.
+    artifact = settings.artifact_dir / getattr(learned, "ARTIFACT_FILE", "model.npz")
+    if not artifact.is_file():
         log.warning(
-            "local_model_unavailable",
-            reason="no artifact",
-            artifact_dir=str(settings.artifact_dir),
-            fallback="heuristic",
+            "local_model_unavailable", reason="no artifact", artifact=str(artifact), fallback="heuristic"
         )
         return HeuristicStrategy()
-    return LearnedStrategy(settings.artifact_dir)
+    return learned.LearnedStrategy(settings.artifact_dir)
 
 
 def _build_uncached(settings: ClassifierSettings) -> Strategy:
@@ -121,7 +121,3 @@ def _build_llm(settings: ClassifierSettings, local: Strategy) -> LLMStrategy:
 
 def _always(verdict: Verdict) -> bool:
     return True
-
-
-def _has_artifact(directory: Path) -> bool:
-    return directory.is_dir() and any(not p.name.startswith(".") for p in directory.iterdir())

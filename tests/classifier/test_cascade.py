@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,6 +164,21 @@ def test_local_and_heuristic_strategies(tmp_path: Path) -> None:
     assert isinstance(build_strategy(settings(strategy="heuristic", cache_enabled=False)), HeuristicStrategy)
     # An empty artifact directory: the learned model cannot load, the heuristic stands in.
     strategy = build_strategy(settings(strategy="local", cache_enabled=False, artifact_dir=tmp_path))
+    assert isinstance(strategy, HeuristicStrategy)
+
+
+def test_local_is_the_learned_model_when_its_artifact_exists(tmp_path: Path) -> None:
+    learned = pytest.importorskip("classifier_svc.strategies.learned")
+    (tmp_path / learned.ARTIFACT_FILE).write_bytes(b"")  # loaded at warm-up, not here
+
+    strategy = build_strategy(settings(strategy="local", cache_enabled=False, artifact_dir=tmp_path))
+
+    assert isinstance(strategy, learned.LearnedStrategy)
+
+
+def test_without_the_learned_module_local_is_the_heuristic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "classifier_svc.strategies.learned", None)  # import raises
+    strategy = build_strategy(settings(strategy="local", cache_enabled=False))
     assert isinstance(strategy, HeuristicStrategy)
 
 
