@@ -131,7 +131,7 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
     return LedgerReporter(
         address=settings.ledger_address,
         spool_path=Path(settings.spool_path),
-        sender=settings.replica_id or f"router-{uuid.uuid4().hex[:8]}",
+        sender=settings.replica_id,
     )
 
 
