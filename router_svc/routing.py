@@ -341,7 +341,10 @@ class Router:
             kwargs["max_tokens"] = request.max_output_tokens
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
-        if request.expectations.json_output or request.expectations.json_schema:
+        schema = request.expectations.json_schema
+        if schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+        elif request.expectations.json_output:
             kwargs["response_format"] = {"type": "json_object"}
         return kwargs
 

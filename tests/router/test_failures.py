@@ -1,0 +1,132 @@
+"""Every provider failure the simulator can inject, and every validator, through Route and RouteStream."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from llmroute.common.v1 import common_pb2
+from llmroute.router.v1 import router_pb2
+from tests.rich_status import details
+
+PROMPT = "Is this message spam? Answer yes or no: 'You won a free cruise, click here'"
+
+
+def route_request(**options: object) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
+        options=router_pb2.RouteOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "retried"),
+    [
+        ({"fault": "status", "status": 429, "retry_after": 0}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, True),
+        ({"fault": "status", "status": 500}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, True),
+        ({"fault": "status", "status": 400}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, False),
+        ({"fault": "timeout", "hang_seconds": 5}, common_pb2.ATTEMPT_OUTCOME_TIMEOUT, True),
+        ({"fault": "malformed"}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, None),
+    ],
+)
+async def test_provider_failures_fall_back_to_the_next_candidate(router, fault, outcome, retried) -> None:
+    cheapest = (await router.stub.Route(route_request())).model
+    if fault["fault"] == "timeout":
+        router.settings.provider_timeout_seconds = 0.3  # the router's own per-call timeout
+    await router.fault(model=cheapest, **fault)
+
+    response = await router.stub.Route(route_request())
+
+    failed = [a for a in response.attempts if a.model == cheapest]
+    assert failed and all(a.outcome == outcome and a.error for a in failed)
+    if retried is not None:
+        assert len(failed) == (1 + router.settings.retries_per_model if retried else 1)
+    assert response.model != cheapest and response.attempts[-1].outcome == common_pb2.ATTEMPT_OUTCOME_OK
+    assert response.tier == common_pb2.TIER_SIMPLE  # a sibling of the same tier answered
+    ledger_outcomes = [r.outcome for r in router.sink.records if r.request_id == response.request_id]
+    assert ledger_outcomes == [a.outcome for a in response.attempts]
+
+
+async def test_every_candidate_failing_is_unavailable_and_still_recorded(router) -> None:
+    await router.fault(model="*", fault="status", status=503, retry_after=0)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(route_request())
+    found = details(raised.value)
+    assert found.code == grpc.StatusCode.UNAVAILABLE and found.reason == "ALL_PROVIDERS_FAILED"
+    assert int(found.metadata["attempts"]) == len(router.sink.records) > 4
+    assert all(r.outcome == common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR for r in router.sink.records)
+
+
+@pytest.mark.parametrize(
+    ("fault", "options", "reason"),
+    [
+        ("empty", {}, "empty_output"),
+        ("length", {}, "truncated_output"),
+        ("refusal", {}, "refusal"),
+        ("bad_json", {"json_output": True}, "invalid_json"),
+    ],
+)
+async def test_each_validator_escalates_one_tier(router, fault, options, reason) -> None:
+    await router.fault(model="*", fault=fault, count=1)
+    response = await router.stub.Route(route_request(**options))
+    first, last = response.attempts[0], response.attempts[-1]
+    assert first.outcome == common_pb2.ATTEMPT_OUTCOME_ESCALATED and first.error.startswith(reason)
+    assert first.tier == common_pb2.TIER_SIMPLE and last.tier == common_pb2.TIER_MODERATE
+    assert last.outcome == common_pb2.ATTEMPT_OUTCOME_OK and response.tier == common_pb2.TIER_MODERATE
+    records = [r for r in router.sink.records if r.request_id == response.request_id]
+    assert records[0].outcome == common_pb2.ATTEMPT_OUTCOME_ESCALATED and records[0].usage.cost_usd > 0
+
+
+async def test_json_schema_mismatch_escalates(router) -> None:
+    schema = '{"type": "object", "required": ["spam"], "properties": {"spam": {"type": "boolean"}}}'
+    response = await router.stub.Route(route_request(json_schema=schema))
+    assert response.attempts[-1].outcome == common_pb2.ATTEMPT_OUTCOME_OK
+    import json
+
+    assert isinstance(json.loads(response.content)["spam"], bool)
+
+
+async def test_a_stream_cut_after_the_first_delta_is_unavailable(router) -> None:
+    await router.fault(model="*", fault="cut_stream", after_chunks=2, count=1)
+    stream = router.stub.RouteStream(
+        router_pb2.RouteStreamRequest(messages=[common_pb2.ChatMessage(role="user", content=PROMPT)])
+    )
+    deltas = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for event in stream:
+            deltas.append(event.delta.content)
+    assert details(raised.value).reason == "PROVIDER_STREAM_BROKEN" and len(deltas) == 2
+    [record] = router.sink.records
+    assert record.outcome == common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR and record.usage.output_tokens > 0
+
+
+async def test_a_stream_cut_before_the_first_delta_falls_back(router) -> None:
+    await router.fault(model="*", fault="cut_stream", after_chunks=0, count=1)
+    events = [
+        e
+        async for e in router.stub.RouteStream(
+            router_pb2.RouteStreamRequest(messages=[common_pb2.ChatMessage(role="user", content=PROMPT)])
+        )
+    ]
+    summary = events[-1].summary
+    assert [a.outcome for a in summary.attempts] == [
+        common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR,
+        common_pb2.ATTEMPT_OUTCOME_OK,
+    ]
+    assert "".join(e.delta.content for e in events[:-1]) == summary.content
+
+
+async def test_buffered_stream_validates_and_escalates(router) -> None:
+    await router.fault(model="*", fault="refusal", count=1)
+    events = [
+        e
+        async for e in router.stub.RouteStream(
+            router_pb2.RouteStreamRequest(
+                messages=[common_pb2.ChatMessage(role="user", content=PROMPT)],
+                options=router_pb2.RouteOptions(buffered_stream=True),
+            )
+        )
+    ]
+    summary = events[-1].summary
+    assert summary.attempts[0].outcome == common_pb2.ATTEMPT_OUTCOME_ESCALATED
+    assert events[0].delta.content == summary.content and "sorry" not in summary.content.lower()
