@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import get_args
 
 import aiohttp
 import pydantic_ai.models
@@ -107,9 +108,9 @@ async def test_a_valid_answer_is_an_llm_verdict_with_its_tokens_and_cost() -> No
 
 
 def test_the_output_names_cover_the_proto_enums() -> None:
-    categories = {f"CATEGORY_{name.upper()}" for name in CategoryName.__args__}
+    categories = {f"CATEGORY_{name.upper()}" for name in get_args(CategoryName)}
     assert categories == set(common_pb2.Category.keys()) - {"CATEGORY_UNSPECIFIED"}
-    tiers = {f"TIER_{name.upper()}" for name in TierName.__args__}
+    tiers = {f"TIER_{name.upper()}" for name in get_args(TierName)}
     assert tiers == set(common_pb2.Tier.keys()) - {"TIER_UNSPECIFIED"}
 
 
