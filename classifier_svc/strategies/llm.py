@@ -10,6 +10,7 @@ the attempt, the failure kind and token counts only.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import re
@@ -308,8 +309,9 @@ class LLMStrategy:
         await self.prepare()
 
     async def prepare(self) -> None:
-        """Look up the price (imports LiteLLM). The LLM itself is not called: that costs money."""
-        if self._resolve_price() is None:
+        """Look up the price. The LLM itself is not called: that costs money."""
+        # In a thread: importing LiteLLM takes seconds, and health checks are answered meanwhile.
+        if await asyncio.to_thread(self._resolve_price) is None:
             log.warning("llm_classifier_price_unknown", model=self._model_id)
 
     async def classify(self, conversation: Conversation) -> Verdict:
