@@ -7,15 +7,20 @@ reported as unpriced, never silently costed at $0.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 
 from router_svc._litellm import litellm
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +51,18 @@ class PriceBook:
         self._cache: dict[str, ModelPrice | None] = {}
 
     @classmethod
-    def from_litellm(cls, overrides_path: Path | None = None) -> PriceBook:
-        entries: dict[str, dict[str, Any]] = dict(litellm.model_cost)
+    def from_litellm(
+        cls, overrides_path: Path | None = None, base: dict[str, dict[str, Any]] | None = None, base_version: str = ""
+    ) -> PriceBook:
+        """LiteLLM's bundled map (or `base`, a map in the same format), then the local overrides."""
+        entries: dict[str, dict[str, Any]] = dict(litellm.model_cost if base is None else base)
         overrides: dict[str, dict[str, Any]] = {}
         if overrides_path is not None:
             overrides = yaml.safe_load(Path(overrides_path).read_text()) or {}
             for model, fields in overrides.items():
                 entries[model] = {**entries.get(model, {}), **fields}
         digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-        version = f"litellm-{_litellm_version()}" + (f"+overrides-{digest}" if overrides else "")
+        version = (base_version or f"litellm-{_litellm_version()}") + (f"+overrides-{digest}" if overrides else "")
         return cls(entries, version)
 
     def price(self, model: str) -> ModelPrice | None:
@@ -109,3 +117,49 @@ def _litellm_version() -> str:
     from importlib.metadata import version
 
     return version("litellm")
+
+
+class PriceSource:
+    """The live price book: the bundled map at start, refreshed from a file or URL on a schedule.
+
+    A refresh that fails (unreachable, not JSON, no usable prices) is logged and the current book stays.
+    """
+
+    def __init__(self, overrides_path: Path | None, refresh_from: str | None, refresh_seconds: float) -> None:
+        self._overrides = overrides_path
+        self._refresh_from = refresh_from
+        self._refresh_seconds = refresh_seconds
+        self._book = PriceBook.from_litellm(overrides_path)
+
+    def current(self) -> PriceBook:
+        return self._book
+
+    async def refresh(self) -> bool:
+        if not self._refresh_from:
+            return False
+        try:
+            raw = await asyncio.to_thread(_read, self._refresh_from)
+            data = json.loads(raw)
+            if not isinstance(data, dict) or not any(
+                isinstance(v, dict) and "input_cost_per_token" in v for v in data.values()
+            ):
+                raise ValueError("no model with input_cost_per_token")
+        except (OSError, ValueError) as error:
+            log.warning("price_refresh_failed", source=self._refresh_from, error=str(error)[:200])
+            return False
+        version = "refreshed-" + hashlib.sha256(raw).hexdigest()[:8]
+        self._book = PriceBook.from_litellm(self._overrides, base=data, base_version=version)
+        log.info("prices_refreshed", source=self._refresh_from, version=self._book.version, models=len(data))
+        return True
+
+    async def run(self) -> None:
+        while self._refresh_from:
+            await self.refresh()
+            await asyncio.sleep(self._refresh_seconds)
+
+
+def _read(source: str) -> bytes:
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=30) as reply:
+            return bytes(reply.read())
+    return Path(source).read_bytes()

@@ -111,7 +111,7 @@ class Router:
         *,
         settings: RouterSettings,
         policy: Callable[[], Policy],
-        prices: PriceBook,
+        prices: Callable[[], PriceBook],
         providers: Providers,
         classifier: ClassifierClient,
         usage_sink: UsageSink,
@@ -200,11 +200,11 @@ class Router:
         self, spec: ModelSpec, tier: int, messages: list[dict[str, str]], output_estimate: int, request: RouteInput
     ) -> tuple[Choice | None, router_pb2.Candidate]:
         explained = router_pb2.Candidate(model=spec.model, tier=tier)
-        price = self._prices.price(spec.model)
+        price = self._prices().price(spec.model)
         input_tokens = _count_tokens(spec.model, messages)
         if price is not None:
             explained.price_known = True
-            explained.estimated_cost_usd = self._prices.cost(spec.model, input_tokens, output_estimate).usd
+            explained.estimated_cost_usd = self._prices().cost(spec.model, input_tokens, output_estimate).usd
         route = self._providers.resolve(spec)
         skip = ""
         if route is None:
@@ -390,7 +390,7 @@ class Router:
         output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cached = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
         reasoning = int(getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0)
-        cost = self._prices.cost(attempt.model, input_tokens, output_tokens, cached, reasoning)
+        cost = self._prices().cost(attempt.model, input_tokens, output_tokens, cached, reasoning)
         attempt.usage.input_tokens = input_tokens
         attempt.usage.output_tokens = output_tokens
         attempt.usage.cached_input_tokens = cached
@@ -402,7 +402,7 @@ class Router:
 
     def _charge_estimate(self, attempt: router_pb2.Attempt, request: RouteInput, output_tokens: int = 0) -> None:
         input_tokens = _count_tokens(attempt.model, request.litellm_messages())
-        cost = self._prices.cost(attempt.model, input_tokens, output_tokens)
+        cost = self._prices().cost(attempt.model, input_tokens, output_tokens)
         attempt.usage.input_tokens = input_tokens
         attempt.usage.output_tokens = output_tokens
         attempt.usage.cost_usd = cost.usd
@@ -524,7 +524,7 @@ class Router:
             classification=verdict,
             candidates=plan.explained,
             attempts=[o.attempt for o in outcomes],
-            price_map_version=self._prices.version,
+            price_map_version=self._prices().version,
             warnings=warnings,
         )
         for outcome in outcomes:
@@ -554,7 +554,7 @@ class Router:
 
     def _baseline_cost(self, usage: common_pb2.Usage) -> float:
         """What the flagship baseline would have charged for the answering attempt's tokens."""
-        return self._prices.cost(
+        return self._prices().cost(
             self._policy().baseline_model, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
         ).usd
 
@@ -587,7 +587,7 @@ class Router:
                 outcome=attempt.outcome,
                 error=attempt.error,
                 usage=attempt.usage,
-                price_map_version=self._prices.version,
+                price_map_version=self._prices().version,
                 price_known=attempt.price_known,
                 provider_ms=attempt.latency_ms,
                 cache_hit=verdict.source == common_pb2.CLASSIFIER_SOURCE_CACHE,

@@ -22,7 +22,7 @@ from router_svc.classifier_client import ClassifierClient
 from router_svc.cooldown import Cooldowns
 from router_svc.idempotency import ResponseCache
 from router_svc.policy_source import PolicySource
-from router_svc.pricing import PriceBook
+from router_svc.pricing import PriceSource
 from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
 from router_svc.settings import RouterSettings
@@ -139,7 +139,7 @@ async def create_server(
     settings: RouterSettings, usage_sink: UsageSink | None = None
 ) -> service_server.RunningServer:
     policy = PolicySource(settings.policy_path)
-    prices = PriceBook.from_litellm(settings.price_overrides_path)
+    prices = PriceSource(settings.price_overrides_path, settings.price_refresh_from, settings.price_refresh_seconds)
     providers = Providers(settings.simulator, settings.simulator_url)
     classifier = ClassifierClient(settings.classifier_address)
     sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
@@ -156,7 +156,7 @@ async def create_server(
     router = Router(
         settings=settings,
         policy=policy.current,
-        prices=prices,
+        prices=prices.current,
         providers=providers,
         classifier=classifier,
         usage_sink=sink,
@@ -175,10 +175,11 @@ async def create_server(
         running.closers.append(close)
     running.closers.append(classifier.close)
     running.closers.append(ledger_channel.close)
-    watcher = asyncio.create_task(policy.watch())
+    watchers = [asyncio.create_task(policy.watch()), asyncio.create_task(prices.run())]
 
     async def stop_watching() -> None:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
 
     running.closers.append(stop_watching)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
@@ -187,7 +188,7 @@ async def create_server(
     log.info(
         "router_ready",
         simulated=providers.simulate_all,
-        price_map_version=prices.version,
+        price_map_version=prices.current().version,
         baseline_model=policy.current().baseline_model,
     )
     await running.set_serving()

@@ -49,6 +49,9 @@ class RouterSettings(ServiceSettings):
     default_caller: str = "anonymous"
     # Local JSON/YAML file of {model: {input_cost_per_token: ..., output_cost_per_token: ...}} overrides.
     price_overrides_path: Path | None = None
+    # Optional refresh of the whole price map (LiteLLM's JSON format) from a file or http(s) URL.
+    price_refresh_from: str | None = None
+    price_refresh_seconds: float = Field(default=3600.0, gt=0)
     # Durable spool of usage records waiting for the ledger.
     spool_path: Path = Path("var/router-spool.db")
     # Identifies this replica to the ledger (spool depth reporting).

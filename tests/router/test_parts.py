@@ -137,3 +137,22 @@ async def test_response_cache_runs_duplicates_once_and_expires() -> None:
     assert (await cache.get_or_run("k", run)).request_id == "1"
     now[0] = 6
     assert (await cache.get_or_run("k", run)).request_id == "2"
+
+
+async def test_price_refresh_from_a_file_replaces_the_map_and_a_bad_file_keeps_it(tmp_path: Path) -> None:
+    import json
+
+    from router_svc.pricing import PriceSource
+
+    source_file = tmp_path / "prices.json"
+    source = PriceSource(None, str(source_file), refresh_seconds=3600)
+    bundled = source.current()
+    source_file.write_text("not json")
+    assert not await source.refresh() and source.current() is bundled
+
+    source_file.write_text(json.dumps({"gpt-5-nano": {"input_cost_per_token": 1e-3, "output_cost_per_token": 2e-3}}))
+    assert await source.refresh()
+    refreshed = source.current()
+    assert refreshed.version.startswith("refreshed-") and refreshed.version != bundled.version
+    assert refreshed.cost("gpt-5-nano", 1, 1).usd == pytest.approx(3e-3)
+    assert not refreshed.cost("gpt-5-mini", 1, 1).known  # the refreshed map is the whole map
