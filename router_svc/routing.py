@@ -7,6 +7,7 @@ proto, raising `service_kit.errors.ServiceError` subclasses for the caller's mis
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class UsageSink(Protocol):
     def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RouteInput:
     """A validated Route request."""
 
@@ -70,7 +71,9 @@ class RouteInput:
     expectations: Expectations = field(default_factory=Expectations)
     buffered_stream: bool = False
 
-    def litellm_messages(self) -> list[dict[str, str]]:
+    @functools.cached_property
+    def chat(self) -> list[dict[str, str]]:
+        """The conversation as LiteLLM takes it (computed once per request)."""
         return [
             {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in self.messages
         ]
@@ -89,10 +92,18 @@ class Choice:
 
 @dataclass(slots=True)
 class Plan:
-    """Eligible candidates per tier, from the chosen tier up; `explained` is what the response shows."""
+    """Eligible candidates per tier, from the chosen tier up, worked out only when needed (most
+    requests never look past the first tier); `explained` is what the response shows."""
 
-    tiers: list[tuple[int, list[Choice]]]
+    tiers: list[int]
     explained: list[router_pb2.Candidate]
+    build: Callable[[int], list[Choice]]
+    built: dict[int, list[Choice]] = field(default_factory=dict)
+
+    def choices(self, tier: int) -> list[Choice]:
+        if tier not in self.built:
+            self.built[tier] = self.build(tier)
+        return self.built[tier]
 
 
 @dataclass(slots=True)
@@ -173,35 +184,39 @@ class Router:
 
     def plan(self, request: RouteInput, tier: int, category: int) -> Plan:
         policy = self._policy()
-        messages = request.litellm_messages()
         output_estimate = request.max_output_tokens or policy.output_token_estimates.get(
             common_pb2.Category.Name(category).removeprefix("CATEGORY_").lower(), DEFAULT_OUTPUT_ESTIMATE
         )
-        if request.force_model:
-            specs_by_tier = [(tier, [ModelSpec(model=request.force_model)])]
-        else:
-            specs_by_tier = [(t, policy.candidates(t)) for t in TIERS_IN_ORDER if t >= tier]
-        plan = Plan(tiers=[], explained=[])
-        for candidate_tier, specs in specs_by_tier:
+        token_counts: dict[str, int] = {}  # one count per tokenizer family, not per candidate
+
+        def build(candidate_tier: int) -> list[Choice]:
+            specs = [ModelSpec(model=request.force_model)] if request.force_model else policy.candidates(candidate_tier)
             eligible: list[Choice] = []
             for spec in specs:
-                choice, explained = self._consider(spec, candidate_tier, messages, output_estimate, request)
+                choice, explained = self._consider(spec, candidate_tier, output_estimate, request, token_counts)
                 if candidate_tier == tier:
                     plan.explained.append(explained)
                 if choice is not None:
                     eligible.append(choice)
             # Cheapest first; unpriced models last, in policy order (their cost is unknown, not zero).
             eligible.sort(key=lambda c: (not c.price_known, c.estimated_cost_usd if c.price_known else 0.0))
-            plan.tiers.append((candidate_tier, eligible))
+            return eligible
+
+        tiers = [tier] if request.force_model else [t for t in TIERS_IN_ORDER if t >= tier]
+        plan = Plan(tiers=tiers, explained=[], build=build)
+        plan.choices(tier)
         plan.explained.sort(key=lambda c: (bool(c.skipped_reason), not c.price_known, c.estimated_cost_usd))
         return plan
 
     def _consider(
-        self, spec: ModelSpec, tier: int, messages: list[dict[str, str]], output_estimate: int, request: RouteInput
+        self, spec: ModelSpec, tier: int, output_estimate: int, request: RouteInput, token_counts: dict[str, int]
     ) -> tuple[Choice | None, router_pb2.Candidate]:
         explained = router_pb2.Candidate(model=spec.model, tier=tier)
         price = self._prices().price(spec.model)
-        input_tokens = _count_tokens(spec.model, messages)
+        family = price.provider if price is not None else spec.model
+        if family not in token_counts:
+            token_counts[family] = _count_tokens(spec.model, request.chat)
+        input_tokens = token_counts[family]
         if price is not None:
             explained.price_known = True
             explained.estimated_cost_usd = self._prices().cost(spec.model, input_tokens, output_estimate).usd
@@ -256,7 +271,7 @@ class Router:
 
     def _checked_plan(self, request: RouteInput, verdict: classifier_pb2.ClassifyResponse) -> Plan:
         plan = self.plan(request, verdict.tier, verdict.category)
-        if any(choices for _, choices in plan.tiers):
+        if any(plan.choices(t) for t in plan.tiers):
             return plan
         reasons = sorted({c.skipped_reason for c in plan.explained})
         if request.max_cost_usd is not None and "over_max_cost" in reasons:
@@ -283,9 +298,8 @@ class Router:
     ) -> Outcome | None:
         """Try candidates cheapest first, then the next tier up; escalate on rejected output."""
         rejected: Outcome | None = None
-        for index, (_, choices) in enumerate(plan.tiers):
-            has_higher_tier = any(c for _, c in plan.tiers[index + 1 :])
-            for choice in choices:
+        for index, tier in enumerate(plan.tiers):
+            for choice in plan.choices(tier):
                 outcome = await self._call_with_retries(request, choice, deadline, outcomes)
                 if outcome is None:
                     continue  # provider failure: next candidate
@@ -296,7 +310,9 @@ class Router:
                 )
                 if reason is None:
                     return outcome
-                escalate = self._settings.escalate_on_validation_failure and has_higher_tier
+                escalate = self._settings.escalate_on_validation_failure and any(
+                    plan.choices(t) for t in plan.tiers[index + 1 :]
+                )
                 outcome.attempt.outcome = (
                     common_pb2.ATTEMPT_OUTCOME_ESCALATED if escalate else common_pb2.ATTEMPT_OUTCOME_VALIDATION_FAILED
                 )
@@ -332,7 +348,7 @@ class Router:
         kwargs: dict[str, Any] = {
             **choice.route.kwargs,
             **choice.spec.params,
-            "messages": request.litellm_messages(),
+            "messages": request.chat,
             "timeout": _bounded(self._settings.provider_timeout_seconds, deadline),
             "num_retries": 0,
             "drop_params": True,
@@ -401,7 +417,7 @@ class Router:
             log.warning("price_unknown", model=attempt.model)
 
     def _charge_estimate(self, attempt: router_pb2.Attempt, request: RouteInput, output_tokens: int = 0) -> None:
-        input_tokens = _count_tokens(attempt.model, request.litellm_messages())
+        input_tokens = _count_tokens(attempt.model, request.chat)
         cost = self._prices().cost(attempt.model, input_tokens, output_tokens)
         attempt.usage.input_tokens = input_tokens
         attempt.usage.output_tokens = output_tokens
@@ -430,8 +446,8 @@ class Router:
         outcomes: list[Outcome] = []
         answer: Outcome | None = None
         try:
-            for _, choices in plan.tiers:
-                for choice in choices:
+            for tier in plan.tiers:
+                for choice in plan.choices(tier):
                     if not self._cooldowns.available(choice.spec.model):
                         continue
                     stream = self._stream_once(request, choice, deadline, outcomes)

@@ -27,9 +27,9 @@ def default_models(router: Router) -> list[str]:
     probe = RouteInput(messages=(common_pb2.ChatMessage(role="user", content="ping"),), request_id="-", caller="-")
     models: list[str] = []
     for tier in TIERS_IN_ORDER:
-        for _, choices in router.plan(probe, tier, common_pb2.CATEGORY_CHAT).tiers[:1]:
-            if choices and choices[0].spec.model not in models:
-                models.append(choices[0].spec.model)
+        choices = router.plan(probe, tier, common_pb2.CATEGORY_CHAT).choices(tier)
+        if choices and choices[0].spec.model not in models:
+            models.append(choices[0].spec.model)
     return models
 
 
