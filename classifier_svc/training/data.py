@@ -17,6 +17,7 @@ from pathlib import Path
 
 __all__ = [
     "APP_PROMPTS_PATH",
+    "APP_TEST_FRACTION",
     "CHEAP_MODEL",
     "DIFFICULTY_TARGET",
     "GSM8K_TEST_FRACTION",
@@ -32,6 +33,7 @@ __all__ = [
     "load_gsm8k",
     "load_mmlu",
     "load_outcomes",
+    "split_app_prompts",
     "split_outcomes",
 ]
 
@@ -42,6 +44,7 @@ STRONG_MODEL = "gpt-4-1106-preview"
 SPLIT_SEED = "llmroute-split-v1"
 MMLU_TEST_FRACTION = 0.30
 GSM8K_TEST_FRACTION = 0.30
+APP_TEST_FRACTION = 0.25
 
 DEFAULT_DATA_DIR = Path("/work/shared/data/routing")
 APP_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "app_prompts.jsonl"
@@ -164,3 +167,9 @@ def load_app_prompts(path: Path = APP_PROMPTS_PATH) -> list[AppPrompt]:
                 )
             )
     return prompts
+
+
+def split_app_prompts(prompts: Sequence[AppPrompt]) -> tuple[list[AppPrompt], list[AppPrompt]]:
+    """(train, test): 25% of the app prompts by seeded hash of their id."""
+    test_ids = _seeded_pick((p.id for p in prompts), APP_TEST_FRACTION)
+    return [p for p in prompts if p.id not in test_ids], [p for p in prompts if p.id in test_ids]

@@ -19,6 +19,7 @@ __all__ = [
     "RoutingCurve",
     "RoutingReport",
     "apgr",
+    "concordance",
     "routing_curve",
     "routing_report",
     "share_for_quality",
@@ -118,3 +119,18 @@ def routing_report(scores: ArrayLike, cheap_ok: ArrayLike, strong_ok: ArrayLike)
         apgr=float(np.sum((pgr[1:] + pgr[:-1]) * np.diff(curve.share)) / 2),
         strong_share_at_95=share_for_quality(curve, 0.95 * curve.acc_strong),
     )
+
+
+def concordance(score: ArrayLike, label: ArrayLike) -> float:
+    """Share of pairs with different labels that the score orders the same way (ties count half).
+
+    0.5 is random, 1 is perfect; used for the hand-labelled app prompts, which have no model outcomes.
+    """
+    s = np.asarray(score, dtype=np.float64)
+    y = np.asarray(label, dtype=np.float64)
+    ds = np.sign(s[:, None] - s[None, :])
+    dy = np.sign(y[:, None] - y[None, :])
+    pairs = dy != 0
+    if not pairs.any():
+        return float("nan")
+    return float(((ds * dy)[pairs] + 1).sum() / 2 / pairs.sum())

@@ -1,0 +1,305 @@
+"""The learned difficulty classifier: WordLlama embeddings + hand features, a small exported head.
+
+Inference is numpy only: the artifact (``model.npz``, written by ``make train-classifier``) holds the
+weights of every part of the head, so neither scikit-learn nor a pickle is loaded at serving time.
+
+The head has three parts, each estimating the routing gain of a prompt (how much more likely the
+strong model is to answer it correctly than the cheap one):
+
+- ``ridge_features``: ridge regression on standardised hand features, with separate slopes for
+  multiple-choice and open prompts (the two "families");
+- ``boosted_features``: two gradient-boosted tree ensembles on the hand features,
+  P(strong right) - P(cheap right);
+- ``ridge_embedding``: ridge regression on the hand features plus the WordLlama embedding.
+
+A per-family weighted sum of the parts (weights chosen by cross-validation) is mapped to the score,
+P(cheap model fails), by a per-family logistic calibration; the map is increasing, so the score ranks
+prompts exactly as the blend does. See docs/classifier.md for the data, split and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from classifier_svc import features as hand
+from classifier_svc.strategies.base import Conversation, Verdict
+from classifier_svc.strategies.heuristic import detect_category
+from llmroute.common.v1 import common_pb2
+
+__all__ = [
+    "ARTIFACT_FILE",
+    "COMPONENTS",
+    "MODEL_CARD_FILE",
+    "SCHEMA_VERSION",
+    "ArtifactError",
+    "DifficultyModel",
+    "LearnedStrategy",
+    "Prediction",
+    "artifact_version",
+    "encode_turns",
+]
+
+ARTIFACT_FILE = "model.npz"
+MODEL_CARD_FILE = "model_card.json"
+SCHEMA_VERSION = 1
+COMPONENTS = ("ridge_features", "boosted_features", "ridge_embedding")
+FAMILIES = ("open", "multiple_choice")
+_MC = hand.FEATURE_NAMES.index("is_multiple_choice")
+# Characters from each end of a prompt that the category rules read.
+_CATEGORY_WINDOW = 300
+
+
+class ArtifactError(RuntimeError):
+    """The artifact is missing, unreadable, or was trained with other features."""
+
+
+def artifact_version(arrays: Mapping[str, np.ndarray]) -> str:
+    """``<schema>-<8 hex>``: a digest of the weights, so the same training run gives the same version."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == "version":
+            continue
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(name.encode())
+        digest.update(str(value.dtype).encode())
+        digest.update(value.tobytes())
+    return f"{SCHEMA_VERSION}-{digest.hexdigest()[:8]}"
+
+
+def encode_turns(turns: Sequence[str], embed: object | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's input for user turns given oldest first: (embedding, hand features)."""
+    from classifier_svc import embeddings
+
+    embed_fn = embed or embeddings.embed
+    vectors = embed_fn(list(turns))  # type: ignore[operator]
+    rows = np.stack([hand.prompt_features(turn) for turn in turns])
+    return hand.combine_turns(np.asarray(vectors, dtype=np.float32), rows)
+
+
+def _design(z: np.ndarray, mc: np.ndarray) -> np.ndarray:
+    """Family-interacted design: [z * mc, z * (1 - mc), mc]; rows are prompts."""
+    mc = mc[:, None]
+    return np.hstack([z * mc, z * (1.0 - mc), mc])
+
+
+@dataclass(frozen=True, slots=True)
+class _Trees:
+    """A boosted ensemble of small regression trees, as flat arrays (leaf: left == -1)."""
+
+    feature: np.ndarray  # (trees, nodes) int
+    threshold: np.ndarray  # (trees, nodes) float32
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray  # (trees, nodes) float32, leaf values already scaled by the learning rate
+    init: float
+    depth: int
+
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        """Raw log-odds for rows of ``x`` (all trees at once, one step per tree level)."""
+        n_trees = self.feature.shape[0]
+        rows = np.arange(x.shape[0])[:, None]
+        trees = np.arange(n_trees)[None, :]
+        node = np.zeros((x.shape[0], n_trees), dtype=np.intp)
+        for _ in range(self.depth):
+            feat = self.feature[trees, node]
+            leaf = self.left[trees, node] < 0
+            go_left = x[rows, np.maximum(feat, 0)] <= self.threshold[trees, node]
+            nxt = np.where(go_left, self.left[trees, node], self.right[trees, node])
+            node = np.where(leaf, node, nxt)
+        return self.init + self.value[trees, node].sum(axis=1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Per-prompt outputs of the head (arrays, one entry per row)."""
+
+    score: np.ndarray  # P(cheap model fails), calibrated
+    raw: np.ndarray  # the blended routing-gain estimate that the score is a monotone map of
+    family: np.ndarray  # 1 = multiple choice, 0 = open
+    familiarity: np.ndarray  # 0..1, how close the prompt is to the training data
+    confidence: np.ndarray
+
+
+class DifficultyModel:
+    """The exported head, evaluated with numpy. Training (``classifier_svc.training``) writes the arrays."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        names = tuple(str(n) for n in arrays["feature_names"])
+        if names != hand.FEATURE_NAMES:
+            raise ArtifactError("artifact was trained with different hand features; retrain it")
+        self.arrays = dict(arrays)
+        self.version = str(arrays["version"]) if "version" in arrays else artifact_version(arrays)
+        self.mean = np.asarray(arrays["feat_mean"], dtype=np.float64)
+        self.scale = np.asarray(arrays["feat_scale"], dtype=np.float64)
+        self.rf_coef = np.asarray(arrays["rf_coef"], dtype=np.float64)
+        self.rf_intercept = float(arrays["rf_intercept"])
+        self.re_coef = np.asarray(arrays["re_coef"], dtype=np.float64)
+        self.re_intercept = float(arrays["re_intercept"])
+        self.emb_mean = np.asarray(arrays["emb_mean"], dtype=np.float64)
+        self.emb_scale = np.asarray(arrays["emb_scale"], dtype=np.float64)
+        self.heads = {
+            head: _Trees(
+                feature=np.asarray(arrays[f"{head}_feature"], dtype=np.intp),
+                threshold=np.asarray(arrays[f"{head}_threshold"], dtype=np.float64),
+                left=np.asarray(arrays[f"{head}_left"], dtype=np.intp),
+                right=np.asarray(arrays[f"{head}_right"], dtype=np.intp),
+                value=np.asarray(arrays[f"{head}_value"], dtype=np.float64),
+                init=float(arrays[f"{head}_init"]),
+                depth=int(arrays[f"{head}_depth"]),
+            )
+            for head in ("bs", "bc")
+        }
+        self.blend = np.asarray(arrays["blend"], dtype=np.float64)  # (families, components)
+        self.platt = np.asarray(arrays["platt"], dtype=np.float64)  # (families, 2): slope, intercept
+        self.centroids = np.asarray(arrays["centroids"], dtype=np.float32)
+        self.familiar_lo = float(arrays["familiar_lo"])
+        self.familiar_hi = float(arrays["familiar_hi"])
+
+    @classmethod
+    def load(cls, artifact_dir: str | Path) -> DifficultyModel:
+        path = Path(artifact_dir) / ARTIFACT_FILE
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"cannot read classifier artifact {path}: {error}") from error
+        return cls(arrays)
+
+    def components(self, emb: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """(rows, components) routing-gain estimates of each part, in ``COMPONENTS`` order."""
+        feats = np.asarray(feats, dtype=np.float64)
+        z = (feats - self.mean) / self.scale
+        mc = feats[:, _MC]
+        design = _design(z, mc)
+        ridge_features = design @ self.rf_coef + self.rf_intercept
+        strong = _sigmoid(self.heads["bs"].logit(feats))
+        cheap = _sigmoid(self.heads["bc"].logit(feats))
+        e = (np.asarray(emb, dtype=np.float64) - self.emb_mean) / self.emb_scale
+        mcc = mc[:, None]
+        full = np.hstack([design, e * mcc, e * (1.0 - mcc)])
+        ridge_embedding = full @ self.re_coef + self.re_intercept
+        return np.stack([ridge_features, strong - cheap, ridge_embedding], axis=1)
+
+    def cheap_fails(self, feats: np.ndarray) -> np.ndarray:
+        """The cheap-model head alone, 1 - P(cheap right): what a plain "cheap fails" target ranks by."""
+        return 1.0 - _sigmoid(self.heads["bc"].logit(np.asarray(feats, dtype=np.float64)))
+
+    def blend_raw(self, components: np.ndarray, family: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", components, self.blend[family])
+
+    def calibrate(self, raw: np.ndarray, family: np.ndarray) -> np.ndarray:
+        slope, intercept = self.platt[family, 0], self.platt[family, 1]
+        return _sigmoid(slope * raw + intercept)
+
+    def familiarity(self, emb: np.ndarray) -> np.ndarray:
+        nearest = (np.asarray(emb, dtype=np.float32) @ self.centroids.T).max(axis=1)
+        span = max(self.familiar_hi - self.familiar_lo, 1e-6)
+        return np.clip((nearest - self.familiar_lo) / span, 0.0, 1.0)
+
+    def predict(self, emb: np.ndarray, feats: np.ndarray) -> Prediction:
+        emb = np.atleast_2d(emb)
+        feats = np.atleast_2d(feats)
+        family = (feats[:, _MC] > 0.5).astype(np.intp)
+        raw = self.blend_raw(self.components(emb, feats), family)
+        score = self.calibrate(raw, family)
+        familiarity = self.familiarity(emb)
+        # The chance that the binary call "cheap model fails / succeeds" is right, if the score is
+        # calibrated, shrunk toward 0.5 for prompts unlike anything in the training data.
+        confidence = 0.5 + (np.maximum(score, 1.0 - score) - 0.5) * familiarity
+        return Prediction(score, raw, family, familiarity, confidence)
+
+    def top_signals(self, feats: np.ndarray, k: int = 2) -> list[tuple[str, float]]:
+        """The hand features that push the linear part most for one prompt: (name, signed contribution)."""
+        z = (np.asarray(feats, dtype=np.float64) - self.mean) / self.scale
+        mc = float(feats[_MC] > 0.5)
+        d = len(hand.FEATURE_NAMES)
+        coef = self.rf_coef[:d] if mc else self.rf_coef[d : 2 * d]
+        contribution = z * coef
+        order = np.argsort(-np.abs(contribution))[:k]
+        return [(hand.FEATURE_NAMES[i], float(contribution[i])) for i in order if contribution[i] != 0]
+
+
+class LearnedStrategy:
+    """The learned classifier behind the ``Strategy`` interface; thread-safe once warmed up."""
+
+    name = "learned"
+
+    def __init__(self, artifact_dir: str | Path, embed: object | None = None) -> None:
+        self.artifact_dir = Path(artifact_dir)
+        self._embed = embed
+        self._model: DifficultyModel | None = None
+
+    @property
+    def version(self) -> str:
+        return f"learned/{self.model.version}"
+
+    @property
+    def model(self) -> DifficultyModel:
+        if self._model is None:
+            self._load()
+        assert self._model is not None
+        return self._model
+
+    def _load(self) -> None:
+        from classifier_svc import embeddings
+
+        model = DifficultyModel.load(self.artifact_dir)
+        if self._embed is None:
+            embeddings.load()
+        self._model = model
+
+    async def warm_up(self) -> None:
+        await asyncio.to_thread(self._load)
+        self.classify_sync(Conversation.user("warm up"))
+
+    async def classify(self, conversation: Conversation) -> Verdict:
+        return self.classify_sync(conversation)
+
+    def classify_sync(self, conversation: Conversation) -> Verdict:
+        model = self.model
+        turns = hand.user_turns([(m.role, m.content) for m in conversation.messages])
+        emb, feats = encode_turns(turns, self._embed)
+        prediction = model.predict(emb, feats)
+        score = float(prediction.score[0])
+        category = detect_category(_category_window(turns[-1]))
+        if category in (common_pb2.CATEGORY_CHAT, common_pb2.CATEGORY_QUESTION_ANSWERING) and len(turns) > 1:
+            # A bare follow-up ("and for all 50 states?") belongs to the thread's task.
+            category = detect_category("\n".join(_category_window(t) for t in turns))
+        signals = ", ".join(f"{name}{'+' if c > 0 else '-'}" for name, c in model.top_signals(feats))
+        family = FAMILIES[int(prediction.family[0])]
+        rationale = (
+            f"learned: p(cheap fails)={score:.2f}, {family} prompt, {len(turns)} user turn(s), "
+            f"familiarity {float(prediction.familiarity[0]):.2f}"
+            + (f", signals {signals}" if signals else "")
+        )
+        return Verdict(
+            # Not rounded: equal scores are routed together, so rounding would create ties.
+            score=min(max(score, 0.0), 1.0),
+            confidence=round(float(prediction.confidence[0]), 4),
+            category=category,
+            rationale=rationale,
+            source=common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL,
+            version=self.version,
+        )
+
+
+def _category_window(text: str) -> str:
+    """The start and the end of a prompt: where the instruction is; keeps the keyword rules fast."""
+    if len(text) <= 2 * _CATEGORY_WINDOW:
+        return text
+    return text[:_CATEGORY_WINDOW] + "\n" + text[-_CATEGORY_WINDOW:]
+
+
+def read_model_card(artifact_dir: str | Path) -> dict[str, object]:
+    return json.loads((Path(artifact_dir) / MODEL_CARD_FILE).read_text())
