@@ -70,7 +70,11 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     )
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     started = time.perf_counter()
-    await strategy.warm_up()
+    try:
+        await strategy.warm_up()
+    except BaseException:
+        await running.stop(0)  # no half-started server left behind; the error says why
+        raise
     log.info("classifier_ready", strategy=strategy.name, warm_up_ms=round((time.perf_counter() - started) * 1000, 1))
     await running.set_serving()
     return running

@@ -47,6 +47,7 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     litellm.InternalServerError,
     litellm.ServiceUnavailableError,
     litellm.BadGatewayError,
+    TimeoutError,
 )
 
 
@@ -349,7 +350,10 @@ class Router:
             **choice.route.kwargs,
             **choice.spec.params,
             "messages": request.chat,
-            "timeout": _bounded(self._settings.provider_timeout_seconds, deadline),
+            # Constant on purpose: LiteLLM caches its HTTP clients by their parameters, timeout included,
+            # so a per-request value would build a new client and a new connection for every call.
+            # The request's deadline is enforced around the call instead (`_within`).
+            "timeout": self._settings.provider_timeout_seconds,
             "num_retries": 0,
             "drop_params": True,
         }
@@ -375,7 +379,8 @@ class Router:
         outcomes.append(outcome)
         started = time.perf_counter()
         try:
-            response = await self._acompletion(**self._call_kwargs(request, choice, deadline))
+            async with _within(deadline):
+                response = await self._acompletion(**self._call_kwargs(request, choice, deadline))
         except asyncio.CancelledError:
             # The caller went away: the provider call is cancelled with us; charge the prompt it was sent.
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
@@ -387,7 +392,7 @@ class Router:
             transient = isinstance(error, TRANSIENT_ERRORS)
             attempt.outcome = (
                 common_pb2.ATTEMPT_OUTCOME_TIMEOUT
-                if isinstance(error, litellm.Timeout)
+                if isinstance(error, litellm.Timeout | TimeoutError)
                 else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
             )
             attempt.error = f"{type(error).__name__}: {_short(error)}"
@@ -478,19 +483,20 @@ class Router:
         usage = None
         started = time.perf_counter()
         try:
-            kwargs = self._call_kwargs(request, choice, deadline)
-            stream = await self._acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
-            async for chunk in stream:
-                if getattr(chunk, "usage", None):
-                    usage = chunk.usage
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta.content or ""
-                if chunk.choices[0].finish_reason:
-                    outcome.finish_reason = chunk.choices[0].finish_reason
-                if delta:
-                    parts.append(delta)
-                    yield delta
+            async with _within(deadline):
+                kwargs = self._call_kwargs(request, choice, deadline)
+                stream = await self._acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+                async for chunk in stream:
+                    if getattr(chunk, "usage", None):
+                        usage = chunk.usage
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta.content or ""
+                    if chunk.choices[0].finish_reason:
+                        outcome.finish_reason = chunk.choices[0].finish_reason
+                    if delta:
+                        parts.append(delta)
+                        yield delta
         except (asyncio.CancelledError, GeneratorExit):
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
             self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
@@ -498,7 +504,7 @@ class Router:
         except Exception as error:
             attempt.outcome = (
                 common_pb2.ATTEMPT_OUTCOME_TIMEOUT
-                if isinstance(error, litellm.Timeout)
+                if isinstance(error, litellm.Timeout | TimeoutError)
                 else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
             )
             attempt.error = f"{type(error).__name__}: {_short(error)}"
@@ -625,6 +631,11 @@ def _all_failed(outcomes: list[Outcome]) -> Unavailable:
         reason="ALL_PROVIDERS_FAILED",
         metadata={"attempts": len(outcomes), "last_model": last.model if last else ""},
     )
+
+
+def _within(deadline: float | None) -> asyncio.Timeout:
+    """Cancel what runs inside at the request's deadline (TimeoutError); no limit without one."""
+    return asyncio.timeout_at(deadline)
 
 
 def _bounded(limit: float, deadline: float | None) -> float:
