@@ -188,7 +188,7 @@ class Router:
         output_estimate = request.max_output_tokens or policy.output_token_estimates.get(
             common_pb2.Category.Name(category).removeprefix("CATEGORY_").lower(), DEFAULT_OUTPUT_ESTIMATE
         )
-        token_counts: dict[str, int] = {}  # one count per tokenizer family, not per candidate
+        token_counts: dict[int, int] = {}  # one count per tokenizer, not per candidate
 
         def build(candidate_tier: int) -> list[Choice]:
             specs = [ModelSpec(model=request.force_model)] if request.force_model else policy.candidates(candidate_tier)
@@ -214,10 +214,10 @@ class Router:
     ) -> tuple[Choice | None, router_pb2.Candidate]:
         explained = router_pb2.Candidate(model=spec.model, tier=tier)
         price = self._prices().price(spec.model)
-        family = price.provider if price is not None else spec.model
-        if family not in token_counts:
-            token_counts[family] = _count_tokens(spec.model, request.chat)
-        input_tokens = token_counts[family]
+        tokenizer = _tokenizer_of(spec.model)
+        if tokenizer not in token_counts:
+            token_counts[tokenizer] = _count_tokens(spec.model, request.chat)
+        input_tokens = token_counts[tokenizer]
         if price is not None:
             explained.price_known = True
             explained.estimated_cost_usd = self._prices().cost(spec.model, input_tokens, output_estimate).usd
@@ -649,6 +649,15 @@ def _count_tokens(model: str, messages: list[dict[str, str]]) -> int:
         return int(litellm.token_counter(model=model, messages=messages))
     except Exception:  # unknown tokenizer: fall back to the usual 4 characters a token
         return sum(_rough_tokens(m["content"]) for m in messages)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tokenizer_of(model: str) -> int:
+    """Identity of the tokenizer LiteLLM counts this model's tokens with (models share them)."""
+    try:
+        return id(litellm.utils._select_tokenizer(model)["tokenizer"])
+    except Exception:  # no tokenizer known: counted on its own
+        return hash(model)
 
 
 def _rough_tokens(text: str) -> int:
