@@ -8,6 +8,7 @@ import time
 import grpc
 import structlog
 
+from classifier_svc.cache import CachedStrategy
 from classifier_svc.factory import build_strategy
 from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Message, Strategy
@@ -38,7 +39,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
             raise InvalidArgument(violations)
         started = time.perf_counter()
         conversation = Conversation(tuple(Message(m.role, m.content) for m in request.messages))
-        verdict = await self._strategy.classify(conversation)
+        if request.skip_cache and isinstance(self._strategy, CachedStrategy):
+            verdict = await self._strategy.classify(conversation, skip_cache=True)
+        else:
+            verdict = await self._strategy.classify(conversation)
         latency_ms = (time.perf_counter() - started) * 1000
         tier = self._thresholds.tier_for(verdict.score)
         log.debug("classified", tier=tier, score=verdict.score, source=verdict.source, latency_ms=round(latency_ms, 3))

@@ -33,7 +33,9 @@ class ClassifierSettings(ServiceSettings):
     # API key for llm_base_url (defaults to OPENAI_API_KEY, or a placeholder for keyless local servers).
     llm_api_key: SecretStr | None = None
     # Per attempt; a timed-out attempt is retried once, then the local model answers.
-    llm_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Per LLM attempt (two at most). Keep 2x this under the router's ROUTER_CLASSIFY_TIMEOUT_SECONDS,
+    # or the router gives up first and uses its default tier.
+    llm_timeout_seconds: float = Field(default=1.2, gt=0)
     # The conversation sent to the LLM is cut to this many characters (the latest turns are kept).
     llm_max_input_chars: int = Field(default=12_000, ge=500)
     # Cascade: ask the LLM when the local model's confidence is below this.

@@ -20,7 +20,8 @@ class RouterSettings(ServiceSettings):
     classifier_address: str = "127.0.0.1:50052"
     ledger_address: str = "127.0.0.1:50053"
     # Classification gets at most this long; then the policy's default tier is used.
-    classify_timeout_seconds: float = Field(default=1.0, gt=0)
+    # (Room for the classifier's LLM: two attempts of CLASSIFIER_LLM_TIMEOUT_SECONDS, 1.2 s each.)
+    classify_timeout_seconds: float = Field(default=3.0, gt=0)
     # auto: the simulator serves every call when no provider key (OPENAI/ANTHROPIC/GROQ_API_KEY) is set,
     # else real providers only; always: every call goes to the simulator; never: real providers only.
     simulator: Literal["auto", "always", "never"] = "auto"

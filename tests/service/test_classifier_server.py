@@ -71,3 +71,20 @@ async def test_bad_input_is_invalid_argument(channel, pairs, field) -> None:
     assert found.reason == "INVALID_ARGUMENT"
     ok = await stub.Classify(classify_request(("user", "hello")))
     assert ok.tier != common_pb2.TIER_UNSPECIFIED
+
+
+async def test_skip_cache_bypasses_the_lookup_but_stores_the_verdict() -> None:
+    running = await create_server(ClassifierSettings(port=0, strategy="heuristic", cache_enabled=True))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            request = classify_request(("user", "Translate 'good morning' into Italian."))
+            request.skip_cache = True
+            first = await stub.Classify(request)
+            again = await stub.Classify(request)
+            request.skip_cache = False
+            cached = await stub.Classify(request)
+    finally:
+        await running.stop(0)
+    assert first.source == again.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
+    assert cached.source == common_pb2.CLASSIFIER_SOURCE_CACHE and cached.score == first.score
