@@ -1,0 +1,94 @@
+"""Budgets kept by a real ledger (in process, SQLite): the router shifts tiers near a soft limit and
+refuses over a hard one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ledger_svc.server import create_server as create_ledger
+from ledger_svc.settings import LedgerSettings
+from llmroute.common.v1 import common_pb2
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc.server import create_server as create_router
+from tests.rich_status import details
+from tests.router.conftest import router_settings
+
+# The heuristic scores this in the moderate band: a soft limit's threshold shift sends it to SIMPLE.
+MODERATE_PROMPT = "Write a friendly two-paragraph email inviting the team to a Friday lunch."
+
+
+@pytest.fixture
+async def stubs(classifier_address, simulator_url, tmp_path: Path, recording_sink) -> AsyncIterator[tuple]:
+    ledger = await create_ledger(
+        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    )
+    ledger_address = f"127.0.0.1:{ledger.port}"
+    router = await create_router(
+        router_settings(
+            classifier_address, simulator_url, tmp_path, ledger_address=ledger_address, budget_check_ttl_seconds=0.01
+        ),
+        usage_sink=recording_sink,
+    )
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as router_channel,
+        grpc.aio.insecure_channel(ledger_address) as ledger_channel,
+    ):
+        yield router_pb2_grpc.RouterServiceStub(router_channel), ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
+    await router.stop(0)
+    await ledger.stop(0)
+
+
+def route(caller: str) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=MODERATE_PROMPT)], caller=caller)
+
+
+async def spend(ledger: ledger_pb2_grpc.LedgerServiceStub, caller: str, usd: float) -> None:
+    record = ledger_pb2.UsageRecord(
+        request_id=f"spent-{caller}", attempt=1, caller=caller, model="gpt-5-mini", final=True, price_known=True,
+        outcome=common_pb2.ATTEMPT_OUTCOME_OK, usage=common_pb2.Usage(cost_usd=usd, input_tokens=1, output_tokens=1),
+    )  # fmt: skip
+    record.time.GetCurrentTime()
+    await ledger.RecordUsage(ledger_pb2.RecordUsageRequest(records=[record]))
+
+
+async def set_budget(ledger, caller: str, soft: float, hard: float) -> None:  # type: ignore[no-untyped-def]
+    await ledger.SetBudget(
+        ledger_pb2.SetBudgetRequest(
+            budget=ledger_pb2.Budget(
+                caller=caller, period=ledger_pb2.BUDGET_PERIOD_DAILY, soft_limit_usd=soft, hard_limit_usd=hard
+            )
+        )
+    )
+
+
+async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(stubs) -> None:
+    router, ledger = stubs
+    unlimited = await router.Route(route("team-free"))
+    assert unlimited.tier == common_pb2.TIER_MODERATE and "budget_soft_limit" not in unlimited.warnings
+
+    await set_budget(ledger, "team-a", soft=1.0, hard=2.0)
+    await spend(ledger, "team-a", 1.5)
+    await router.Route(route("team-a"))  # the first check of a caller primes its cached state
+    shifted = await router.Route(route("team-a"))
+    assert "budget_soft_limit" in shifted.warnings
+    assert shifted.tier == common_pb2.TIER_SIMPLE and shifted.classification.score == unlimited.classification.score
+
+    await set_budget(ledger, "team-a", soft=1.0, hard=1.2)
+    refused = None
+    for _ in range(20):  # the router's cached budget state refreshes within its TTL
+        try:
+            await router.Route(route("team-a"))
+        except grpc.aio.AioRpcError as error:
+            refused = details(error)
+            break
+    assert refused is not None and refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.reason == "BUDGET_EXCEEDED"
+    assert refused.metadata["caller"] == "team-a" and refused.metadata["period"] == "daily"
+    assert float(refused.metadata["hard_limit_usd"]) == 1.2 and float(refused.metadata["spent_usd"]) >= 1.5
+    # Other callers are not affected.
+    assert (await router.Route(route("team-free"))).content
