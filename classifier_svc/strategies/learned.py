@@ -35,6 +35,7 @@ from llmroute.common.v1 import common_pb2
 
 __all__ = [
     "ARTIFACT_FILE",
+    "CALIBRATION_FILE",
     "COMPONENTS",
     "MODEL_CARD_FILE",
     "SCHEMA_VERSION",
@@ -47,13 +48,17 @@ __all__ = [
 ]
 
 ARTIFACT_FILE = "model.npz"
+# Out-of-fold scores of the training prompts with their labels, for threshold calibration.
+CALIBRATION_FILE = "calibration_oof.npz"
 MODEL_CARD_FILE = "model_card.json"
 SCHEMA_VERSION = 1
 COMPONENTS = ("ridge_features", "boosted_features", "ridge_embedding")
 FAMILIES = ("open", "multiple_choice")
 _MC = hand.FEATURE_NAMES.index("is_multiple_choice")
-# Characters from each end of a prompt that the category rules read.
-_CATEGORY_WINDOW = 300
+# Characters from the start and from the end of a prompt that the category rules read: the
+# instruction is almost always there, and the rules cost about a microsecond per 3 characters.
+_CATEGORY_HEAD = 200
+_CATEGORY_TAIL = 100
 
 
 class ArtifactError(RuntimeError):
@@ -78,9 +83,14 @@ def encode_turns(turns: Sequence[str], embed: object | None = None) -> tuple[np.
     from classifier_svc import embeddings
 
     embed_fn = embed or embeddings.embed
-    vectors = embed_fn(list(turns))  # type: ignore[operator]
-    rows = np.stack([hand.prompt_features(turn) for turn in turns])
-    return hand.combine_turns(np.asarray(vectors, dtype=np.float32), rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vectors = np.asarray(embed_fn(list(turns)), dtype=np.float32)  # type: ignore[operator]
+    if not np.isfinite(vectors).all():
+        # An empty or all-unknown text has no tokens: WordLlama returns 0/0; use the zero vector.
+        vectors = np.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
+    if len(turns) == 1:
+        return vectors[0], hand.prompt_features(turns[0])
+    return hand.combine_turns(vectors, np.stack([hand.prompt_features(turn) for turn in turns]))
 
 
 def _design(z: np.ndarray, mc: np.ndarray) -> np.ndarray:
@@ -142,6 +152,7 @@ class DifficultyModel:
         self.version = str(arrays["version"]) if "version" in arrays else artifact_version(arrays)
         self.mean = np.asarray(arrays["feat_mean"], dtype=np.float64)
         self.scale = np.asarray(arrays["feat_scale"], dtype=np.float64)
+        self.family_mean = np.asarray(arrays["feat_family_mean"], dtype=np.float64)
         self.rf_coef = np.asarray(arrays["rf_coef"], dtype=np.float64)
         self.rf_intercept = float(arrays["rf_intercept"])
         self.re_coef = np.asarray(arrays["re_coef"], dtype=np.float64)
@@ -165,6 +176,89 @@ class DifficultyModel:
         self.centroids = np.asarray(arrays["centroids"], dtype=np.float32)
         self.familiar_lo = float(arrays["familiar_lo"])
         self.familiar_hi = float(arrays["familiar_hi"])
+        self._fuse()
+
+    def _fuse(self) -> None:
+        """Folds standardisation, family interactions and the blend into one linear map per family, so a
+        single prompt costs two dot products and, where the blend uses it, one pass over the trees."""
+        d = len(hand.FEATURE_NAMES)
+        n_emb = self.emb_mean.shape[0]
+        inv = 1.0 / self.scale
+        e_inv = 1.0 / self.emb_scale
+        b_rf = self.blend[:, COMPONENTS.index("ridge_features")]
+        b_re = self.blend[:, COMPONENTS.index("ridge_embedding")]
+        self._boost_weight = self.blend[:, COMPONENTS.index("boosted_features")]
+        self._wx = np.zeros((len(FAMILIES), d))
+        self._we = np.zeros((len(FAMILIES), n_emb))
+        self._k = np.zeros(len(FAMILIES))
+        for f in range(len(FAMILIES)):
+            # Design columns: [z * mc (d), z * (1 - mc) (d), mc (1)], then [e * mc, e * (1 - mc)].
+            feat_cols = slice(0, d) if f == 1 else slice(d, 2 * d)
+            emb_cols = slice(2 * d + 1, 2 * d + 1 + n_emb) if f == 1 else slice(2 * d + 1 + n_emb, None)
+            mc_term_rf = self.rf_coef[2 * d] if f == 1 else 0.0
+            mc_term_re = self.re_coef[2 * d] if f == 1 else 0.0
+            rf = self.rf_coef[feat_cols] * inv
+            re = self.re_coef[feat_cols] * inv
+            re_e = self.re_coef[emb_cols] * e_inv
+            rf_k = self.rf_intercept + mc_term_rf - self.mean @ rf
+            re_k = self.re_intercept + mc_term_re - self.mean @ re - self.emb_mean @ re_e
+            self._wx[f] = b_rf[f] * rf + b_re[f] * re
+            self._we[f] = b_re[f] * re_e
+            self._k[f] = b_rf[f] * rf_k + b_re[f] * re_k
+        # Both tree ensembles as one flat array (node id = tree * nodes + index). Leaves point to
+        # themselves with an infinite threshold, so every tree takes exactly ``depth`` steps.
+        heads = (self.heads["bs"], self.heads["bc"])
+        nodes = max(h.feature.shape[1] for h in heads)
+        trees = sum(h.feature.shape[0] for h in heads)
+
+        def stacked(name: str, fill: float) -> np.ndarray:
+            out = np.full((trees, nodes), fill, dtype=np.float64)
+            row = 0
+            for h in heads:
+                block = getattr(h, name)
+                out[row : row + block.shape[0], : block.shape[1]] = block
+                row += block.shape[0]
+            return out
+
+        left = stacked("left", -1).astype(np.intp)
+        right = stacked("right", -1).astype(np.intp)
+        leaf = left < 0
+        own = np.broadcast_to(np.arange(nodes), (trees, nodes))
+        base = np.arange(trees)[:, None] * nodes
+        self._t_left = (np.where(leaf, own, left) + base).ravel()
+        self._t_right = (np.where(leaf, own, right) + base).ravel()
+        self._t_feature = stacked("feature", 0).astype(np.intp).ravel()
+        self._t_threshold = np.where(leaf, np.inf, stacked("threshold", 0.0)).ravel()
+        self._t_value = stacked("value", 0.0).ravel()
+        self._t_root = np.arange(trees) * nodes
+        self._t_depth = max(h.depth for h in heads)
+        self._t_split = heads[0].feature.shape[0]
+
+    def _boost_one(self, x: np.ndarray) -> float:
+        """P(strong right) - P(cheap right) for one row of raw features."""
+        node = self._t_root
+        for _ in range(self._t_depth):
+            go_left = x[self._t_feature[node]] <= self._t_threshold[node]
+            node = np.where(go_left, self._t_left[node], self._t_right[node])
+        value = self._t_value[node]
+        strong = self.heads["bs"].init + value[: self._t_split].sum()
+        cheap = self.heads["bc"].init + value[self._t_split :].sum()
+        return float(1.0 / (1.0 + np.exp(-strong)) - 1.0 / (1.0 + np.exp(-cheap)))
+
+    def predict_one(self, emb: np.ndarray, feats: np.ndarray) -> tuple[float, float, float, int]:
+        """(score, confidence, familiarity, family) for one prompt: the fast path of ``predict``."""
+        x = np.asarray(feats, dtype=np.float64)
+        family = int(x[_MC] > 0.5)
+        raw = float(x @ self._wx[family] + emb @ self._we[family]) + self._k[family]
+        if self._boost_weight[family]:
+            raw += self._boost_weight[family] * self._boost_one(x)
+        slope, intercept = self.platt[family]
+        score = float(1.0 / (1.0 + np.exp(-(slope * raw + intercept))))
+        nearest = float((self.centroids @ emb).max())
+        span = max(self.familiar_hi - self.familiar_lo, 1e-6)
+        familiarity = min(max((nearest - self.familiar_lo) / span, 0.0), 1.0)
+        confidence = 0.5 + (max(score, 1.0 - score) - 0.5) * familiarity
+        return score, confidence, familiarity, family
 
     @classmethod
     def load(cls, artifact_dir: str | Path) -> DifficultyModel:
@@ -220,12 +314,14 @@ class DifficultyModel:
         return Prediction(score, raw, family, familiarity, confidence)
 
     def top_signals(self, feats: np.ndarray, k: int = 2) -> list[tuple[str, float]]:
-        """The hand features that push the linear part most for one prompt: (name, signed contribution)."""
+        """The hand features that move the linear part most for one prompt, relative to a typical
+        prompt of its family: (name, signed contribution)."""
         z = (np.asarray(feats, dtype=np.float64) - self.mean) / self.scale
-        mc = float(feats[_MC] > 0.5)
+        mc = int(feats[_MC] > 0.5)
         d = len(hand.FEATURE_NAMES)
         coef = self.rf_coef[:d] if mc else self.rf_coef[d : 2 * d]
-        contribution = z * coef
+        contribution = (z - self.family_mean[mc]) * coef
+        contribution[_MC] = 0.0
         order = np.argsort(-np.abs(contribution))[:k]
         return [(hand.FEATURE_NAMES[i], float(contribution[i])) for i in order if contribution[i] != 0]
 
@@ -270,23 +366,20 @@ class LearnedStrategy:
         model = self.model
         turns = hand.user_turns([(m.role, m.content) for m in conversation.messages])
         emb, feats = encode_turns(turns, self._embed)
-        prediction = model.predict(emb, feats)
-        score = float(prediction.score[0])
+        score, confidence, familiarity, family = model.predict_one(emb, feats)
         category = detect_category(_category_window(turns[-1]))
         if category in (common_pb2.CATEGORY_CHAT, common_pb2.CATEGORY_QUESTION_ANSWERING) and len(turns) > 1:
             # A bare follow-up ("and for all 50 states?") belongs to the thread's task.
             category = detect_category("\n".join(_category_window(t) for t in turns))
         signals = ", ".join(f"{name}{'+' if c > 0 else '-'}" for name, c in model.top_signals(feats))
-        family = FAMILIES[int(prediction.family[0])]
         rationale = (
-            f"learned: p(cheap fails)={score:.2f}, {family} prompt, {len(turns)} user turn(s), "
-            f"familiarity {float(prediction.familiarity[0]):.2f}"
-            + (f", signals {signals}" if signals else "")
+            f"learned: p(cheap fails)={score:.2f}, {FAMILIES[family]} prompt, {len(turns)} user turn(s), "
+            f"familiarity {familiarity:.2f}" + (f", signals {signals}" if signals else "")
         )
         return Verdict(
             # Not rounded: equal scores are routed together, so rounding would create ties.
             score=min(max(score, 0.0), 1.0),
-            confidence=round(float(prediction.confidence[0]), 4),
+            confidence=round(confidence, 4),
             category=category,
             rationale=rationale,
             source=common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL,
@@ -296,9 +389,9 @@ class LearnedStrategy:
 
 def _category_window(text: str) -> str:
     """The start and the end of a prompt: where the instruction is; keeps the keyword rules fast."""
-    if len(text) <= 2 * _CATEGORY_WINDOW:
+    if len(text) <= _CATEGORY_HEAD + _CATEGORY_TAIL:
         return text
-    return text[:_CATEGORY_WINDOW] + "\n" + text[-_CATEGORY_WINDOW:]
+    return text[:_CATEGORY_HEAD] + "\n" + text[-_CATEGORY_TAIL:]
 
 
 def read_model_card(artifact_dir: str | Path) -> dict[str, object]:

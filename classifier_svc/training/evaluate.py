@@ -38,7 +38,7 @@ from classifier_svc import features as hand
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.base import Conversation, Strategy
 from classifier_svc.strategies.heuristic import HeuristicStrategy
-from classifier_svc.strategies.learned import DifficultyModel, LearnedStrategy
+from classifier_svc.strategies.learned import DifficultyModel, LearnedStrategy, encode_turns
 from classifier_svc.training import data, metrics
 
 __all__ = [
@@ -228,11 +228,10 @@ def heldout_report(
     """The held-out metrics of an artifact (batch scoring; the same numbers as the strategy's)."""
     eval_set = EvalSet(list(outcomes), list(apps))
     prompts = [o.prompt for o in outcomes]
-    emb = [embeddings.embed(prompts)]
+    emb = [np.nan_to_num(embeddings.embed(prompts))]
     feats = [np.stack([hand.prompt_features(p) for p in prompts])]
     for app in apps:
-        turns = hand.user_turns(app.messages)
-        e, f = hand.combine_turns(embeddings.embed(turns), np.stack([hand.prompt_features(t) for t in turns]))
+        e, f = encode_turns(hand.user_turns(app.messages))
         emb.append(e[None, :])
         feats.append(f[None, :])
     scores = model.predict(np.concatenate(emb), np.concatenate(feats)).score

@@ -33,6 +33,7 @@ from classifier_svc import features as hand
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.learned import (
     ARTIFACT_FILE,
+    CALIBRATION_FILE,
     COMPONENTS,
     FAMILIES,
     MODEL_CARD_FILE,
@@ -61,9 +62,9 @@ CV_FRACTION = 0.30
 CV_SEED = 20240501
 BLEND_GRID = (0.0, 0.5, 1.0)
 CENTROIDS = 48
-# Familiarity is 0 at the 1st percentile of the training prompts' similarity to the nearest centroid
-# and 1 from the 25th percentile up.
-FAMILIAR_PERCENTILES = (1.0, 25.0)
+# Familiarity is 0 at the 2nd percentile of the training prompts' similarity to the nearest centroid
+# and 1 from the 20th percentile up (sources weighted equally).
+FAMILIAR_PERCENTILES = (2.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Table:
 
 def build_table(outcomes: Sequence[data.Outcome], apps: Sequence[data.AppPrompt]) -> Table:
     prompts = [o.prompt for o in outcomes]
-    emb = [embeddings.embed(prompts)] if prompts else []
+    emb = [np.nan_to_num(embeddings.embed(prompts))] if prompts else []
     feats = [np.stack([hand.prompt_features(p) for p in prompts])] if prompts else []
     for app in apps:
         e, f = encode_turns(hand.user_turns(app.messages))
@@ -181,8 +182,13 @@ def fit_parts(table: Table) -> dict[str, np.ndarray]:
 
     ridge_features = Ridge(alpha=RIDGE_FEATURES_ALPHA).fit(design, table.gain, sample_weight=table.weight)
     ridge_embedding = Ridge(alpha=RIDGE_EMBEDDING_ALPHA).fit(full, table.gain, sample_weight=table.weight)
+    # Where a typical prompt of each family sits, so explanations compare a prompt with its own kind.
+    family_mean = np.stack(
+        [z[mc == f].mean(axis=0) if (mc == f).any() else np.zeros(z.shape[1]) for f in range(len(FAMILIES))]
+    )
     arrays: dict[str, np.ndarray] = {
         "feature_names": np.array(hand.FEATURE_NAMES),
+        "feat_family_mean": family_mean,
         "feat_mean": mean,
         "feat_scale": scale,
         "rf_coef": ridge_features.coef_,
@@ -338,18 +344,48 @@ def fit_calibration(table: Table, runs: Sequence[CvRun], blend: np.ndarray) -> n
     return platt
 
 
-def fit_familiarity(emb: np.ndarray) -> dict[str, np.ndarray]:
+def fit_familiarity(table: Table) -> dict[str, np.ndarray]:
+    """Centroids of the training embeddings, each source (MMLU, GSM8K, app) weighted equally."""
     from sklearn.cluster import KMeans
 
-    kmeans = KMeans(n_clusters=CENTROIDS, n_init=4, random_state=0).fit(emb)
+    weight = np.zeros(len(table))
+    for name in np.unique(table.dataset):
+        rows = table.dataset == name
+        weight[rows] = 1.0 / rows.sum()
+    kmeans = KMeans(n_clusters=CENTROIDS, n_init=4, random_state=0).fit(table.emb, sample_weight=weight)
     centroids = kmeans.cluster_centers_
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    nearest = (emb @ centroids.T).max(axis=1)
-    lo, hi = np.percentile(nearest, FAMILIAR_PERCENTILES)
+    nearest = (table.emb @ centroids.T).max(axis=1)
+    order = np.argsort(nearest)
+    cumulative = np.cumsum(weight[order]) / weight.sum()
+    lo, hi = (float(nearest[order][np.searchsorted(cumulative, q / 100)]) for q in FAMILIAR_PERCENTILES)
     return {
         "centroids": centroids.astype(np.float32),
-        "familiar_lo": np.array(float(lo)),
-        "familiar_hi": np.array(float(hi)),
+        "familiar_lo": np.array(lo),
+        "familiar_hi": np.array(hi),
+    }
+
+
+def oof_calibration_set(
+    table: Table, runs: Sequence[CvRun], blend: np.ndarray, platt: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Out-of-fold scores of the train rows (mean over the repeats that held each row out), with labels.
+
+    ``make calibrate`` sets the policy thresholds from these: scores of prompts the model did not see.
+    """
+    total = np.zeros(len(table))
+    count = np.zeros(len(table))
+    for run in runs:
+        family = table.family[run.mask]
+        raw = (run.parts * blend[family]).sum(axis=1)
+        total[run.mask] += 1.0 / (1.0 + np.exp(-(platt[family, 0] * raw + platt[family, 1])))
+        count[run.mask] += 1
+    seen = count > 0
+    return {
+        "score": (total[seen] / count[seen]).astype(np.float32),
+        "cheap": table.cheap[seen].astype(np.float32),
+        "strong": table.strong[seen].astype(np.float32),
+        "dataset": table.dataset[seen].astype("U8"),
     }
 
 
@@ -393,6 +429,7 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
     say(f"train: {len(train_rows)} benchmark prompts + {len(apps_train)} app prompts; encoding")
     table = build_table(train_rows, apps_train)
 
+    artifact_dir.mkdir(parents=True, exist_ok=True)
     say(f"cross-validation: {CV_REPEATS} repeats")
     runs = cross_validate(table, log)
     blend, blend_report = choose_blend(table, runs)
@@ -413,12 +450,13 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
         table, runs, [table.feats[run.mask, length] for run in runs]
     )
 
+    write_npz(artifact_dir / CALIBRATION_FILE, oof_calibration_set(table, runs, blend, platt))
+
     say("fitting the final head on all of train")
     arrays = fit_parts(table)
-    arrays.update(blend=blend, platt=platt, **fit_familiarity(table.emb))
+    arrays.update(blend=blend, platt=platt, **fit_familiarity(table))
     arrays["version"] = np.array(artifact_version(arrays))
     version = str(arrays["version"])
-    artifact_dir.mkdir(parents=True, exist_ok=True)
     write_npz(artifact_dir / ARTIFACT_FILE, arrays)
 
     # Held-out numbers of the final artifact, for the card only: nothing above depends on them.
