@@ -21,6 +21,8 @@ from pathlib import Path
 from devstack.stack import Ports, Stack
 
 PROMPT = "Is this message spam? Answer yes or no: 'Congratulations, you won a free cruise, click here.'"
+# Every request differs (a ticket number), as real traffic does: no cache anywhere can serve a repeat.
+PROMPTS = [f"{PROMPT} (ticket {n})" for n in range(10_000)]
 MODEL = "groq/openai/gpt-oss-20b"  # what Route picks for this prompt; the bare loop calls the same model
 
 
@@ -28,12 +30,14 @@ async def _bare_litellm(simulator_url: str, concurrency: int, total: int) -> lis
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    counter = iter(PROMPTS)
+
     async def one() -> None:
         await litellm.acompletion(
             model=f"openai/{MODEL}",
             api_base=simulator_url,
             api_key="simulated",
-            messages=[{"role": "user", "content": PROMPT}],
+            messages=[{"role": "user", "content": next(counter)}],
             num_retries=0,
         )
 
@@ -48,11 +52,12 @@ async def _route(router_address: str, concurrency: int, total: int) -> list[floa
 
     async with grpc.aio.insecure_channel(router_address) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        request = router_pb2.RouteRequest(
-            messages=[common_pb2.ChatMessage(role="user", content=PROMPT)], caller="bench"
-        )
+        counter = iter(PROMPTS)
 
         async def one() -> None:
+            request = router_pb2.RouteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content=next(counter))], caller="bench"
+            )
             reply = await stub.Route(request, timeout=30)
             assert reply.model == MODEL, reply.model
 
@@ -123,8 +128,10 @@ def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
 
 def main() -> None:
     total_by_concurrency = {1: int(os.environ.get("BENCH_N1", 300)), 32: int(os.environ.get("BENCH_N32", 2000))}
+    # Services log at their defaults (INFO: one line per request); only the simulator, which is not
+    # part of what is measured, is quiet.
     with tempfile.TemporaryDirectory() as state, Stack(
-        state_dir=Path(state), ports=Ports.free(), extra_env={"SIMULATOR_LATENCY_SCALE": "0", "ROUTER_LOG_LEVEL": "WARNING"}
+        state_dir=Path(state), ports=Ports.free(), extra_env={"SIMULATOR_LATENCY_SCALE": "0", "SIMULATOR_LOG_LEVEL": "WARNING"}
     ) as stack:
         stack.start()
         simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
