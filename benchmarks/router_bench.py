@@ -59,7 +59,8 @@ async def _route(router_address: str, concurrency: int, total: int) -> list[floa
                 messages=[common_pb2.ChatMessage(role="user", content=next(counter))], caller="bench"
             )
             reply = await stub.Route(request, timeout=30)
-            assert reply.model == MODEL, reply.model
+            if reply.model != MODEL:  # same model as the bare loop, or the comparison is not like for like
+                raise RuntimeError(f"routed to {reply.model}, not {MODEL}; adjust the benchmark prompt")
 
         return await _load(one, concurrency, total)
 
