@@ -5,8 +5,8 @@ reference workload to the strong side. The learned score is P(cheap model fails 
 succeeds), so the four tiers cut one scale:
 
 - ``complex`` (the strong-call threshold): a share ``--strong-share`` of the workload scores at or
-  above it, or, with ``--quality Q``, the smallest share whose routed accuracy reaches Q x the strong
-  model's accuracy on the labelled workload;
+  above it, or, with ``--quality Q``, the smallest share whose routed accuracy on the labelled part of
+  the workload reaches Q x the strong model's accuracy (one threshold for all sources, as in production);
 - ``reasoning``: the top ``--reasoning-share`` of the workload (a part of the strong side);
 - ``moderate``: the next ``--moderate-share`` below ``complex`` goes to the mid-price tier.
 
@@ -38,7 +38,6 @@ import numpy as np
 
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.learned import CALIBRATION_FILE
-from classifier_svc.training import metrics
 from service_kit.policy import DEFAULT_POLICY_PATH, PolicyError, Thresholds, load_policy
 
 __all__ = [
@@ -125,18 +124,28 @@ def _weighted_upper_quantile(score: np.ndarray, weight: np.ndarray, share: float
 
 
 def share_for_quality(workload: Workload, quality: float) -> float:
-    """The strong-call share needed for ``quality`` x strong accuracy, averaged over the labelled sources
-    (each source's own curve; the workload's weights set how much each source counts)."""
+    """The smallest share of the workload to send to the strong side so that the routed accuracy of the
+    labelled prompts (weighted as in the workload) reaches ``quality`` x the strong model's accuracy.
+
+    One threshold for every source, as in production; prompts with equal scores move together.
+    """
     labelled = ~np.isnan(workload.cheap) & ~np.isnan(workload.strong)
     if not labelled.any():
         raise ValueError("--quality needs labelled prompts (cheap_ok / strong_ok)")
-    shares, weights = [], []
-    for name in sorted(set(workload.dataset[labelled].tolist())):
-        rows = labelled & (workload.dataset == name)
-        curve = metrics.routing_curve(workload.score[rows], workload.cheap[rows], workload.strong[rows])
-        shares.append(metrics.share_for_quality(curve, quality * curve.acc_strong))
-        weights.append(workload.weight[rows].sum())
-    return float(np.average(shares, weights=weights))
+    score, weight = workload.score[labelled], workload.weight[labelled]
+    cheap, strong = workload.cheap[labelled], workload.strong[labelled]
+    target = quality * float(weight @ strong)
+    order = np.argsort(-score, kind="stable")
+    ends = np.flatnonzero(np.r_[score[order][1:] != score[order][:-1], True])
+    routed = float(weight @ cheap) + np.r_[0.0, np.cumsum((weight * (strong - cheap))[order])[ends]]
+    reached = np.flatnonzero(routed >= target - 1e-12)
+    if reached.size == 0:
+        return 1.0
+    k = int(reached[0])
+    if k == 0:
+        return 0.0
+    threshold = score[order][ends[k - 1]]
+    return float(workload.weight[workload.score >= threshold].sum() / workload.weight.sum())
 
 
 def thresholds_for(
