@@ -24,24 +24,32 @@ DIM_MODEL = 1
 DIM_TIER = 2
 DIM_CATEGORY = 4
 
-# Request latency histogram: bucket 0 holds [0, 1) ms; bucket b >= 1 holds [γ^(b-1), γ^b) ms.
-# A percentile is reported as the bucket's midpoint 2·γ^(b-1)·γ/(1+γ): relative error <= (γ-1)/(γ+1).
-LATENCY_GAMMA = 1.05
-LATENCY_MAX_BUCKET = 400  # γ^400 ms is about 100 days: everything real fits
+# Request latency histograms live in the rollup rows, one integer column per bucket, so they cost no
+# extra rows to write or read. Bucket 0 holds [0, 10) ms; bucket b in 1..126 holds
+# [10·γ^(b-1), 10·γ^b) ms; bucket 127 holds everything from 10·γ^126 ms (about 27 minutes) up.
+# A percentile is reported as its bucket's point 2·lo·γ/(1+γ), whose relative error is at most
+# (γ-1)/(γ+1) = 4.8% for latencies between 10 ms and 27 minutes.
+LATENCY_GAMMA = 1.1
+LATENCY_MIN_MS = 10.0
+LATENCY_BUCKETS = 128
+LATENCY_COLUMNS = tuple(f"lat_{b:03d}" for b in range(LATENCY_BUCKETS))
 _LOG_GAMMA = math.log(LATENCY_GAMMA)
 
 
 def latency_bucket(ms: float) -> int:
-    if ms < 1.0:
+    if ms < LATENCY_MIN_MS:
         return 0
-    return min(LATENCY_MAX_BUCKET, 1 + int(math.log(ms) / _LOG_GAMMA))
+    return min(LATENCY_BUCKETS - 1, 1 + int(math.log(ms / LATENCY_MIN_MS) / _LOG_GAMMA))
 
 
 def bucket_value(bucket: int) -> float:
     """The value reported for a bucket: the point with the least worst-case relative error."""
     if bucket <= 0:
-        return 0.5
-    return 2 * LATENCY_GAMMA ** (bucket - 1) * LATENCY_GAMMA / (1 + LATENCY_GAMMA)
+        return LATENCY_MIN_MS / 2
+    low = LATENCY_MIN_MS * LATENCY_GAMMA ** (bucket - 1)
+    if bucket >= LATENCY_BUCKETS - 1:
+        return low
+    return 2 * low * LATENCY_GAMMA / (1 + LATENCY_GAMMA)
 
 
 metadata = sa.MetaData()
@@ -118,8 +126,9 @@ requests = sa.Table(
     sa.Index("ix_requests_home_ts", "home_ts"),
 )
 
-# Additive counters per hour, per dimension value, for all callers (per_caller=0, caller='') and for
-# each caller (per_caller=1). Maintained in the ingest transaction, so every hour is always rolled up.
+# Additive counters and latency histograms per hour, per dimension value, for all callers
+# (per_caller=0, caller='') and for each caller (per_caller=1). Maintained in the ingest transaction,
+# so every hour is always rolled up.
 ROLLUP_COUNTERS = (
     "attempts",
     "input_tokens",
@@ -147,20 +156,9 @@ usage_hourly = sa.Table(
     sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("key", sa.String(200), primary_key=True),
     *(sa.Column(name, sa.BigInteger, nullable=False) for name in ROLLUP_COUNTERS),
-    sqlite_with_rowid=False,
-)
-
-# Request latency histograms (see latency_bucket), keyed like usage_hourly plus the bucket.
-latency_hourly = sa.Table(
-    "latency_hourly",
-    metadata,
-    sa.Column("dim", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("per_caller", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("caller", sa.String(200), primary_key=True),
-    sa.Column("hour", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("key", sa.String(200), primary_key=True),
-    sa.Column("bucket", sa.SmallInteger, primary_key=True, autoincrement=False),
-    sa.Column("n", sa.BigInteger, nullable=False),
+    *(sa.Column(name, sa.Integer, nullable=False) for name in LATENCY_COLUMNS),
+    # Breakdowns over all callers (GROUP_BY_CALLER without a caller filter) read hours first.
+    sa.Index("ix_usage_hourly_hour", "dim", "per_caller", "hour"),
     sqlite_with_rowid=False,
 )
 

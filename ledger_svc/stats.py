@@ -1,7 +1,7 @@
 """GetStats in the database: full hours from the hourly rollups, partial hours from the raw tables.
 
-A window [since, until) is cut at hour boundaries. Whole hours are read from `usage_hourly` and
-`latency_hourly` (a few rows per hour and value, whatever the traffic); the partial hours at either
+A window [since, until) is cut at hour boundaries. Whole hours are read from `usage_hourly` (one
+row per hour and dimension value, whatever the traffic); the partial hours at either
 end come from `usage_records` (per-attempt figures) and `requests` (per-request figures), whose rows
 are small ranges on indexed times. Both are summed in one UNION ALL query per breakdown.
 
@@ -12,7 +12,7 @@ start, and the response's resolved window says so.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +26,9 @@ from ledger_svc.schema import (
     DIM_TIER,
     DIM_TOTAL,
     HOUR_US,
+    LATENCY_COLUMNS,
     ROLLUP_COUNTERS,
     bucket_value,
-    latency_hourly,
     requests,
     usage_hourly,
     usage_records,
@@ -44,48 +44,65 @@ _ESCALATED = common_pb2.ATTEMPT_OUTCOME_ESCALATED
 
 @dataclass(frozen=True)
 class Plan:
-    """Where each part of a window is read from."""
+    """Where each part of a window is read from.
+
+    Whole hours come from the rollups. A partial hour at either end is read from the raw tables,
+    or, when the rest of that hour is shorter, as the hour's rollup minus the raw rest: a window
+    ending now costs nothing for its last hour, and no edge scans more than half an hour of raw rows.
+    """
 
     since_us: int
     until_us: int
     full_hours: tuple[int, int] | None  # [first, end) hour numbers read from the rollups
-    raw: tuple[tuple[int, int], ...]  # µs ranges read from the raw tables, each inside one hour
+    add: tuple[tuple[int, int], ...] = ()  # µs ranges of raw rows to add
+    subtract: tuple[tuple[int, int], ...] = ()  # µs ranges of raw rows to subtract
+
+    @property
+    def raw(self) -> tuple[tuple[int, int], ...]:
+        return self.add + self.subtract
 
 
 def plan(since_us: int, until_us: int, pruned_before_us: int) -> Plan:
-    first_full = -(-since_us // HOUR_US)  # ceil
-    end_full = until_us // HOUR_US
-    head: tuple[int, int] | None = None
-    tail: tuple[int, int] | None = None
-    full: tuple[int, int] | None = None
-    inside_one_hour = first_full > end_full
-    if inside_one_hour:
-        if since_us < until_us:
-            head = (since_us, until_us)
-    else:
-        if since_us < first_full * HOUR_US:
-            head = (since_us, first_full * HOUR_US)
-        if end_full * HOUR_US < until_us:
-            tail = (end_full * HOUR_US, until_us)
-        if first_full < end_full:
-            full = (first_full, end_full)
-    # Pruned hours have no raw rows: their edges are rounded down to the hour, so that a record
-    # counts when its hour starts in [since, until) (pruned_before is always an hour boundary).
-    if head is not None and head[0] < pruned_before_us:
-        hour = head[0] // HOUR_US
-        since_us = hour * HOUR_US
-        if inside_one_hour:
-            until_us = since_us
+    """Cut [since, until) at hour boundaries. Raw rows of pruned hours are gone: an edge in a pruned
+    hour is rounded down to the hour, so that a record counts when its hour starts in the window."""
+    h = HOUR_US
+    first_full = -(-since_us // h)  # ceil
+    end_full = until_us // h
+    add: list[tuple[int, int]] = []
+    subtract: list[tuple[int, int]] = []
+    if first_full > end_full:  # inside one hour
+        hour = since_us // h
+        if since_us == until_us:
+            return Plan(since_us, until_us, None)
+        if hour * h < pruned_before_us:
+            return Plan(hour * h, hour * h, None)
+        inside = until_us - since_us
+        if inside <= h - inside:
+            return Plan(since_us, until_us, None, add=((since_us, until_us),))
+        for a, b in ((hour * h, since_us), (until_us, (hour + 1) * h)):
+            if a < b:
+                subtract.append((a, b))
+        return Plan(since_us, until_us, (hour, hour + 1), subtract=tuple(subtract))
+    first, end = first_full, end_full
+    if since_us < first_full * h:  # the head, inside hour first_full - 1
+        hour = first_full - 1
+        if hour * h < pruned_before_us:
+            since_us, first = hour * h, hour
+        elif first_full * h - since_us <= since_us - hour * h:
+            add.append((since_us, first_full * h))
         else:
-            full = (hour, full[1] if full else first_full)
-        head = None
-    if tail is not None and tail[0] < pruned_before_us:
-        until_us = tail[0]
-        tail = None
-    raw = tuple(r for r in (head, tail) if r is not None)
-    if full is not None and full[0] >= full[1]:
-        full = None
-    return Plan(since_us, until_us, full, raw)
+            first = hour
+            subtract.append((hour * h, since_us))
+    if end_full * h < until_us:  # the tail, inside hour end_full
+        hour = end_full
+        if hour * h < pruned_before_us:
+            until_us = hour * h
+        elif until_us - hour * h <= (hour + 1) * h - until_us:
+            add.append((hour * h, until_us))
+        else:
+            end = hour + 1
+            subtract.append((until_us, (hour + 1) * h))
+    return Plan(since_us, until_us, (first, end) if first < end else None, tuple(add), tuple(subtract))
 
 
 @dataclass
@@ -103,10 +120,6 @@ def grouped(query: Any, *exprs: Any) -> Any:
     """GROUP BY the non-constant expressions (PostgreSQL refuses GROUP BY '')."""
     keep = [e for e in exprs if not getattr(e, "is_literal", False)]
     return query.group_by(*keep) if keep else query
-
-
-def _ranges(column: Any, ranges: Sequence[tuple[int, int]]) -> Any:
-    return sa.or_(*(sa.and_(column >= a, column < b) for a, b in ranges))
 
 
 def _key_exprs(dim: int) -> tuple[int, Any, Any, Any]:
@@ -144,8 +157,52 @@ async def aggregate(conn: AsyncConnection, dim: int, p: Plan, caller: str | None
     """Counters and latency histograms per key of `dim` over the planned window."""
     rollup_dim, rollup_key, raw_key, req_key = _key_exprs(dim)
     per_caller = caller is not None or dim == CALLER
-    zero = sa.literal_column("0")
+    result: dict[Any, Aggregate] = {}
+
+    def add(key: Any, counters: Sequence[Any], latency: Iterable[tuple[int, Any]] = ()) -> None:
+        agg = result.setdefault(key, Aggregate())
+        agg.counters = [a + int(b or 0) for a, b in zip(agg.counters, counters, strict=True)]
+        for bucket, n in latency:
+            if n:
+                count = agg.latency.get(bucket, 0) + int(n)
+                if count:
+                    agg.latency[bucket] = count
+                else:
+                    del agg.latency[bucket]
+
+    if p.full_hours:
+        h = usage_hourly.c
+        query = sa.select(
+            rollup_key,
+            *(sa.func.sum(h[name]) for name in ROLLUP_COUNTERS),
+            *(sa.func.sum(h[name]) for name in LATENCY_COLUMNS),
+        ).where(_rollup_filter(usage_hourly, rollup_dim, per_caller, caller, p.full_hours))
+        width = len(ROLLUP_COUNTERS)
+        for row in await conn.execute(grouped(query, rollup_key)):
+            if row[1] is not None:  # an aggregate over no rows
+                add(row[0], row[1 : 1 + width], enumerate(row[1 + width :]))
+    for ranges, sign in ((p.add, 1), (p.subtract, -1)):
+        if ranges:
+            await _raw(conn, ranges, sign, caller, raw_key, req_key, add)
+    return result
+
+
+async def _raw(
+    conn: AsyncConnection,
+    ranges: Sequence[tuple[int, int]],
+    sign: int,
+    caller: str | None,
+    raw_key: Any,
+    req_key: Any,
+    add: Callable[..., None],
+) -> None:
+    """Counters and latency from raw rows in `ranges`, added (sign 1) or subtracted (sign -1).
+
+    One SELECT per range: a single range is an index range scan on both databases, where an OR of
+    ranges may not be.
+    """
     r, q = usage_records.c, requests.c
+    zero = sa.literal_column("0")
     attempt_sums = [
         sa.func.count(),
         sa.func.sum(r.input_tokens),
@@ -165,21 +222,9 @@ async def aggregate(conn: AsyncConnection, dim: int, p: Plan, caller: str | None
     n_attempt = len(attempt_sums)
     counter_parts: list[Any] = []
     latency_parts: list[Any] = []
-    if p.full_hours:
-        counter_parts.append(
-            sa.select(
-                rollup_key.label("k"), *(usage_hourly.c[name].label(name) for name in ROLLUP_COUNTERS)
-            ).where(_rollup_filter(usage_hourly, rollup_dim, per_caller, caller, p.full_hours))
-        )
-        lat_key = latency_hourly.c[rollup_key.name]
-        latency_parts.append(
-            sa.select(
-                lat_key.label("k"), latency_hourly.c.bucket.label("b"), latency_hourly.c.n.label("n")
-            ).where(_rollup_filter(latency_hourly, rollup_dim, per_caller, caller, p.full_hours))
-        )
-    if p.raw:
-        raw_where = [_ranges(r.ts, p.raw)]
-        req_where = [_ranges(q.home_ts, p.raw)]
+    for since, until in ranges:
+        raw_where = [r.ts >= since, r.ts < until]
+        req_where = [q.home_ts >= since, q.home_ts < until]
         if caller is not None:
             raw_where.append(r.caller == caller)
             req_where.append(q.caller == caller)
@@ -204,24 +249,18 @@ async def aggregate(conn: AsyncConnection, dim: int, p: Plan, caller: str | None
                 q.lat_bucket,
             )
         )
-    result: dict[Any, Aggregate] = {}
-    if not counter_parts:
-        return result
-    union = sa.union_all(*counter_parts).subquery() if len(counter_parts) > 1 else counter_parts[0].subquery()
+    union = sa.union_all(*counter_parts).subquery()
     query = sa.select(union.c.k, *(sa.func.sum(union.c[name]) for name in ROLLUP_COUNTERS)).group_by(
         union.c.k
     )
     for row in await conn.execute(query):
-        result[row[0]] = Aggregate(counters=[int(v or 0) for v in row[1:]])
-    lat_union = (
-        sa.union_all(*latency_parts).subquery() if len(latency_parts) > 1 else latency_parts[0].subquery()
-    )
+        add(row[0], [sign * int(v or 0) for v in row[1:]])
+    lat_union = sa.union_all(*latency_parts).subquery()
     lat_query = sa.select(lat_union.c.k, lat_union.c.b, sa.func.sum(lat_union.c.n)).group_by(
         lat_union.c.k, lat_union.c.b
     )
     for key, bucket, n in await conn.execute(lat_query):
-        result.setdefault(key, Aggregate()).latency[int(bucket)] = int(n)
-    return result
+        add(key, [0] * len(ROLLUP_COUNTERS), [(int(bucket), sign * int(n))])
 
 
 def percentile(histogram: dict[int, int], p: float) -> float:
@@ -277,7 +316,12 @@ def group_key(dim: int, key: Any) -> str:
 
 
 def breakdown_pb(dim: int, groups: dict[Any, Aggregate]) -> ledger_pb2.Breakdown:
-    items = [(group_key(dim, key), agg) for key, agg in groups.items() if key is not None]
+    # A value seen only in the part of an hour a window subtracts nets out to nothing: not a group.
+    items = [
+        (group_key(dim, key), agg)
+        for key, agg in groups.items()
+        if key is not None and (agg.get("attempts") or agg.get("requests"))
+    ]
     items.sort(key=lambda item: (-item[1].get("cost_nusd"), item[0]))
     return ledger_pb2.Breakdown(
         group_by=dim,  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,21 +25,13 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger_svc import migrations, stats
 from ledger_svc.db import Engines, create_engines, ensure_schema, insert_for
+from ledger_svc.ingest import Statements, insert_batch, rebuild
 from ledger_svc.records import iso_us, to_row
 from ledger_svc.schema import (
-    ATTEMPT_COUNTERS,
-    DIM_CATEGORY,
-    DIM_MODEL,
-    DIM_TIER,
     DIM_TOTAL,
     HOUR_US,
-    REQUEST_COUNTERS,
-    ROLLUP_COUNTERS,
-    ROLLUP_KEY,
     budgets,
     feedback,
-    latency_bucket,
-    latency_hourly,
     ledger_meta,
     requests,
     senders,
@@ -48,26 +40,30 @@ from ledger_svc.schema import (
 )
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.validation import Window, now_us
-from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2
 from service_kit.errors import InvalidArgument
 
 log = structlog.get_logger()
 
 DAY_US = 24 * HOUR_US
-_ESCALATED = common_pb2.ATTEMPT_OUTCOME_ESCALATED
 # PostgreSQL deadlock / serialization failure; SQLite "database is locked" beyond busy_timeout.
 _RETRY_SQLSTATES = {"40P01", "40001"}
 _INGEST_TRIES = 5
 _PRUNE_CHUNK_HOURS = 6
-
-RollupKey = tuple[int, int, str, int, str]
 
 
 @dataclass(frozen=True)
 class IngestResult:
     inserted: int
     duplicates: int
+
+
+@dataclass
+class _Batch:
+    rows: list[dict[str, Any]]
+    sender: str
+    sender_spool_depth: int
+    done: asyncio.Future[IngestResult]
 
 
 @dataclass(frozen=True)
@@ -121,30 +117,6 @@ class ChangeFeed:
         return True
 
 
-def rollup_keys(hour: int, caller: str, model: str, tier: int, category: int) -> tuple[RollupKey, ...]:
-    """The rollup rows one record (or request) adds to: each dimension, for all callers and per caller."""
-    return (
-        (DIM_TOTAL, 0, "", hour, ""),
-        (DIM_MODEL, 0, "", hour, model),
-        (DIM_TIER, 0, "", hour, str(tier)),
-        (DIM_CATEGORY, 0, "", hour, str(category)),
-        (DIM_TOTAL, 1, caller, hour, ""),
-        (DIM_MODEL, 1, caller, hour, model),
-        (DIM_TIER, 1, caller, hour, str(tier)),
-        (DIM_CATEGORY, 1, caller, hour, str(category)),
-    )
-
-
-def _request_contribution(state: dict[str, Any]) -> tuple[int, ...]:
-    if state["home_ts"] is None:
-        return (0, 0, 0, 0)
-    return (1, int(bool(state["escalated"])), int(state["attempt_count"] > 1), int(bool(state["cache_hit"])))
-
-
-def _latency_counted(state: dict[str, Any]) -> bool:
-    return state["home_ts"] is not None and state["lat_bucket"] is not None
-
-
 def _retryable(error: DBAPIError) -> bool:
     code = getattr(error.orig, "pgcode", None) or getattr(error.orig, "sqlstate", None)
     if code in _RETRY_SQLSTATES:
@@ -172,6 +144,9 @@ class LedgerStore:
         self._engines = engines
         self._settings = settings
         self._now = clock
+        self._statements = Statements(engines.dialect, engines.write.dialect)
+        self._pending: deque[_Batch] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self.changes = ChangeFeed()
 
     @classmethod
@@ -196,6 +171,8 @@ class LedgerStore:
         return self._engines
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)  # finish what was accepted
         await self._engines.dispose()
 
     def _insert(self, table: sa.Table) -> Any:
@@ -206,28 +183,64 @@ class LedgerStore:
     async def record_usage(
         self, records: Sequence[ledger_pb2.UsageRecord], sender: str = "", sender_spool_depth: int = 0
     ) -> IngestResult:
+        """Store a batch; returns once it is committed (possibly together with concurrent batches)."""
         now = self._now()
-        unique: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
-        for index, record in enumerate(records):
-            row = to_row(record, now)
-            unique.setdefault((row["request_id"], row["attempt"]), (index, row))
-        items = list(unique.values())
+        batch = _Batch(
+            rows=[to_row(record, now) for record in records],
+            sender=sender,
+            sender_spool_depth=sender_spool_depth,
+            done=asyncio.get_running_loop().create_future(),
+        )
+        self._pending.append(batch)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="ledger-ingest")
+        return await asyncio.shield(batch.done)
+
+    async def _write_pending(self) -> None:
+        """Group commit: every batch waiting when a transaction starts goes into it.
+
+        Under concurrent senders this turns many small transactions (each touching the same hot
+        rollup rows, each with its own fsync on SQLite) into a few larger ones. Each batch is still
+        acknowledged only after the transaction holding it committed.
+        """
+        while self._pending:
+            group: list[_Batch] = []
+            size = 0
+            while self._pending and (
+                not group or size + len(self._pending[0].rows) <= self._settings.max_batch_records
+            ):
+                group.append(self._pending.popleft())
+                size += len(group[-1].rows)
+            try:
+                results = await self._ingest_group(group)
+            except Exception as error:  # the batches' callers get it; the writer goes on with the next group
+                for batch in group:
+                    if not batch.done.done():
+                        batch.done.set_exception(error)
+                continue
+            for batch, result in zip(group, results, strict=True):
+                if batch.done.done():
+                    continue
+                if isinstance(result, InvalidArgument):
+                    batch.done.set_exception(result)
+                else:
+                    batch.done.set_result(result)
+            if any(isinstance(r, IngestResult) and r.inserted for r in results):
+                self.changes.bump()
+
+    async def _ingest_group(self, group: list[_Batch]) -> list[IngestResult | InvalidArgument]:
         for attempt in range(1, _INGEST_TRIES + 1):
             try:
-                inserted = await self._ingest(items, sender, sender_spool_depth, now)
-                break
+                return await self._ingest(group)
             except DBAPIError as error:
                 if attempt == _INGEST_TRIES or not _retryable(error):
                     raise
                 log.warning("ingest_retry", attempt=attempt, error=type(error.orig).__name__)
                 await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
-        if inserted:
-            self.changes.bump()
-        return IngestResult(inserted=inserted, duplicates=len(records) - inserted)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _ingest(
-        self, items: list[tuple[int, dict[str, Any]]], sender: str, sender_spool_depth: int, now: int
-    ) -> int:
+    async def _ingest(self, group: list[_Batch]) -> list[IngestResult | InvalidArgument]:
+        now = self._now()
         async with self._engines.write.begin() as conn:
             # Shared lock: pruning takes it exclusively, so a record cannot slip in behind a prune
             # and be counted twice after its first copy was deleted.
@@ -239,20 +252,39 @@ class LedgerStore:
                 )
                 or 0
             )
-            too_old = [
-                (
-                    f"records[{index}].time",
-                    f"is before {iso_us(pruned_before)}, whose raw records were pruned; it cannot be deduplicated",
-                )
-                for index, row in items
-                if row["ts"] < pruned_before
-            ]
-            if too_old:
-                raise InvalidArgument(
-                    too_old, reason="RECORD_TOO_OLD", metadata={"pruned_before": iso_us(pruned_before)}
-                )
-            inserted = await self._insert_records(conn, [row for _, row in items]) if items else 0
-            if sender:
+            results: list[IngestResult | InvalidArgument | None] = []
+            owner: dict[tuple[str, int], int] = {}  # record key -> the first batch that carried it
+            rows: list[dict[str, Any]] = []
+            for position, batch in enumerate(group):
+                too_old = [
+                    (
+                        f"records[{index}].time",
+                        f"is before {iso_us(pruned_before)}, whose raw records were pruned; it cannot be deduplicated",
+                    )
+                    for index, row in enumerate(batch.rows)
+                    if row["ts"] < pruned_before
+                ]
+                if too_old:
+                    results.append(
+                        InvalidArgument(
+                            too_old,
+                            reason="RECORD_TOO_OLD",
+                            metadata={"pruned_before": iso_us(pruned_before)},
+                        )
+                    )
+                    continue
+                results.append(None)
+                for row in batch.rows:
+                    key = (row["request_id"], row["attempt"])
+                    if key not in owner:
+                        owner[key] = position
+                        rows.append(row)
+            new = await insert_batch(conn, self._statements, rows) if rows else set()
+            inserted = [0] * len(group)
+            for key in new:
+                inserted[owner[key]] += 1
+            depths = {batch.sender: batch.sender_spool_depth for batch in group if batch.sender}
+            if depths:
                 stmt = self._insert(senders)
                 await conn.execute(
                     stmt.on_conflict_do_update(
@@ -262,168 +294,17 @@ class LedgerStore:
                             "updated_ts": stmt.excluded.updated_ts,
                         },
                     ),
-                    {"sender": sender, "spool_depth": sender_spool_depth, "updated_ts": now},
+                    [
+                        {"sender": name, "spool_depth": depth, "updated_ts": now}
+                        for name, depth in sorted(depths.items())
+                    ],
                 )
-        return inserted
-
-    async def _insert_records(self, conn: Any, rows: list[dict[str, Any]]) -> int:
-        first_ts: dict[str, int] = {}
-        for row in rows:
-            rid = row["request_id"]
-            first_ts[rid] = min(first_ts.get(rid, row["ts"]), row["ts"])
-        ids = sorted(first_ts)
-        # 1. Lock the request states (in a fixed order, so concurrent batches cannot deadlock).
-        await conn.execute(
-            self._insert(requests).on_conflict_do_nothing(index_elements=["request_id"]),
-            [
-                {
-                    "request_id": rid,
-                    "first_ts": first_ts[rid],
-                    "cache_hit": False,
-                    "attempt_count": 0,
-                    "escalated": False,
-                }
-                for rid in ids
-            ],
-        )
-        states = {
-            row.request_id: dict(row._mapping)
-            for row in await conn.execute(
-                sa.select(requests)
-                .where(requests.c.request_id.in_(ids))
-                .order_by(requests.c.request_id)
-                .with_for_update()
-            )
-        }
-        # 2. Insert; the primary key drops re-deliveries.
-        result = await conn.execute(
-            self._insert(usage_records)
-            .on_conflict_do_nothing(index_elements=["request_id", "attempt"])
-            .returning(usage_records.c.request_id, usage_records.c.attempt),
-            rows,
-        )
-        new_keys = {(rid, attempt) for rid, attempt in result}
-        if not new_keys:
-            return 0
-        new_rows = [row for row in rows if (row["request_id"], row["attempt"]) in new_keys]
-        # 3. Rollups and request states.
-        rollup: dict[RollupKey, list[int]] = defaultdict(lambda: [0] * len(ROLLUP_COUNTERS))
-        latency: dict[tuple[RollupKey, int], int] = defaultdict(int)
-        by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in new_rows:
-            by_request[row["request_id"]].append(row)
-            cost = row["cost_nusd"]
-            counters = (
-                1,
-                row["input_tokens"],
-                row["output_tokens"],
-                cost,
-                row["baseline_nusd"],
-                row["classifier_nusd"],
-                0 if row["final"] else cost,
-                0 if row["price_known"] else 1,
-            )
-            for key in rollup_keys(
-                row["ts"] // HOUR_US, row["caller"], row["model"], row["tier"], row["category"]
-            ):
-                values = rollup[key]
-                for i, value in enumerate(counters):
-                    values[i] += value
-        n_attempt = len(ATTEMPT_COUNTERS)
-        updates = []
-        for rid, request_rows in by_request.items():
-            before = states[rid]
-            after = dict(before)
-            for row in sorted(request_rows, key=lambda r: r["attempt"]):
-                after["attempt_count"] += 1
-                after["first_ts"] = min(after["first_ts"], row["ts"])
-                if row["outcome"] == _ESCALATED:
-                    after["escalated"] = True
-                if row["attempt"] == 1:
-                    after.update(
-                        home_ts=row["ts"],
-                        caller=row["caller"],
-                        model=row["model"],
-                        tier=row["tier"],
-                        category=row["category"],
-                        cache_hit=row["cache_hit"],
-                    )
-                if row["final"] and after["lat_bucket"] is None:  # the first answer wins
-                    after["total_ms"] = row["total_ms"]
-                    after["lat_bucket"] = latency_bucket(row["total_ms"])
-            updates.append({f"b_{k}": v for k, v in after.items()})
-            if after["home_ts"] is None:
-                continue
-            keys = rollup_keys(
-                after["home_ts"] // HOUR_US, after["caller"], after["model"], after["tier"], after["category"]
-            )
-            delta = [
-                a - b
-                for a, b in zip(_request_contribution(after), _request_contribution(before), strict=True)
-            ]
-            new_latency = _latency_counted(after) and not _latency_counted(before)
-            for key in keys:
-                if any(delta):
-                    values = rollup[key]
-                    for i, value in enumerate(delta):
-                        values[n_attempt + i] += value
-                if new_latency:
-                    latency[(key, after["lat_bucket"])] += 1
-        c = requests.c
-        await conn.execute(
-            requests.update()
-            .where(c.request_id == sa.bindparam("b_request_id"))
-            .values(
-                {
-                    name: sa.bindparam(f"b_{name}")
-                    for name in (
-                        "first_ts",
-                        "home_ts",
-                        "caller",
-                        "model",
-                        "tier",
-                        "category",
-                        "cache_hit",
-                        "attempt_count",
-                        "escalated",
-                        "total_ms",
-                        "lat_bucket",
-                    )
-                }
-            ),
-            updates,
-        )
-        await self._add_rollups(conn, rollup, latency)
-        return len(new_rows)
-
-    async def _add_rollups(
-        self, conn: Any, rollup: dict[RollupKey, list[int]], latency: dict[tuple[RollupKey, int], int]
-    ) -> None:
-        if rollup:
-            stmt = self._insert(usage_hourly)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(ROLLUP_KEY),
-                set_={name: usage_hourly.c[name] + stmt.excluded[name] for name in ROLLUP_COUNTERS},
-            )
-            await conn.execute(
-                stmt,
-                [
-                    dict(zip(ROLLUP_KEY, key, strict=True)) | dict(zip(ROLLUP_COUNTERS, values, strict=True))
-                    for key, values in sorted(rollup.items())
-                ],
-            )
-        if latency:
-            stmt = self._insert(latency_hourly)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[*ROLLUP_KEY, "bucket"], set_={"n": latency_hourly.c.n + stmt.excluded.n}
-            )
-            await conn.execute(
-                stmt,
-                [
-                    dict(zip(ROLLUP_KEY, key, strict=True)) | {"bucket": bucket, "n": n}
-                    for (key, bucket), n in sorted(latency.items())
-                ],
-            )
+        return [
+            result
+            if result is not None
+            else IngestResult(inserted=inserted[i], duplicates=len(group[i].rows) - inserted[i])
+            for i, result in enumerate(results)
+        ]
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -564,7 +445,6 @@ class LedgerStore:
             rollup_before = (now - int(self._settings.retention_rollup_days * DAY_US)) // HOUR_US
             async with self._engines.write.begin() as conn:
                 await conn.execute(usage_hourly.delete().where(usage_hourly.c.hour < rollup_before))
-                await conn.execute(latency_hourly.delete().where(latency_hourly.c.hour < rollup_before))
         log.info("ledger_pruned", pruned_before=iso_us(watermark), records_deleted=deleted)
         return PruneResult(watermark, deleted, rollup_before)
 
@@ -605,7 +485,7 @@ class LedgerStore:
     # ---- maintenance --------------------------------------------------------------------------
 
     async def rebuild_rollups(self) -> None:
-        """Recompute every rollup row of retained hours from the raw tables (bulk loads, repairs).
+        """Recompute the rollups of retained hours from the raw tables (bulk loads, repairs).
 
         Hours whose raw records were pruned keep their rollups.
         """
@@ -616,82 +496,4 @@ class LedgerStore:
             )
             first_hour = -(-pruned_before // HOUR_US)
             await conn.execute(usage_hourly.delete().where(usage_hourly.c.hour >= first_hour))
-            await conn.execute(latency_hourly.delete().where(latency_hourly.c.hour >= first_hour))
-            r, q = usage_records.c, requests.c
-            zero = sa.literal_column("0")
-            for per_caller in (0, 1):
-                for dim, raw_key, req_key in (
-                    (DIM_TOTAL, sa.literal_column("''"), sa.literal_column("''")),
-                    (DIM_MODEL, r.model, q.model),
-                    (DIM_TIER, sa.cast(r.tier, sa.String), sa.cast(q.tier, sa.String)),
-                    (DIM_CATEGORY, sa.cast(r.category, sa.String), sa.cast(q.category, sa.String)),
-                ):
-                    raw_caller = r.caller if per_caller else sa.literal_column("''")
-                    req_caller = q.caller if per_caller else sa.literal_column("''")
-                    raw_hour, req_hour = r.ts // HOUR_US, q.home_ts // HOUR_US
-                    attempts = sa.select(
-                        raw_caller.label("caller"),
-                        raw_hour.label("hour"),
-                        raw_key.label("key"),
-                        sa.func.count().label("attempts"),
-                        sa.func.sum(r.input_tokens).label("input_tokens"),
-                        sa.func.sum(r.output_tokens).label("output_tokens"),
-                        sa.func.sum(r.cost_nusd).label("cost_nusd"),
-                        sa.func.sum(r.baseline_nusd).label("baseline_nusd"),
-                        sa.func.sum(r.classifier_nusd).label("classifier_nusd"),
-                        sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)).label(
-                            "failed_nusd"
-                        ),
-                        sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)).label(
-                            "unpriced_attempts"
-                        ),
-                        *(zero.label(name) for name in REQUEST_COUNTERS),
-                    ).where(r.ts >= first_hour * HOUR_US)
-                    attempts = stats.grouped(attempts, raw_caller, raw_hour, raw_key)
-                    per_request = sa.select(
-                        req_caller.label("caller"),
-                        req_hour.label("hour"),
-                        req_key.label("key"),
-                        *(zero.label(name) for name in ATTEMPT_COUNTERS),
-                        sa.func.count().label("requests"),
-                        sa.func.sum(sa.case((q.escalated == sa.true(), 1), else_=0)).label(
-                            "escalated_requests"
-                        ),
-                        sa.func.sum(sa.case((q.attempt_count > 1, 1), else_=0)).label("fallback_requests"),
-                        sa.func.sum(sa.case((q.cache_hit == sa.true(), 1), else_=0)).label("cache_hits"),
-                    ).where(q.home_ts >= first_hour * HOUR_US)
-                    per_request = stats.grouped(per_request, req_caller, req_hour, req_key)
-                    both = sa.union_all(attempts, per_request).subquery()
-                    await conn.execute(
-                        usage_hourly.insert().from_select(
-                            ["dim", "per_caller", "caller", "hour", "key", *ROLLUP_COUNTERS],
-                            sa.select(
-                                sa.literal(dim, sa.SmallInteger),
-                                sa.literal(per_caller, sa.SmallInteger),
-                                both.c.caller,
-                                both.c.hour,
-                                both.c.key,
-                                *(sa.func.sum(both.c[name]) for name in ROLLUP_COUNTERS),
-                            ).group_by(both.c.caller, both.c.hour, both.c.key),
-                        )
-                    )
-                    await conn.execute(
-                        latency_hourly.insert().from_select(
-                            ["dim", "per_caller", "caller", "hour", "key", "bucket", "n"],
-                            stats.grouped(
-                                sa.select(
-                                    sa.literal(dim, sa.SmallInteger),
-                                    sa.literal(per_caller, sa.SmallInteger),
-                                    req_caller,
-                                    req_hour,
-                                    req_key,
-                                    q.lat_bucket,
-                                    sa.func.count(),
-                                ).where(q.home_ts >= first_hour * HOUR_US, q.lat_bucket.is_not(None)),
-                                req_caller,
-                                req_hour,
-                                req_key,
-                                q.lat_bucket,
-                            ),
-                        )
-                    )
+            await rebuild(conn, self._statements, first_hour)

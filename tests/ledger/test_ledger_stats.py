@@ -9,7 +9,8 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from ledger_svc.schema import latency_hourly, usage_hourly
+from ledger_svc.schema import usage_hourly
+from ledger_svc.stats import Plan, plan
 from llmroute.common.v1 import common_pb2 as C
 from llmroute.ledger.v1 import ledger_pb2 as L
 from tests.ledger.conftest import Ledger
@@ -86,8 +87,8 @@ async def test_totals_by_hand(ledger: Ledger) -> None:
     assert t.unpriced_attempts == 1
     # Final-attempt latencies 50, 100, 400, 2000: nearest rank, reported as the histogram bucket.
     assert t.latency_p50_ms == reference_percentile([50, 100, 400, 2000], 0.5)
-    assert abs(t.latency_p50_ms - 100) / 100 < 0.025
-    assert abs(t.latency_p95_ms - 2000) / 2000 < 0.025
+    assert abs(t.latency_p50_ms - 100) / 100 <= 0.048  # the documented bound
+    assert abs(t.latency_p95_ms - 2000) / 2000 <= 0.048
     assert (
         stats.window.since.ToMicroseconds() == H0 and stats.window.until.ToMicroseconds() == H0 + 2 * HOUR_US
     )
@@ -261,17 +262,13 @@ async def test_incremental_rollups_equal_a_rebuild_from_raw(ledger: Ledger) -> N
     for i in range(0, len(records), 50):
         await ingest(ledger, records[i : i + 50])
 
-    async def snapshot() -> tuple[set[tuple[object, ...]], set[tuple[object, ...]]]:
+    async def snapshot() -> set[tuple[object, ...]]:
         async with ledger.store.engines.read.connect() as conn:
-            hourly = {tuple(r) for r in await conn.execute(sa.select(usage_hourly))}
-            latency = {tuple(r) for r in await conn.execute(sa.select(latency_hourly))}
-        return hourly, latency
+            return {tuple(r) for r in await conn.execute(sa.select(usage_hourly))}
 
     incremental = await snapshot()
     await ledger.store.rebuild_rollups()
-    rebuilt = await snapshot()
-    assert incremental[0] == rebuilt[0]
-    assert incremental[1] == rebuilt[1]
+    assert incremental == await snapshot()
 
 
 @pytest.mark.parametrize(
@@ -300,3 +297,29 @@ async def test_bad_stats_requests(
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT
     assert found.reason == "INVALID_ARGUMENT"
     assert fragment in found.violations[field]
+
+
+def test_plan_reads_the_shorter_side_of_partial_hours() -> None:
+    base = 100 * HOUR_US
+    # 50-minute edges: the hours' rollups minus 10 minutes of raw rows each.
+    p = plan(base + 10 * MIN, base + 2 * HOUR_US + 50 * MIN, 0)
+    assert p.full_hours == (100, 103) and p.add == ()
+    assert p.subtract == ((base, base + 10 * MIN), (base + 2 * HOUR_US + 50 * MIN, base + 3 * HOUR_US))
+    # 10-minute edges: read raw.
+    p = plan(base + 50 * MIN, base + 2 * HOUR_US + 10 * MIN, 0)
+    assert p.full_hours == (101, 102) and p.subtract == ()
+    assert p.add == ((base + 50 * MIN, base + HOUR_US), (base + 2 * HOUR_US, base + 2 * HOUR_US + 10 * MIN))
+    # Inside one hour.
+    assert plan(base + 5 * MIN, base + 15 * MIN, 0).add == ((base + 5 * MIN, base + 15 * MIN),)
+    p = plan(base + 5 * MIN, base + 55 * MIN, 0)
+    assert p.full_hours == (100, 101) and p.subtract == (
+        (base, base + 5 * MIN),
+        (base + 55 * MIN, base + HOUR_US),
+    )
+    # Aligned: rollups only.
+    assert plan(base, base + 24 * HOUR_US, 0) == Plan(base, base + 24 * HOUR_US, (100, 124))
+    # A pruned head hour is rounded down to the hour; the tail still uses raw rows.
+    p = plan(base + 10 * MIN, base + 2 * HOUR_US + 50 * MIN, base + HOUR_US)
+    assert (p.since_us, p.full_hours, p.add) == (base, (100, 103), ())
+    assert p.subtract == ((base + 2 * HOUR_US + 50 * MIN, base + 3 * HOUR_US),)
+    assert plan(base + 5 * MIN, base + 15 * MIN, base + HOUR_US) == Plan(base, base, None)
