@@ -11,7 +11,8 @@ from dataclasses import dataclass
 class _State:
     failures: int = 0
     open_until: float = 0.0
-    probing: bool = False
+    # While a probe runs, until when; a probe that never reports (its request was cancelled) expires.
+    probing_until: float = 0.0
 
 
 class Cooldowns:
@@ -28,16 +29,18 @@ class Cooldowns:
         state = self._states.get(model)
         if state is None or state.failures < self._after:
             return True
-        if self._clock() < state.open_until or state.probing:
+        now = self._clock()
+        if now < state.open_until or now < state.probing_until:
             return False
-        state.probing = True
+        state.probing_until = now + self._seconds
         return True
 
     def in_cooldown(self, model: str) -> bool:
         state = self._states.get(model)
-        return state is not None and state.failures >= self._after and (
-            self._clock() < state.open_until or state.probing
-        )
+        if state is None or state.failures < self._after:
+            return False
+        now = self._clock()
+        return now < state.open_until or now < state.probing_until
 
     def success(self, model: str) -> None:
         self._states.pop(model, None)
@@ -45,6 +48,12 @@ class Cooldowns:
     def failure(self, model: str) -> None:
         state = self._states.setdefault(model, _State())
         state.failures += 1
-        state.probing = False
+        state.probing_until = 0.0
         if state.failures >= self._after:
             state.open_until = self._clock() + self._seconds
+
+    def release(self, model: str) -> None:
+        """The call ended without a verdict on the model's health (cancelled, rejected input)."""
+        state = self._states.get(model)
+        if state is not None:
+            state.probing_until = 0.0

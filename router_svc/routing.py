@@ -7,6 +7,7 @@ proto, raising `service_kit.errors.ServiceError` subclasses for the caller's mis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -151,9 +152,13 @@ class Router:
         """Classification and budget check, concurrently. Near a soft limit, thresholds rise (cheaper tiers)."""
         if self._budgets is None:
             return await self.classify(request, deadline)
-        (verdict, warnings), budget = await asyncio.gather(
-            self.classify(request, deadline), self._budgets.check(request.caller)
-        )
+        classifying = asyncio.create_task(self.classify(request, deadline))
+        try:
+            budget = await self._budgets.check(request.caller)
+        except BaseException:
+            classifying.cancel()
+            raise
+        verdict, warnings = await classifying
         if budget.state == ledger_pb2.BUDGET_STATE_SOFT_LIMIT and verdict.source in _SCORED_SOURCES:
             verdict.tier = self._policy().thresholds.tier_for(verdict.score, shift=self._settings.budget_soft_limit_shift)
             warnings.append("budget_soft_limit")
@@ -191,7 +196,7 @@ class Router:
         token_counts: dict[int, int] = {}  # one count per tokenizer, not per candidate
 
         def build(candidate_tier: int) -> list[Choice]:
-            specs = [ModelSpec(model=request.force_model)] if request.force_model else policy.candidates(candidate_tier)
+            specs = [_policy_spec(policy, request.force_model)] if request.force_model else policy.candidates(candidate_tier)
             eligible: list[Choice] = []
             for spec in specs:
                 choice, explained = self._consider(spec, candidate_tier, output_estimate, request, token_counts)
@@ -210,7 +215,7 @@ class Router:
         return plan
 
     def _consider(
-        self, spec: ModelSpec, tier: int, output_estimate: int, request: RouteInput, token_counts: dict[str, int]
+        self, spec: ModelSpec, tier: int, output_estimate: int, request: RouteInput, token_counts: dict[int, int]
     ) -> tuple[Choice | None, router_pb2.Candidate]:
         explained = router_pb2.Candidate(model=spec.model, tier=tier)
         price = self._prices().price(spec.model)
@@ -231,11 +236,9 @@ class Router:
             skip = "no_json_schema_support"
         elif self._cooldowns.in_cooldown(spec.model):
             skip = "cooldown"
-        elif (
-            request.max_cost_usd is not None
-            and explained.price_known
-            and explained.estimated_cost_usd > request.max_cost_usd
-        ):
+        elif request.max_cost_usd is not None and not explained.price_known:
+            skip = "unpriced_with_max_cost"  # its cost cannot be bounded
+        elif request.max_cost_usd is not None and explained.estimated_cost_usd > request.max_cost_usd:
             skip = "over_max_cost"
         explained.skipped_reason = skip
         if skip or route is None:
@@ -283,10 +286,11 @@ class Router:
                 metadata={"max_cost_usd": request.max_cost_usd, "cheapest_estimate_usd": f"{cheapest:.6f}"},
             )
         if request.force_model:
+            reason = plan.explained[0].skipped_reason if plan.explained else "unknown"
             raise FailedPrecondition(
-                f"model {request.force_model!r} has no credentials; set its provider's API key",
-                reason="NO_CREDENTIALS",
-                metadata={"model": request.force_model},
+                f"forced model {request.force_model!r} cannot be used now: {reason}",
+                reason="FORCED_MODEL_UNAVAILABLE",
+                metadata={"model": request.force_model, "skipped_reason": reason},
             )
         raise Unavailable(
             "no candidate model is available for this request",
@@ -301,6 +305,8 @@ class Router:
         rejected: Outcome | None = None
         for index, tier in enumerate(plan.tiers):
             for choice in plan.choices(tier):
+                if not self._affordable(request, choice, outcomes):
+                    continue
                 outcome = await self._call_with_retries(request, choice, deadline, outcomes)
                 if outcome is None:
                     continue  # provider failure: next candidate
@@ -319,11 +325,19 @@ class Router:
                 )
                 outcome.attempt.error = reason
                 log.info("output_rejected", model=choice.spec.model, reason=reason, escalate=escalate)
+                if not escalate:
+                    return outcome  # rejected, and nowhere to escalate: better than an error
                 rejected = outcome
-                if escalate:
-                    break  # the next tier up
+                break  # the next tier up
         # Nothing passed validation: the last rejected answer is still better than an error.
         return rejected
+
+    def _affordable(self, request: RouteInput, choice: Choice, outcomes: list[Outcome]) -> bool:
+        """With max_cost_usd, a fallback is tried only if what was spent plus its estimate still fits."""
+        if request.max_cost_usd is None:
+            return True
+        spent = sum(o.attempt.usage.cost_usd for o in outcomes)
+        return spent + choice.estimated_cost_usd <= request.max_cost_usd
 
     async def _call_with_retries(
         self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
@@ -336,8 +350,16 @@ class Router:
             if outcome.attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
                 self._cooldowns.success(model)
                 return outcome
+            if _past(deadline):  # the client's deadline, not the model's fault: no cooldown
+                self._cooldowns.release(model)
+                _raise_if_past(deadline)
+            if not transient:
+                # A request the provider rejects (400, 401, content policy...) says nothing about the
+                # model's health: no cooldown; the probe slot, if this was the probe, is released.
+                self._cooldowns.release(model)
+                return None
             self._cooldowns.failure(model)
-            if not transient or retry == self._settings.retries_per_model:
+            if retry == self._settings.retries_per_model:
                 return None
             backoff = self._settings.retry_backoff_seconds * (2**retry)
             if deadline is not None and asyncio.get_running_loop().time() + backoff >= deadline:
@@ -352,7 +374,7 @@ class Router:
             "messages": request.chat,
             # Constant on purpose: LiteLLM caches its HTTP clients by their parameters, timeout included,
             # so a per-request value would build a new client and a new connection for every call.
-            # The request's deadline is enforced around the call instead (`_within`).
+            # The request's deadline is enforced around the call instead (`asyncio.timeout_at`).
             "timeout": self._settings.provider_timeout_seconds,
             "num_retries": 0,
             "drop_params": True,
@@ -372,23 +394,25 @@ class Router:
         self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
     ) -> tuple[Outcome, bool]:
         """One provider call, appended to `outcomes`. Returns it and whether a failure is worth retrying."""
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-            raise DeadlineExceeded("the request's deadline passed before a model answered", reason="DEADLINE_EXCEEDED")
+        _raise_if_past(deadline)
         attempt = router_pb2.Attempt(model=choice.spec.model, provider=choice.route.provider, tier=choice.tier)
         outcome = Outcome(attempt, simulated=choice.route.simulated)
         outcomes.append(outcome)
         started = time.perf_counter()
         try:
-            async with _within(deadline):
+            async with asyncio.timeout_at(deadline):
                 response = await self._acompletion(**self._call_kwargs(request, choice, deadline))
         except asyncio.CancelledError:
             # The caller went away: the provider call is cancelled with us; charge the prompt it was sent.
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
             attempt.latency_ms = (time.perf_counter() - started) * 1000
             self._charge_estimate(attempt, request)
+            self._cooldowns.release(choice.spec.model)
             raise
         except Exception as error:
             attempt.latency_ms = (time.perf_counter() - started) * 1000
+            if isinstance(error, TimeoutError | litellm.Timeout):
+                self._charge_estimate(attempt, request)  # the prompt was sent: charged as on cancel
             transient = isinstance(error, TRANSIENT_ERRORS)
             attempt.outcome = (
                 common_pb2.ATTEMPT_OUTCOME_TIMEOUT
@@ -453,11 +477,14 @@ class Router:
         try:
             for tier in plan.tiers:
                 for choice in plan.choices(tier):
-                    if not self._cooldowns.available(choice.spec.model):
+                    _raise_if_past(deadline)
+                    if not self._affordable(request, choice, outcomes) or not self._cooldowns.available(
+                        choice.spec.model
+                    ):
                         continue
-                    stream = self._stream_once(request, choice, deadline, outcomes)
-                    async for delta in stream:
-                        yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=delta))
+                    async with contextlib.aclosing(self._stream_once(request, choice, deadline, outcomes)) as stream:
+                        async for delta in stream:
+                            yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=delta))
                     if outcomes and outcomes[-1].attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
                         answer = outcomes[-1]
                         break
@@ -483,7 +510,7 @@ class Router:
         usage = None
         started = time.perf_counter()
         try:
-            async with _within(deadline):
+            async with asyncio.timeout_at(deadline):
                 kwargs = self._call_kwargs(request, choice, deadline)
                 stream = await self._acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
                 async for chunk in stream:
@@ -500,6 +527,7 @@ class Router:
         except (asyncio.CancelledError, GeneratorExit):
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
             self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
+            self._cooldowns.release(choice.spec.model)
             raise
         except Exception as error:
             attempt.outcome = (
@@ -508,7 +536,10 @@ class Router:
                 else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
             )
             attempt.error = f"{type(error).__name__}: {_short(error)}"
-            self._cooldowns.failure(choice.spec.model)
+            if isinstance(error, TRANSIENT_ERRORS) and not _past(deadline):
+                self._cooldowns.failure(choice.spec.model)
+            else:
+                self._cooldowns.release(choice.spec.model)
             self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
             log.warning("provider_stream_error", model=choice.spec.model, error_type=type(error).__name__, after_first_delta=bool(parts))
             if parts:
@@ -541,6 +572,8 @@ class Router:
         classify_ms: float,
         started: float,
     ) -> router_pb2.RouteResponse:
+        if answer is not None:
+            answer.attempt.usage.baseline_cost_usd = self._baseline_cost(answer.attempt.usage)
         response = router_pb2.RouteResponse(
             request_id=request.request_id,
             classification=verdict,
@@ -564,9 +597,7 @@ class Router:
             response.model = answer.attempt.model
             response.tier = answer.attempt.tier
             response.simulated = answer.simulated
-            baseline = self._baseline_cost(answer.attempt.usage)
-            answer.attempt.usage.baseline_cost_usd = baseline
-            response.usage.baseline_cost_usd = baseline
+            response.usage.baseline_cost_usd = answer.attempt.usage.baseline_cost_usd
             if answer.attempt.outcome != common_pb2.ATTEMPT_OUTCOME_OK:
                 response.warnings.append(f"output_rejected:{answer.attempt.error}")
         response.timings.classify_ms = classify_ms
@@ -633,9 +664,13 @@ def _all_failed(outcomes: list[Outcome]) -> Unavailable:
     )
 
 
-def _within(deadline: float | None) -> asyncio.Timeout:
-    """Cancel what runs inside at the request's deadline (TimeoutError); no limit without one."""
-    return asyncio.timeout_at(deadline)
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and asyncio.get_running_loop().time() >= deadline
+
+
+def _raise_if_past(deadline: float | None) -> None:
+    if _past(deadline):
+        raise DeadlineExceeded("the request's deadline passed before a model answered", reason="DEADLINE_EXCEEDED")
 
 
 def _bounded(limit: float, deadline: float | None) -> float:
@@ -649,6 +684,15 @@ def _count_tokens(model: str, messages: list[dict[str, str]]) -> int:
         return int(litellm.token_counter(model=model, messages=messages))
     except Exception:  # unknown tokenizer: fall back to the usual 4 characters a token
         return sum(_rough_tokens(m["content"]) for m in messages)
+
+
+def _policy_spec(policy: Policy, model: str) -> ModelSpec:
+    """A forced model keeps its policy parameters (api_base, params...) when the policy lists it."""
+    for specs in policy.tiers.values():
+        for spec in specs:
+            if spec.model == model:
+                return spec
+    return ModelSpec(model=model)
 
 
 @functools.lru_cache(maxsize=1024)

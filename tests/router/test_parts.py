@@ -156,3 +156,15 @@ async def test_price_refresh_from_a_file_replaces_the_map_and_a_bad_file_keeps_i
     assert refreshed.version.startswith("refreshed-") and refreshed.version != bundled.version
     assert refreshed.cost("gpt-5-nano", 1, 1).usd == pytest.approx(3e-3)
     assert not refreshed.cost("gpt-5-mini", 1, 1).known  # the refreshed map is the whole map
+
+
+def test_an_abandoned_probe_expires_and_a_released_one_frees_the_slot() -> None:
+    now = [0.0]
+    cooldowns = Cooldowns(after_failures=1, seconds=10, clock=lambda: now[0])
+    cooldowns.failure("m")
+    now[0] = 11
+    assert cooldowns.available("m") and not cooldowns.available("m")  # probe taken, never reports
+    now[0] = 22
+    assert cooldowns.available("m")  # the abandoned probe expired: a new one may go
+    cooldowns.release("m")  # that one was cancelled before a verdict
+    assert cooldowns.available("m")
