@@ -6,7 +6,7 @@ For each database:
 2. time GetStats over that day: `last_minutes=1440` (rollups plus two partial hours from the raw
    tables) and an hour-aligned 24 h window (rollups only), default breakdowns (model, tier, caller),
    then with every breakdown and a caller filter;
-3. time RecordUsage: concurrent clients sending batches of 500 records to an in-process server,
+3. time RecordUsage: four concurrent senders in a separate client process, batches of 500 records,
    on top of the loaded day (acknowledged = committed).
 Also the router-side cost of LedgerReporter.submit() (durable spool append).
 
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -67,7 +69,11 @@ def _attempts(rnd: random.Random, request_id: str, at: int) -> list[dict[str, An
     rows = []
     for a in range(1, n + 1):
         last = a == n
-        outcome = C.ATTEMPT_OUTCOME_OK if last else rnd.choice([C.ATTEMPT_OUTCOME_PROVIDER_ERROR, C.ATTEMPT_OUTCOME_ESCALATED])
+        outcome = (
+            C.ATTEMPT_OUTCOME_OK
+            if last
+            else rnd.choice([C.ATTEMPT_OUTCOME_PROVIDER_ERROR, C.ATTEMPT_OUTCOME_ESCALATED])
+        )
         input_tokens, output_tokens = rnd.randrange(50, 4000), rnd.randrange(0, 1500)
         cost = (input_tokens * 0.15 + output_tokens * 0.6) * tier / 1e6
         rows.append(
@@ -141,10 +147,17 @@ def ingest_batches(n: int, batch: int, end_us: int) -> list[L.RecordUsageRequest
             r.time.FromMicroseconds(row["ts"])
             out.append(r)
         i += 1
-    return [L.RecordUsageRequest(records=out[k : k + batch], sender="bench") for k in range(0, len(out), batch)]
+    return [
+        L.RecordUsageRequest(records=out[k : k + batch], sender="bench") for k in range(0, len(out), batch)
+    ]
 
 
-async def _bulk_load(store: LedgerStore, settings: LedgerSettings, records: list[tuple[Any, ...]], states: list[tuple[Any, ...]]) -> None:
+async def _bulk_load(
+    store: LedgerStore,
+    settings: LedgerSettings,
+    records: list[tuple[Any, ...]],
+    states: list[tuple[Any, ...]],
+) -> None:
     if store.dialect == "sqlite":
         path = settings.database_url.split("///", 1)[1]
 
@@ -166,7 +179,10 @@ async def _bulk_load(store: LedgerStore, settings: LedgerSettings, records: list
 
         await asyncio.to_thread(load)
     else:
-        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""), server_settings={"search_path": settings.database_schema or "public"})
+        conn = await asyncpg.connect(
+            PG_URL.replace("+asyncpg", ""),
+            server_settings={"search_path": settings.database_schema or "public"},
+        )
         try:
             await conn.copy_records_to_table("usage_records", records=records, columns=RECORD_COLUMNS)
             await conn.copy_records_to_table("requests", records=states, columns=REQUEST_COLUMNS)
@@ -175,7 +191,10 @@ async def _bulk_load(store: LedgerStore, settings: LedgerSettings, records: list
             await conn.close()
     await store.rebuild_rollups()
     if store.dialect == "postgresql":
-        conn = await asyncpg.connect(PG_URL.replace("+asyncpg", ""), server_settings={"search_path": settings.database_schema or "public"})
+        conn = await asyncpg.connect(
+            PG_URL.replace("+asyncpg", ""),
+            server_settings={"search_path": settings.database_schema or "public"},
+        )
         try:
             await conn.execute("ANALYZE")
         finally:
@@ -193,7 +212,9 @@ async def _timed(call: Callable[[], Awaitable[Any]], runs: int) -> tuple[float, 
     return statistics.median(samples), samples[min(len(samples) - 1, int(0.95 * len(samples)))]
 
 
-async def bench_database(name: str, settings: LedgerSettings, n_records: int, n_ingest: int) -> dict[str, Any]:
+async def bench_database(
+    name: str, settings: LedgerSettings, n_records: int, n_ingest: int
+) -> dict[str, Any]:
     result: dict[str, Any] = {"database": name}
     store = await LedgerStore.open(settings)
     running = await create_server(settings, store)
@@ -219,35 +240,54 @@ async def bench_database(name: str, settings: LedgerSettings, n_records: int, n_
         result["last_1440"] = await _timed(lambda: stub.GetStats(last_day), 20)
         result["aligned_24h"] = await _timed(lambda: stub.GetStats(L.GetStatsRequest(window=aligned)), 20)
         result["every_breakdown"] = await _timed(
-            lambda: stub.GetStats(L.GetStatsRequest(window=L.TimeWindow(last_minutes=1440), group_by=every)), 20
+            lambda: stub.GetStats(L.GetStatsRequest(window=L.TimeWindow(last_minutes=1440), group_by=every)),
+            20,
         )
         result["one_caller"] = await _timed(
-            lambda: stub.GetStats(L.GetStatsRequest(window=L.TimeWindow(last_minutes=1440), group_by=every[:4], caller=CALLERS[3])), 20
+            lambda: stub.GetStats(
+                L.GetStatsRequest(
+                    window=L.TimeWindow(last_minutes=1440), group_by=every[:4], caller=CALLERS[3]
+                )
+            ),
+            20,
         )
 
-        batches = ingest_batches(n_ingest, 500, now)
-        queue: asyncio.Queue[L.RecordUsageRequest] = asyncio.Queue()
-        for batch in batches:
-            queue.put_nowait(batch)
-
-        async def client() -> int:
-            sent = 0
-            while not queue.empty():
-                batch = queue.get_nowait()
-                reply = await stub.RecordUsage(batch, timeout=60)
-                sent += reply.inserted
-            return sent
-
-        started = time.perf_counter()
-        inserted = sum(await asyncio.gather(*(client() for _ in range(4))))
-        elapsed = time.perf_counter() - started
-        result["ingested"] = inserted
-        result["ingest_per_s"] = inserted / elapsed
+        # The load comes from another process, so the server's event loop is the ledger's alone.
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.ledger_bench", "--client", str(running.port), str(n_ingest),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await client.communicate()
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        result["ingested"] = report["inserted"]
+        result["ingest_per_s"] = report["per_s"]
         result["after_ingest_last_1440"] = await _timed(lambda: stub.GetStats(last_day), 10)
     finally:
         await channel.close()
         await running.stop(0)
     return result
+
+
+async def ingest_client(port: int, n: int, clients: int = 4, batch: int = 500) -> None:
+    """`--client PORT N`: send N fresh records in batches from `clients` concurrent senders; print the rate."""
+    batches = ingest_batches(n, batch, time.time_ns() // 1000)
+    queue: asyncio.Queue[L.RecordUsageRequest] = asyncio.Queue()
+    for request in batches:
+        queue.put_nowait(request)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+
+        async def sender() -> int:
+            inserted = 0
+            while not queue.empty():
+                reply = await stub.RecordUsage(queue.get_nowait(), timeout=120)
+                inserted += reply.inserted
+            return inserted
+
+        started = time.perf_counter()
+        inserted = sum(await asyncio.gather(*(sender() for _ in range(clients))))
+        elapsed = time.perf_counter() - started
+    print(json.dumps({"inserted": inserted, "per_s": inserted / elapsed}))
 
 
 def bench_submit(directory: Path, fsync: bool, n: int = 3000) -> float:
@@ -289,7 +329,11 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--ingest", type=int, default=50_000)
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument("--client", nargs=2, type=int, metavar=("PORT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client:
+        await ingest_client(*args.client)
+        return
     configure_logging("ledger-bench", "WARNING", json=False)
     results = []
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
@@ -297,7 +341,9 @@ async def main() -> None:
         if args.only in (None, "sqlite"):
             settings = LedgerSettings(database_url=f"sqlite+aiosqlite:///{tmp}/ledger.db", **base)  # type: ignore[arg-type]
             print("SQLite: loading ...", flush=True)
-            results.append(await bench_database("SQLite (WAL, synchronous=FULL)", settings, args.records, args.ingest))
+            results.append(
+                await bench_database("SQLite (WAL, synchronous=FULL)", settings, args.records, args.ingest)
+            )
         if args.only in (None, "postgresql"):
             schema = await _pg_schema()
             if schema:
@@ -321,11 +367,18 @@ async def main() -> None:
     print(_row("GetStats hour-aligned 24 h", [ms(r["aligned_24h"]) for r in results]))
     print(_row("GetStats 1440 min, all 5 breakdowns", [ms(r["every_breakdown"]) for r in results]))
     print(_row("GetStats 1440 min, one caller, 4 breakdowns", [ms(r["one_caller"]) for r in results]))
-    print(_row("RecordUsage ingest (4 clients, batches of 500)", [f"{r['ingest_per_s']:,.0f} rec/s" for r in results]))
+    print(
+        _row(
+            "RecordUsage ingest (4 clients, batches of 500)",
+            [f"{r['ingest_per_s']:,.0f} rec/s" for r in results],
+        )
+    )
     print(_row("GetStats last_minutes=1440 after ingest", [ms(r["after_ingest_last_1440"]) for r in results]))
     for r in results:
         assert r["stats_attempts"] >= r["records"] * 0.9, r  # the window really covers the loaded day
-    print(f"\n  LedgerReporter.submit() (2 records, spool append): {submit_normal:.0f} µs; with fsync=True: {submit_fsync:.0f} µs")
+    print(
+        f"\n  LedgerReporter.submit() (2 records, spool append): {submit_normal:.0f} µs; with fsync=True: {submit_fsync:.0f} µs"
+    )
 
 
 if __name__ == "__main__":

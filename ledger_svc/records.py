@@ -111,7 +111,7 @@ EXPORT_COLUMNS = (
 )
 
 
-def export_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+def export_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "request_id": row["request_id"],
         "attempt": row["attempt"],
@@ -152,7 +152,7 @@ def csv_header() -> str:
     return out.getvalue()
 
 
-def csv_line(row: Mapping[str, Any]) -> str:
+def csv_line(row: Mapping[Any, Any]) -> str:
     fields = export_fields(row)
     for name in _MONEY:
         fields[name] = usd_text(fields[name])
@@ -163,7 +163,7 @@ def csv_line(row: Mapping[str, Any]) -> str:
     return out.getvalue()
 
 
-def json_line(row: Mapping[str, Any]) -> str:
+def json_line(row: Mapping[Any, Any]) -> str:
     fields = export_fields(row)
     for name in _MONEY:
         # nusd / 1e9 is the double nearest the exact decimal, and JSON prints its shortest round-trip form.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import structlog
 from google.protobuf import timestamp_pb2
+from sqlalchemy import exc as sa_exc
 
 from ledger_svc import records as conv
 from ledger_svc import stats as st
@@ -20,7 +23,7 @@ from ledger_svc.store import BudgetRow, LedgerStore
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from service_kit import metadata
 from service_kit import server as service_server
-from service_kit.errors import PermissionDenied
+from service_kit.errors import PermissionDenied, Unavailable
 from service_kit.logging import configure_logging
 
 log = structlog.get_logger()
@@ -48,11 +51,44 @@ def _budget_status(row: BudgetRow) -> ledger_pb2.BudgetStatus:
     )
 
 
+# The database is unreachable or went away mid-call: callers should retry (the reporter does).
+_DATABASE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError)
+
+
+def _unavailable(error: Exception) -> Unavailable:
+    log.warning("database_unavailable", error=type(error).__name__)
+    return Unavailable("the ledger database is unavailable; retry later", reason="DATABASE_UNAVAILABLE")
+
+
+def _database_errors(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(handler)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except _DATABASE_DOWN as error:
+            raise _unavailable(error) from error
+
+    return wrapped
+
+
+def _database_errors_stream(handler: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(handler)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in handler(self, request, context):
+                yield response
+        except _DATABASE_DOWN as error:
+            raise _unavailable(error) from error
+
+    return wrapped
+
+
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(self, store: LedgerStore, settings: LedgerSettings) -> None:
         self._store = store
         self._settings = settings
 
+    @_database_errors
     async def RecordUsage(
         self, request: ledger_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.RecordUsageResponse:
@@ -74,6 +110,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
         return ledger_pb2.RecordUsageResponse(inserted=result.inserted, duplicates=result.duplicates)
 
+    @_database_errors
     async def GetStats(
         self, request: ledger_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.GetStatsResponse:
@@ -93,6 +130,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             spool_depth=result.spool_depth,
         )
 
+    @_database_errors_stream
     async def WatchSpend(
         self, request: ledger_pb2.WatchSpendRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ledger_pb2.WatchSpendResponse]:
@@ -113,6 +151,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             if await self._store.changes.wait(interval):
                 await asyncio.sleep(min(_WATCH_COALESCE_SECONDS, interval))
 
+    @_database_errors_stream
     async def ExportRecords(
         self, request: ledger_pb2.ExportRecordsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ledger_pb2.ExportRecordsResponse]:
@@ -152,6 +191,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 f"the {ADMIN_TOKEN} metadata is not the admin token", reason="ADMIN_TOKEN_INVALID"
             )
 
+    @_database_errors
     async def SetBudget(
         self, request: ledger_pb2.SetBudgetRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.SetBudgetResponse:
@@ -176,6 +216,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             )
         )
 
+    @_database_errors
     async def GetBudgets(
         self, request: ledger_pb2.GetBudgetsRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.GetBudgetsResponse:
@@ -183,6 +224,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         rows = await self._store.budgets(request.caller or None)
         return ledger_pb2.GetBudgetsResponse(budgets=[_budget_status(row) for row in rows])
 
+    @_database_errors
     async def CheckBudget(
         self, request: ledger_pb2.CheckBudgetRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.CheckBudgetResponse:
@@ -195,6 +237,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             budgets=[_budget_status(row) for row in rows],
         )
 
+    @_database_errors
     async def RecordFeedback(
         self, request: ledger_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.RecordFeedbackResponse:

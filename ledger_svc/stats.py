@@ -39,7 +39,6 @@ from llmroute.ledger.v1 import ledger_pb2
 TOTAL = 0  # not a GroupBy: the window's totals
 HOUR = ledger_pb2.GROUP_BY_HOUR
 CALLER = ledger_pb2.GROUP_BY_CALLER
-_ESCALATED = common_pb2.ATTEMPT_OUTCOME_ESCALATED
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def grouped(query: Any, *exprs: Any) -> Any:
 def _key_exprs(dim: int) -> tuple[int, Any, Any, Any]:
     """(rollup dim, rollup key, usage_records key, requests key) for a GroupBy (or TOTAL)."""
     h, r, q = usage_hourly.c, usage_records.c, requests.c
-    empty = sa.literal_column("''")
+    empty: Any = sa.literal_column("''")
     if dim == TOTAL:
         return DIM_TOTAL, h.key, empty, empty
     if dim == HOUR:
@@ -202,7 +201,7 @@ async def _raw(
     ranges may not be.
     """
     r, q = usage_records.c, requests.c
-    zero = sa.literal_column("0")
+    zero: Any = sa.literal_column("0")
     attempt_sums = [
         sa.func.count(),
         sa.func.sum(r.input_tokens),

@@ -1,11 +1,8 @@
 """LedgerStore: ingest, stats, budgets, feedback, export and retention over one SQLAlchemy Core code path.
 
-Ingest is one transaction per batch, committed before RecordUsage answers:
-1. the request states of the batch are locked (created if new), in request_id order;
-2. the records are inserted with ON CONFLICT DO NOTHING; only the rows actually inserted count;
-3. for those rows the hourly rollups are incremented (per attempt at the attempt's own hour and
-   dimensions, per request at its home: attempt 1's), and request states are updated.
-Re-delivered records therefore change nothing, on one replica or many: the primary key decides.
+Batches are committed before RecordUsage answers, several concurrent batches per transaction
+(group commit); what one transaction does is in `ledger_svc.ingest`. Re-delivered records change
+nothing, on one replica or many. Stats are in `ledger_svc.stats`.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +20,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import DBAPIError
 
-from ledger_svc import migrations, stats
+from ledger_svc import migrations
+from ledger_svc import stats as queries
 from ledger_svc.db import Engines, create_engines, ensure_schema, insert_for
 from ledger_svc.ingest import Statements, insert_batch, rebuild
 from ledger_svc.records import iso_us, to_row
@@ -69,8 +67,8 @@ class _Batch:
 @dataclass(frozen=True)
 class StatsResult:
     window: Window
-    totals: stats.Aggregate
-    breakdowns: list[tuple[int, dict[Any, stats.Aggregate]]]
+    totals: queries.Aggregate
+    breakdowns: list[tuple[int, dict[Any, queries.Aggregate]]]
     spool_depth: int
 
 
@@ -314,18 +312,18 @@ class LedgerStore:
                 await conn.scalar(sa.select(ledger_meta.c.value).where(ledger_meta.c.key == "pruned_before"))
                 or 0
             )
-            plan = stats.plan(window.since_us, window.until_us, pruned_before)
-            totals = (await stats.aggregate(conn, stats.TOTAL, plan, caller)).get("", stats.Aggregate())
-            breakdowns = [(dim, await stats.aggregate(conn, dim, plan, caller)) for dim in group_by]
+            plan = queries.plan(window.since_us, window.until_us, pruned_before)
+            totals = (await queries.aggregate(conn, queries.TOTAL, plan, caller)).get("", queries.Aggregate())
+            breakdowns = [(dim, await queries.aggregate(conn, dim, plan, caller)) for dim in group_by]
             depth = int(
                 await conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(senders.c.spool_depth), 0))) or 0
             )
         return StatsResult(Window(plan.since_us, plan.until_us), totals, breakdowns, depth)
 
-    async def totals(self, window: Window, caller: str | None) -> stats.Aggregate:
+    async def totals(self, window: Window, caller: str | None) -> queries.Aggregate:
         return (await self.stats(window, (), caller)).totals
 
-    async def export(self, window: Window, batch: int = 1000) -> AsyncIterator[dict[str, Any]]:
+    async def export(self, window: Window, batch: int = 1000) -> AsyncIterator[Mapping[Any, Any]]:
         """Raw records of the window, oldest first (pruned hours have none)."""
         query = (
             sa.select(usage_records)

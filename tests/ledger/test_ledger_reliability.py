@@ -337,3 +337,28 @@ async def test_refused_records_go_to_dead_letters_and_the_rest_is_delivered(
     finally:
         await reporter.close()
         await stop_ledger(ledger)
+
+
+async def test_an_unreachable_database_is_unavailable_not_internal() -> None:
+    from ledger_svc.db import create_engines
+    from ledger_svc.server import create_server
+    from ledger_svc.settings import LedgerSettings
+    from ledger_svc.store import LedgerStore
+    from tests.rich_status import details
+
+    settings = LedgerSettings(
+        port=0, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone"
+    )
+    running = await create_server(settings, LedgerStore(create_engines(settings), settings))
+    try:
+        async with stub_to(running.port) as stub:
+            for call in (
+                stub.GetStats(L.GetStatsRequest()),
+                stub.RecordUsage(L.RecordUsageRequest(records=[record("u", 1, at=now_us() - MIN)])),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                found = details(caught.value)
+                assert (found.code, found.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+    finally:
+        await running.stop(0)

@@ -214,3 +214,22 @@ async def test_the_retention_job_runs_in_the_background(backend: Backend) -> Non
 def test_rollups_must_outlive_raw_records(backend: Backend) -> None:
     with pytest.raises(ValueError, match="retention_rollup_days"):
         backend.settings(retention_raw_days=30, retention_rollup_days=7)
+
+
+async def test_a_refused_batch_does_not_sink_the_batches_committed_with_it(backend: Backend) -> None:
+    ledger = await start_ledger(backend.settings(retention_raw_days=1))
+    try:
+        now = now_us()
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(records=_old_and_new_records(now)[:3]))
+        await ledger.store.prune()
+        old = record("too-old", 1, at=now - 2 * DAY)
+        fresh = [record(f"fresh{i}", 1, at=now - MIN, cost=0.001) for i in range(10)]
+        results = await asyncio.gather(
+            *(ledger.store.record_usage(fresh[i : i + 2]) for i in range(0, 10, 2)),
+            ledger.store.record_usage([old]),
+            return_exceptions=True,
+        )
+        assert [getattr(r, "inserted", None) for r in results[:5]] == [2, 2, 2, 2, 2]
+        assert getattr(results[5], "reason", None) == "RECORD_TOO_OLD"
+    finally:
+        await stop_ledger(ledger)
