@@ -55,6 +55,9 @@ _TRANSIENT = {
     grpc.StatusCode.CANCELLED,
 }
 
+# While records wait, their number is logged this often (seconds): `ledger_spool` events.
+_REPORT_INTERVAL = 10.0
+
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, record BLOB NOT NULL, added REAL NOT NULL)",
     # Records the ledger refused as invalid (INVALID_ARGUMENT naming them): kept for inspection,
@@ -309,11 +312,14 @@ class LedgerReporter:
 
     async def _run(self) -> None:
         backoff = self._backoff_initial
-        last_sync = time.monotonic()
+        last_sync = last_report = time.monotonic()
         while True:
             if not self._fsync and time.monotonic() - last_sync >= self._sync_interval:
                 await asyncio.to_thread(self._spool.checkpoint)
                 last_sync = time.monotonic()
+            if self._depth and time.monotonic() - last_report >= _REPORT_INTERVAL:
+                log.info("ledger_spool", spool_depth=self._depth, dead_letters=self._dead, last_error=self._last_error)
+                last_report = time.monotonic()
             if self._depth == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):

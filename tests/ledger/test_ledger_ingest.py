@@ -104,7 +104,7 @@ def _bad(**changes: object) -> L.UsageRecord:
         (_bad(attempt=0), "records[1].attempt", "between 1"),
         (_bad(request_id=""), "records[1].request_id", "required"),
         (_bad(no_time=True), "records[1].time", "required"),
-        (_bad(caller=" padded "), "records[1].caller", "whitespace"),
+        (_bad(caller="c" * 201), "records[1].caller", "at most 200"),
     ],
 )
 async def test_bad_records_are_refused_with_the_field(
