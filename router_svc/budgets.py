@@ -29,6 +29,7 @@ class BudgetVerdict:
 
 
 UNKNOWN = BudgetVerdict(ledger_pb2.BUDGET_STATE_UNSPECIFIED)
+_MAX_CALLERS = 100_000
 
 
 class BudgetGate:
@@ -57,8 +58,8 @@ class BudgetGate:
                 task = asyncio.create_task(self._refresh(caller))
                 self._refreshing[caller] = task
                 task.add_done_callback(lambda _: self._refreshing.pop(caller, None))
-        if verdict.state == ledger_pb2.BUDGET_STATE_HARD_LIMIT:
-            over = next(s for s in verdict.statuses if s.state == ledger_pb2.BUDGET_STATE_HARD_LIMIT)
+        over = next((s for s in verdict.statuses if s.state == ledger_pb2.BUDGET_STATE_HARD_LIMIT), None)
+        if verdict.state == ledger_pb2.BUDGET_STATE_HARD_LIMIT and over is not None:
             period = ledger_pb2.BudgetPeriod.Name(over.budget.period).removeprefix("BUDGET_PERIOD_").lower()
             scope = over.budget.caller or "global"
             raise ResourceExhausted(
@@ -89,5 +90,7 @@ class BudgetGate:
             self._cache[caller] = (self._clock() + self._ttl, verdict)
             return verdict
         verdict = BudgetVerdict(reply.state, tuple(reply.budgets))
+        if len(self._cache) >= _MAX_CALLERS and caller not in self._cache:
+            del self._cache[next(iter(self._cache))]  # bounded: the oldest caller's state goes
         self._cache[caller] = (self._clock() + self._ttl, verdict)
         return verdict

@@ -67,6 +67,8 @@ class PriceBook:
 
     def price(self, model: str) -> ModelPrice | None:
         if model not in self._cache:
+            if len(self._cache) >= 10_000:  # forced model names come from callers: stay bounded
+                self._cache.clear()
             self._cache[model] = self._lookup(model)
         return self._cache[model]
 
@@ -76,8 +78,12 @@ class PriceBook:
             entry = self._entries.get(model.split("/", 1)[1])
         if not entry or entry.get("input_cost_per_token") is None or entry.get("output_cost_per_token") is None:
             return None
-        input_price = float(entry["input_cost_per_token"])
-        output_price = float(entry["output_cost_per_token"])
+        try:
+            input_price = float(entry["input_cost_per_token"])
+            output_price = float(entry["output_cost_per_token"])
+        except (TypeError, ValueError):
+            log.warning("price_malformed", model=model)
+            return None
         return ModelPrice(
             input_per_token=input_price,
             output_per_token=output_price,
@@ -141,14 +147,15 @@ class PriceSource:
             raw = await asyncio.to_thread(_read, self._refresh_from)
             data = json.loads(raw)
             if not isinstance(data, dict) or not any(
-                isinstance(v, dict) and "input_cost_per_token" in v for v in data.values()
+                isinstance(v, dict) and isinstance(v.get("input_cost_per_token"), int | float) for v in data.values()
             ):
-                raise ValueError("no model with input_cost_per_token")
-        except (OSError, ValueError) as error:
-            log.warning("price_refresh_failed", source=self._refresh_from, error=str(error)[:200])
+                raise ValueError("no model with a numeric input_cost_per_token")
+            version = "refreshed-" + hashlib.sha256(raw).hexdigest()[:8]
+            book = PriceBook.from_litellm(self._overrides, base=data, base_version=version)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            log.warning("price_refresh_failed", source=self._refresh_from, error_type=type(error).__name__)
             return False
-        version = "refreshed-" + hashlib.sha256(raw).hexdigest()[:8]
-        self._book = PriceBook.from_litellm(self._overrides, base=data, base_version=version)
+        self._book = book
         log.info("prices_refreshed", source=self._refresh_from, version=self._book.version, models=len(data))
         return True
 

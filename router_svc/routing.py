@@ -65,6 +65,8 @@ class RouteInput:
     messages: tuple[common_pb2.ChatMessage, ...]
     request_id: str
     caller: str
+    # True when the client chose the request id (so it may retry with it).
+    client_request_id: bool = False
     max_output_tokens: int | None = None
     temperature: float | None = None
     force_tier: int = common_pb2.TIER_UNSPECIFIED

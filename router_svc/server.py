@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import re
@@ -48,7 +49,8 @@ def parse_request(
 ) -> RouteInput:
     """Validate a Route/RouteStream request; every problem becomes one field violation."""
     violations = message_violations(request.messages, settings.max_prompt_chars)
-    request_id = request.request_id or metadata.get(invocation_metadata, metadata.REQUEST_ID) or uuid.uuid4().hex
+    client_request_id = request.request_id or metadata.get(invocation_metadata, metadata.REQUEST_ID)
+    request_id = client_request_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(request_id):
         violations.append(("request_id", "must be 1-128 characters of letters, digits and ._:-"))
     caller = request.caller or metadata.get(invocation_metadata, metadata.CALLER) or settings.default_caller
@@ -80,6 +82,7 @@ def parse_request(
     return RouteInput(
         messages=tuple(request.messages),
         request_id=request_id,
+        client_request_id=bool(client_request_id),
         caller=caller,
         max_output_tokens=max_output_tokens,
         temperature=temperature,
@@ -111,10 +114,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.RouteResponse:
         route_input = parse_request(request, context.invocation_metadata(), self._settings)
         structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
-        return await self._responses.get_or_run(
-            (route_input.caller, route_input.request_id),
-            lambda: self._router.route(route_input, _deadline(context)),
-        )
+        run = functools.partial(self._router.route, route_input, _deadline(context))
+        if not route_input.client_request_id:
+            return await run()  # an id we generated can never be retried: nothing to remember
+        return await self._responses.get_or_run((route_input.caller, route_input.request_id), run)
 
     async def RouteStream(
         self, request: router_pb2.RouteStreamRequest, context: grpc.aio.ServicerContext
@@ -167,12 +170,32 @@ async def create_server(
     server = service_server.new_server()
     router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, settings, responses), server)
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
-    start = getattr(sink, "start", None)
-    if start is not None:
-        await start()
-    close = getattr(sink, "close", None)
-    if close is not None:
-        running.closers.append(close)
+    try:
+        await _start_background(running, settings, sink, policy, prices, classifier, ledger_channel, router)
+    except BaseException:
+        await running.stop(0)  # no half-started router left behind; the error says why
+        raise
+    log.info(
+        "router_ready",
+        simulated=providers.simulate_all,
+        price_map_version=prices.current().version,
+        baseline_model=policy.current().baseline_model,
+    )
+    await running.set_serving()
+    return running
+
+
+async def _start_background(
+    running: service_server.RunningServer,
+    settings: RouterSettings,
+    sink: UsageSink,
+    policy: PolicySource,
+    prices: PriceSource,
+    classifier: ClassifierClient,
+    ledger_channel: grpc.aio.Channel,
+    router: Router,
+) -> None:
+    """Start what runs beside the server; each piece registers how it stops before it can fail."""
     running.closers.append(classifier.close)
     running.closers.append(ledger_channel.close)
     watchers = [asyncio.create_task(policy.watch()), asyncio.create_task(prices.run())]
@@ -182,17 +205,15 @@ async def create_server(
             watcher.cancel()
 
     running.closers.append(stop_watching)
+    close = getattr(sink, "close", None)
+    if close is not None:
+        running.closers.append(close)
+    start = getattr(sink, "start", None)
+    if start is not None:
+        await start()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
     if settings.warm_up:
         await warm_up(router, settings.warm_up_models or default_models(router), settings.warm_up_timeout_seconds)
-    log.info(
-        "router_ready",
-        simulated=providers.simulate_all,
-        price_map_version=prices.current().version,
-        baseline_model=policy.current().baseline_model,
-    )
-    await running.set_serving()
-    return running
 
 
 async def _main(settings: RouterSettings) -> None:

@@ -63,7 +63,9 @@ def valid_json(answer: Answer, expect: Expectations) -> str | None:
         try:
             jsonschema.validate(value, expect.json_schema)
         except jsonschema.ValidationError as error:
-            return f"schema_mismatch: {error.message[:200]}"
+            # The path and the failed keyword only: the message would quote the model's output.
+            where = "/".join(map(str, error.absolute_path)) or "$"
+            return f"schema_mismatch:{where}:{error.validator}"
     return None
 
 

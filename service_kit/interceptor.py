@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -51,18 +53,16 @@ def _bind(method: str, request_id: str) -> None:
     structlog.contextvars.bind_contextvars(rpc_method=method, request_id=request_id or None)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServiceError, method: str, started: float) -> None:
-    log.info(
-        "rpc_failed",
-        code=error.code.name,
-        reason=error.reason,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-    )
-    await context.abort_with_status(error.to_status())
-
-
-def _unexpected(method: str, started: float) -> None:
-    log.exception("rpc_internal_error", duration_ms=round((time.perf_counter() - started) * 1000, 3))
+async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: float) -> None:
+    """Abort the call with the error's status; a ServiceError is expected, anything else is a bug."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    if isinstance(error, ServiceError):
+        log.info("rpc_failed", code=error.code.name, reason=error.reason, duration_ms=duration_ms)
+        await context.abort_with_status(error.to_status())
+    # Where it failed, but not the exception's message: it may quote a prompt or a model's output.
+    frames = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in traceback.extract_tb(error.__traceback__)]
+    log.error("rpc_internal_error", error_type=type(error).__name__, frames=frames[-8:], duration_ms=duration_ms)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, request_id: str) -> Callable[..., Awaitable[Any]]:
@@ -71,13 +71,10 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, request_id
         started = time.perf_counter()
         try:
             return await behavior(request, context)
-        except ServiceError as error:
-            await _abort(context, error, method, started)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            _unexpected(method, started)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+        except Exception as error:
+            await _fail(context, error, started)
 
     return wrapped
 
@@ -87,14 +84,12 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, reque
         _bind(method, request_id)
         started = time.perf_counter()
         try:
-            async for response in behavior(request, context):
-                yield response
-        except ServiceError as error:
-            await _abort(context, error, method, started)
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            _unexpected(method, started)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
+        except Exception as error:
+            await _fail(context, error, started)
 
     return wrapped

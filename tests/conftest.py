@@ -8,7 +8,9 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 # A guard against real provider calls: no key reaches the code under test, so the router's "auto"
 # mode sends every call to the simulator, and pydantic-ai refuses model requests it was not allowed.
-for _key in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GROQ_API_KEY", "GEMINI_API_KEY", "MISTRAL_API_KEY"):
+from router_svc.providers import PROVIDER_KEYS  # noqa: E402
+
+for _key in PROVIDER_KEYS.values():
     os.environ.pop(_key, None)
 
 from collections.abc import AsyncIterator  # noqa: E402

@@ -38,14 +38,18 @@ def grpcurl(*args: str, data: dict | None = None, check: bool = True) -> subproc
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
+    with Stack(
         state_dir=tmp_path_factory.mktemp("stack"),
         ports=Ports.free(),
-        extra_env={"SIMULATOR_LATENCY_SCALE": "0", "CLASSIFIER_LOG_LEVEL": "DEBUG", "ROUTER_LOG_LEVEL": "DEBUG"},
-    )
-    stack.start()
-    yield stack
-    stack.stop()
+        extra_env={
+            "SIMULATOR_LATENCY_SCALE": "0",
+            "ROUTER_SIMULATOR": "always",  # never a real provider, whatever this machine's environment holds
+            "CLASSIFIER_LOG_LEVEL": "DEBUG",
+            "ROUTER_LOG_LEVEL": "DEBUG",
+        },
+    ) as stack:
+        stack.start()
+        yield stack
 
 
 def test_reflection_lists_each_service(stack: Stack) -> None:
@@ -125,7 +129,19 @@ def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
         assert SECRET_PROMPT_MARKER not in stack.log_path(name).read_text(), name
 
 
-def test_sigterm_stops_every_service_cleanly(tmp_path: Path) -> None:
-    stack = Stack(state_dir=tmp_path, ports=Ports.free(), extra_env={"SIMULATOR_LATENCY_SCALE": "0"})
-    stack.start()
-    assert stack.stop() == {"router": 0, "classifier": 0, "ledger": 0, "simulator": 0}
+def test_sigterm_drains_an_in_flight_route_and_stops_every_service_cleanly(tmp_path: Path) -> None:
+    env = {"SIMULATOR_LATENCY_SCALE": "0", "ROUTER_SIMULATOR": "always", "ROUTER_GRACE_SECONDS": "10"}
+    with Stack(state_dir=tmp_path, ports=Ports.free(), extra_env=env) as stack:
+        stack.start()
+        # A slow answer is in flight when SIGTERM arrives: it must complete, then everything exits 0.
+        slow = subprocess.Popen(
+            [GRPCURL, "-plaintext", "-d", json.dumps({"messages": [{"role": "user", "content": "hi [[sim:fault=delay:2000]]"}]}),
+             f"127.0.0.1:{stack.ports.router}", "llmroute.router.v1.RouterService/Route"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(0.8)
+        codes = stack.stop()
+        out, err = slow.communicate(timeout=30)
+    assert codes == {"router": 0, "classifier": 0, "ledger": 0, "simulator": 0}
+    assert slow.returncode == 0, err
+    assert json.loads(out)["content"]

@@ -77,13 +77,30 @@ async def test_each_validator_escalates_one_tier(router, fault, options, reason)
     assert records[0].outcome == common_pb2.ATTEMPT_OUTCOME_ESCALATED and records[0].usage.cost_usd > 0
 
 
-async def test_json_schema_mismatch_escalates(router) -> None:
-    schema = '{"type": "object", "required": ["spam"], "properties": {"spam": {"type": "boolean"}}}'
-    response = await router.stub.Route(route_request(json_schema=schema))
-    assert response.attempts[-1].outcome == common_pb2.ATTEMPT_OUTCOME_OK
+async def test_the_json_schema_is_sent_to_the_provider_and_checked(router) -> None:
     import json
 
-    assert isinstance(json.loads(response.content)["spam"], bool)
+    schema = '{"type": "object", "required": ["spam"], "properties": {"spam": {"type": "boolean"}}}'
+    response = await router.stub.Route(route_request(json_schema=schema))
+    assert [a.outcome for a in response.attempts] == [common_pb2.ATTEMPT_OUTCOME_OK]
+    assert isinstance(json.loads(response.content)["spam"], bool)  # the simulator honoured response_format
+
+
+async def test_a_rejected_answer_without_escalation_is_returned_after_one_attempt(router) -> None:
+    router.settings.escalate_on_validation_failure = False
+    await router.fault(model="*", fault="refusal", count=1)
+    response = await router.stub.Route(route_request())
+    assert [a.outcome for a in response.attempts] == [common_pb2.ATTEMPT_OUTCOME_VALIDATION_FAILED]
+    assert response.warnings == ["output_rejected:refusal"]
+
+
+async def test_a_provider_rejecting_the_request_does_not_cool_the_model_down(router) -> None:
+    cheapest = (await router.stub.Route(route_request())).model
+    await router.fault(model=cheapest, fault="status", status=400, count=router.settings.cooldown_after_failures + 1)
+    for _ in range(router.settings.cooldown_after_failures + 1):
+        response = await router.stub.Route(route_request())
+        assert response.attempts[0].model == cheapest  # still tried first every time
+    assert not any(c.skipped_reason == "cooldown" for c in response.candidates)
 
 
 async def test_a_stream_cut_after_the_first_delta_is_unavailable(router) -> None:

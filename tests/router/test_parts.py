@@ -91,12 +91,13 @@ def test_cooldown_opens_after_repeated_failures_and_one_probe_closes_it() -> Non
         ("I'm sorry, but I can't help with that.", "stop", Expectations(), "refusal"),
         ("{oops", "stop", Expectations(json_output=True), "invalid_json"),
         ('```json\n{"a": 1}\n```', "stop", Expectations(json_output=True), None),
-        ('{"a": "x"}', "stop", Expectations(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}), "schema_mismatch"),
+        ('{"a": "secret"}', "stop", Expectations(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}), "schema_mismatch"),
     ],
 )
 def test_validators(content: str, finish: str, expect: Expectations, reason: str | None) -> None:
     found = first_failure(Answer(content, finish, 10), expect, DEFAULT_VALIDATORS)
     assert (found or "").split(":")[0] == (reason or "")
+    assert "secret" not in (found or "")  # reasons are logged and stored: never the model's output
 
 
 def test_an_invalid_policy_is_rejected_and_the_old_one_stays(tmp_path: Path) -> None:

@@ -158,7 +158,9 @@ async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
     assert len(deltas) > 1 and events[-1].WhichOneof("event") == "summary"
     assert "".join(deltas) == summary.content
     assert summary.usage.output_tokens > 0 and summary.usage.cost_usd > 0
-    assert router.sink.records[-1].request_id == summary.request_id
+    [record] = router.sink.records
+    assert record.request_id == summary.request_id and record.final
+    assert record.usage.cost_usd == summary.usage.cost_usd and record.usage.output_tokens == summary.usage.output_tokens
 
 
 async def test_route_stream_falls_back_before_the_first_delta(router) -> None:
@@ -232,7 +234,8 @@ async def test_the_clients_deadline_cancels_the_provider_call_and_the_attempt_is
         await asyncio.sleep(0.05)
     assert stats["totals"]["cancelled"] == 1 and stats["in_flight"] == 0
     [record] = router.sink.records
-    assert record.outcome == common_pb2.ATTEMPT_OUTCOME_CANCELLED
+    # The router's own deadline timer and the client's cancellation race: either ends the attempt.
+    assert record.outcome in (common_pb2.ATTEMPT_OUTCOME_CANCELLED, common_pb2.ATTEMPT_OUTCOME_TIMEOUT)
     assert record.usage.input_tokens > 0 and record.usage.cost_usd > 0  # the prompt was sent: it is charged
 
 
@@ -240,8 +243,9 @@ async def test_a_model_in_cooldown_is_skipped_until_its_probe_succeeds(router) -
     first = (await router.stub.Route(request(SPAM_CHECK))).model
     await router.fault(model=first, fault="status", status=500, count=router.settings.cooldown_after_failures)
     # Two retries' worth of failures per request: after enough of them the model is in cooldown.
-    while True:
+    for _ in range(router.settings.cooldown_after_failures):
         response = await router.stub.Route(request(SPAM_CHECK))
         if any(c.model == first and c.skipped_reason == "cooldown" for c in response.candidates):
             break
+    assert any(c.model == first and c.skipped_reason == "cooldown" for c in response.candidates)
     assert response.model != first and all(a.model != first for a in response.attempts)
