@@ -90,6 +90,9 @@ class _Spool:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         # Checkpoints are ours (see checkpoint()), so they run off the request path.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._sync_db: sqlite3.Connection | None = None
+        self._sync_lock = threading.Lock()
+        self._closed = False
         for statement in _SCHEMA:
             self._db.execute(statement)
 
@@ -132,11 +135,23 @@ class _Spool:
             return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def checkpoint(self) -> None:
-        """Sync the WAL (and fold it into the database file); bounds what a power loss can take."""
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """Sync the WAL and fold it into the database file: bounds what a power loss can take and
+        the WAL's size. Its own connection, so submit() never waits for it (WAL checkpoints run
+        alongside writers)."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            if self._sync_db is None:
+                self._sync_db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30
+                )
+            self._sync_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
+        with self._sync_lock:
+            self._closed = True
+            if self._sync_db is not None:
+                self._sync_db.close()
         with self._lock:
             self._db.close()
 
@@ -182,7 +197,7 @@ class LedgerReporter:
         backoff_initial, backoff_max: retry delays while the ledger is unreachable, in seconds
             (exponential with jitter).
         fsync: fsync every submit before returning (survives power loss; see the module docstring).
-        sync_interval: seconds between WAL syncs (checkpoints) when `fsync` is False.
+        sync_interval: seconds between WAL checkpoints (which sync the WAL when `fsync` is False).
         channel: an existing channel to the ledger (then `address` is only used in logs).
     """
 
@@ -213,7 +228,6 @@ class LedgerReporter:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._sync_interval = sync_interval
-        self._fsync = fsync
         self._channel = channel
         self._own_channel = channel is None
         self._depth = self._spool.count()
@@ -314,11 +328,16 @@ class LedgerReporter:
         backoff = self._backoff_initial
         last_sync = last_report = time.monotonic()
         while True:
-            if not self._fsync and time.monotonic() - last_sync >= self._sync_interval:
+            if time.monotonic() - last_sync >= self._sync_interval:
                 await asyncio.to_thread(self._spool.checkpoint)
                 last_sync = time.monotonic()
             if self._depth and time.monotonic() - last_report >= _REPORT_INTERVAL:
-                log.info("ledger_spool", spool_depth=self._depth, dead_letters=self._dead, last_error=self._last_error)
+                log.info(
+                    "ledger_spool",
+                    spool_depth=self._depth,
+                    dead_letters=self._dead,
+                    last_error=self._last_error,
+                )
                 last_report = time.monotonic()
             if self._depth == 0:
                 self._wake.clear()
