@@ -17,7 +17,7 @@ from devstack.stack import ROOT, Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc.warmup import WARM_UP_CALLER
+from router_svc import WARM_UP_CALLER
 from service_kit.policy import NAME_BY_TIER
 
 WORKLOAD = Path(__file__).with_name("demo_workload.yaml")

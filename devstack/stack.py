@@ -86,10 +86,16 @@ class Stack:
         env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **service_env, **self.extra_env}
         log_dir = self.log_dir or self.state_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        out = (log_dir / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", MODULES[name]], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        with (log_dir / f"{name}.log").open("ab") as out:
+            # Own session: a Ctrl-C in the terminal reaches only us, and we stop the services in order.
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", MODULES[name]],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, services: tuple[str, ...], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

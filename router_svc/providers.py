@@ -55,8 +55,8 @@ class Providers:
         """The route for this model, or None when it has no credentials (the router skips it)."""
         provider = provider_of(spec.model)
         if self.simulate_all:
-            kwargs = {"model": f"openai/{spec.model}", "api_base": self._simulator_url, "api_key": "simulated"}
-            return Route(provider, kwargs, simulated=True)
+            simulated = {"model": f"openai/{spec.model}", "api_base": self._simulator_url, "api_key": "simulated"}
+            return Route(provider, simulated, simulated=True)
         kwargs: dict[str, Any] = {"model": spec.model}
         if spec.api_base:
             kwargs["api_base"] = spec.api_base

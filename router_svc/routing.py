@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -503,7 +503,7 @@ class Router:
 
     async def _stream_once(
         self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield deltas of one streamed call; append its outcome. Raises if it fails after the first delta."""
         attempt = router_pb2.Attempt(model=choice.spec.model, provider=choice.route.provider, tier=choice.tier)
         outcome = Outcome(attempt, simulated=choice.route.simulated)

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import structlog
 
 from llmroute.common.v1 import common_pb2
+from router_svc import WARM_UP_CALLER
 from router_svc.routing import TIERS_IN_ORDER, RouteInput, Router
 from service_kit.errors import ServiceError
 
 log = structlog.get_logger()
-WARM_UP_CALLER = "llmroute-warmup"
 
 
 def default_models(router: Router) -> list[str]:

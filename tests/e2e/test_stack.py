@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import Ports, Stack
-from router_svc.warmup import WARM_UP_CALLER
+from router_svc import WARM_UP_CALLER
 
 pytestmark = pytest.mark.e2e
 
