@@ -62,7 +62,8 @@ class Overhead:
 
 @dataclass(slots=True)
 class Verdict:
-    """A strategy's answer. `score` is the probability that a cheapest-tier model fails, in [0, 1]."""
+    """A strategy's answer. `score`, in [0, 1], estimates the probability that a cheapest-tier model
+    fails the prompt where a stronger one would succeed: the chance that routing up pays off."""
 
     score: float
     confidence: float
