@@ -9,12 +9,14 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+import yaml
 
 from classifier_svc.server import create_server as create_classifier
 from classifier_svc.settings import ClassifierSettings
 from llmroute.router.v1 import router_pb2_grpc
 from router_svc.server import create_server as create_router
 from router_svc.settings import RouterSettings
+from service_kit.policy import DEFAULT_POLICY_PATH
 from service_kit.server import RunningServer
 from tests.doubles import RecordingSink
 
@@ -47,9 +49,23 @@ async def classifier_address() -> AsyncIterator[str]:
     await running.stop(0)
 
 
+# The router tests classify with the heuristic strategy: cut its scores where the heuristic's bands
+# are, whatever thresholds the shipped policy was calibrated to for the learned model.
+HEURISTIC_THRESHOLDS = {"moderate": 0.35, "complex": 0.55, "reasoning": 0.75}
+
+
+def heuristic_policy(tmp_path: Path) -> Path:
+    policy = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    policy["thresholds"] = HEURISTIC_THRESHOLDS
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
 def router_settings(classifier_address: str, simulator_url: str, tmp_path: Path, **overrides: object) -> RouterSettings:
     values: dict[str, object] = {
         "port": 0,
+        "policy_path": heuristic_policy(tmp_path),
         "classifier_address": classifier_address,
         "simulator_url": simulator_url,
         "simulator": "always",

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
@@ -105,7 +106,9 @@ def test_an_invalid_policy_is_rejected_and_the_old_one_stays(tmp_path: Path) -> 
     path.write_text(DEFAULT_POLICY_PATH.read_text())
     source = PolicySource(path)
     before = source.current()
-    path.write_text(DEFAULT_POLICY_PATH.read_text().replace("moderate: 0.35", "moderate: 0.95"))
+    out_of_order = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    out_of_order["thresholds"]["moderate"] = 0.99
+    path.write_text(yaml.safe_dump(out_of_order))
     assert not source.reload()  # thresholds out of order
     assert source.current() is before
     path.write_text(DEFAULT_POLICY_PATH.read_text().replace("baseline_model: claude-sonnet-4-5", "baseline_model: gpt-5.1"))
