@@ -7,10 +7,11 @@ unreachable the PostgreSQL cases are skipped locally and fail under CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +89,20 @@ class Backend:
         return env
 
 
-@pytest.fixture
-async def pg_backend() -> AsyncIterator[Backend]:
+@contextlib.asynccontextmanager
+async def _scratch_schema() -> AsyncIterator[Backend]:
     await require_postgres()
     schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
-    yield Backend("postgresql", PG_SQLALCHEMY_URL, schema)
-    await _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    try:
+        yield Backend("postgresql", PG_SQLALCHEMY_URL, schema)
+    finally:
+        await _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def pg_backend() -> AsyncIterator[Backend]:
+    async with _scratch_schema() as backend:
+        yield backend
 
 
 @pytest.fixture
@@ -106,10 +115,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "sqlite":
         yield Backend("sqlite", f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
         return
-    await require_postgres()
-    schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
-    yield Backend("postgresql", PG_SQLALCHEMY_URL, schema)
-    await _pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    async with _scratch_schema() as pg:
+        yield pg
 
 
 @dataclass
@@ -162,8 +169,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def repo_root() -> Iterator[Path]:
-    yield Path(__file__).resolve().parents[2]
