@@ -19,6 +19,12 @@ class ResponseCache:
         self._clock = clock
         self._done: OrderedDict[Hashable, tuple[float, router_pb2.RouteResponse]] = OrderedDict()
         self._running: dict[Hashable, asyncio.Future[router_pb2.RouteResponse]] = {}
+        # How many times each key was routed and failed: a retry after a failure routes again, and
+        # its attempts must not reuse the ledger's (request_id, attempt) keys of the failed run.
+        self._failed_runs: OrderedDict[Hashable, int] = OrderedDict()
+
+    def failed_runs(self, key: Hashable) -> int:
+        return self._failed_runs.get(key, 0)
 
     async def get_or_run(
         self, key: Hashable, run: Callable[[], Awaitable[router_pb2.RouteResponse]]
@@ -38,6 +44,10 @@ class ResponseCache:
             response = await run()
         except BaseException as error:
             # Failures are not remembered: a retry routes again. Waiters see the same error.
+            self._failed_runs[key] = self._failed_runs.get(key, 0) + 1
+            self._failed_runs.move_to_end(key)
+            while len(self._failed_runs) > max(self._max, 1):
+                self._failed_runs.popitem(last=False)
             if not future.done():
                 future.set_exception(error if isinstance(error, Exception) else asyncio.CancelledError())
                 future.exception()  # mark retrieved: no "never retrieved" warning when nobody waits

@@ -67,6 +67,8 @@ class RouteInput:
     caller: str
     # True when the client chose the request id (so it may retry with it).
     client_request_id: bool = False
+    # The id the ledger records attempts under ("" = request_id); differs for a retry of a failed run.
+    ledger_request_id: str = ""
     max_output_tokens: int | None = None
     temperature: float | None = None
     force_tier: int = common_pb2.TIER_UNSPECIFIED
@@ -628,7 +630,7 @@ class Router:
             attempt = outcome.attempt
             final = outcome is answer
             record = ledger_pb2.UsageRecord(
-                request_id=request.request_id,
+                request_id=request.ledger_request_id or request.request_id,
                 attempt=number,
                 time=now,
                 caller=request.caller,

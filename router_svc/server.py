@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import json
 import math
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
@@ -114,10 +114,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.RouteResponse:
         route_input = parse_request(request, context.invocation_metadata(), self._settings)
         structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
-        run = functools.partial(self._router.route, route_input, _deadline(context))
         if not route_input.client_request_id:
-            return await run()  # an id we generated can never be retried: nothing to remember
-        return await self._responses.get_or_run((route_input.caller, route_input.request_id), run)
+            return await self._router.route(route_input, _deadline(context))  # a generated id is never retried
+        key = (route_input.caller, route_input.request_id)
+
+        def run() -> Awaitable[router_pb2.RouteResponse]:
+            # A retry of a failed run is recorded under its own ledger id, so its attempts do not
+            # collide with the failed run's (request_id, attempt) keys.
+            retry = self._responses.failed_runs(key)
+            ledger_id = f"{route_input.request_id}~retry{retry}" if retry else route_input.request_id
+            return self._router.route(dataclasses.replace(route_input, ledger_request_id=ledger_id), _deadline(context))
+
+        return await self._responses.get_or_run(key, run)
 
     async def RouteStream(
         self, request: router_pb2.RouteStreamRequest, context: grpc.aio.ServicerContext

@@ -6,6 +6,7 @@ import asyncio
 import math
 
 import grpc
+import httpx
 import pytest
 
 from llmroute.common.v1 import common_pb2
@@ -249,3 +250,21 @@ async def test_a_model_in_cooldown_is_skipped_until_its_probe_succeeds(router) -
             break
     assert any(c.model == first and c.skipped_reason == "cooldown" for c in response.candidates)
     assert response.model != first and all(a.model != first for a in response.attempts)
+
+
+async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_failed_run(router) -> None:
+    await router.fault(model="*", fault="status", status=503, retry_after=0)
+    retried = request(SPAM_CHECK)
+    retried.request_id = "invoice-7"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await router.stub.Route(retried)
+    failed_keys = {(r.request_id, r.attempt) for r in router.sink.records}
+    async with httpx.AsyncClient() as client:
+        await client.delete(router.simulator_url.removesuffix("/v1") + "/_sim/faults")
+
+    response = await router.stub.Route(retried)
+
+    assert response.request_id == "invoice-7"
+    new = router.sink.records[len(failed_keys) :]
+    assert new and not failed_keys & {(r.request_id, r.attempt) for r in new}
+    assert {request_id for request_id, _ in failed_keys} == {"invoice-7"} and new[0].request_id == "invoice-7~retry1"
