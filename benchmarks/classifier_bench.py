@@ -1,0 +1,63 @@
+"""Classifier latency in process: the learned model, the heuristic, and the cache in front of them.
+
+Target (issue): local classification <= 1 ms p50 in process. Run: `python -m benchmarks.classifier_bench`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import yaml
+
+from classifier_svc.cache import CachedStrategy
+from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
+from classifier_svc.strategies.base import Conversation
+from classifier_svc.strategies.heuristic import HeuristicStrategy
+from classifier_svc.strategies.learned import LearnedStrategy
+from devstack.demo import WORKLOAD
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    samples.sort()
+    return statistics.median(samples), samples[max(0, int(len(samples) * 0.99) - 1)]
+
+
+async def main() -> None:
+    prompts = [item["prompt"] for item in yaml.safe_load(WORKLOAD.read_text())]
+    # Distinct conversations: each demo prompt with a different ticket number, so nothing repeats.
+    conversations = [Conversation.user(f"{p} (ticket {n})") for n in range(20) for p in prompts]
+    learned = LearnedStrategy(DEFAULT_ARTIFACT_DIR)
+    await learned.warm_up()
+    rows = []
+    for name, strategy in (("learned", learned), ("heuristic", HeuristicStrategy())):
+        for conversation in conversations[:20]:
+            await strategy.classify(conversation)
+        latencies = []
+        for conversation in conversations:
+            started = time.perf_counter()
+            await strategy.classify(conversation)
+            latencies.append((time.perf_counter() - started) * 1e6)
+        rows.append((name, *_percentiles(latencies)))
+    cached = CachedStrategy(learned)
+    await cached.warm_up()
+    misses, hits = [], []
+    for conversation in conversations:
+        started = time.perf_counter()
+        await cached.classify(conversation)
+        misses.append((time.perf_counter() - started) * 1e6)
+    for conversation in conversations:
+        started = time.perf_counter()
+        await cached.classify(conversation)
+        hits.append((time.perf_counter() - started) * 1e6)
+    rows.append(("learned behind the cache, miss", *_percentiles(misses)))
+    rows.append(("learned behind the cache, exact hit", *_percentiles(hits)))
+    print(f"\nClassifier latency in process ({len(conversations)} distinct prompts; target: local <= 1000 us p50)")
+    print(f"{'strategy':<38} {'p50 us':>8} {'p99 us':>8}")
+    for name, p50, p99 in rows:
+        print(f"{name:<38} {p50:>8.0f} {p99:>8.0f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
