@@ -91,7 +91,7 @@ async def _main(settings: ClassifierSettings) -> None:
 
 def main() -> None:
     settings = ClassifierSettings()
-    configure_logging("classifier", settings.log_level, settings.log_json)
+    configure_logging("classifier", settings.log_level, settings.log_json, settings.log_library_messages)
     asyncio.run(_main(settings))
 
 

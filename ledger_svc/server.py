@@ -288,7 +288,7 @@ async def _main(settings: LedgerSettings) -> None:
 
 def main() -> None:
     settings = LedgerSettings()
-    configure_logging("ledger", settings.log_level, settings.log_json)
+    configure_logging("ledger", settings.log_level, settings.log_json, settings.log_library_messages)
     asyncio.run(_main(settings))
 
 

@@ -231,7 +231,7 @@ async def _main(settings: RouterSettings) -> None:
 
 def main() -> None:
     settings = RouterSettings()
-    configure_logging("router", settings.log_level, settings.log_json)
+    configure_logging("router", settings.log_level, settings.log_json, settings.log_library_messages)
     asyncio.run(_main(settings))
 
 

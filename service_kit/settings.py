@@ -11,6 +11,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(ge=0, le=65535)
     log_level: str = "INFO"
     log_json: bool = True
+    # Include libraries' own log messages (they may quote requests, so off by default).
+    log_library_messages: bool = False
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_seconds: float = Field(default=5.0, ge=0)
 

@@ -76,7 +76,7 @@ async def serve(settings: SimulatorSettings) -> None:
 
 def main() -> None:
     settings = SimulatorSettings()
-    configure_logging("simulator", settings.log_level, settings.log_json)
+    configure_logging("simulator", settings.log_level, settings.log_json, settings.log_library_messages)
     asyncio.run(serve(settings))
 
 
