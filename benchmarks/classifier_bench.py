@@ -53,7 +53,9 @@ async def main() -> None:
         hits.append((time.perf_counter() - started) * 1e6)
     rows.append(("learned behind the cache, miss", *_percentiles(misses)))
     rows.append(("learned behind the cache, exact hit", *_percentiles(hits)))
-    print(f"\nClassifier latency in process ({len(conversations)} distinct prompts; target: local <= 1000 us p50)")
+    print(
+        f"\nClassifier latency in process ({len(conversations)} distinct prompts; target: local <= 1000 us p50)"
+    )
     print(f"{'strategy':<38} {'p50 us':>8} {'p99 us':>8}")
     for name, p50, p99 in rows:
         print(f"{name:<38} {p50:>8.0f} {p99:>8.0f}")

@@ -116,7 +116,10 @@ def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
         "ROUTER_WARM_UP": str(warm_up).lower(),
         "ROUTER_LOG_LEVEL": "WARNING",
     }
-    with tempfile.TemporaryDirectory() as state, Stack(state_dir=Path(state), ports=Ports.free(), extra_env=env) as stack:
+    with (
+        tempfile.TemporaryDirectory() as state,
+        Stack(state_dir=Path(state), ports=Ports.free(), extra_env=env) as stack,
+    ):
         stack.start()
         with grpc.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
             grpc.channel_ready_future(channel).result(timeout=10)
@@ -128,17 +131,29 @@ def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
 
 
 def main() -> None:
-    total_by_concurrency = {1: int(os.environ.get("BENCH_N1", 300)), 32: int(os.environ.get("BENCH_N32", 2000))}
+    total_by_concurrency = {
+        1: int(os.environ.get("BENCH_N1", 300)),
+        32: int(os.environ.get("BENCH_N32", 2000)),
+    }
     # Services log at their defaults (INFO: one line per request); only the simulator, which is not
     # part of what is measured, is quiet.
-    with tempfile.TemporaryDirectory() as state, Stack(
-        state_dir=Path(state), ports=Ports.free(), extra_env={"SIMULATOR_LATENCY_SCALE": "0", "SIMULATOR_LOG_LEVEL": "WARNING"}
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory() as state,
+        Stack(
+            state_dir=Path(state),
+            ports=Ports.free(),
+            extra_env={"SIMULATOR_LATENCY_SCALE": "0", "SIMULATOR_LOG_LEVEL": "WARNING"},
+        ) as stack,
+    ):
         stack.start()
         simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
         router_address = f"127.0.0.1:{stack.ports.router}"
-        print("\nRouter overhead: Route over gRPC vs bare litellm.acompletion, same simulator (no model latency)")
-        print(f"{'concurrency':>11} {'bare rps':>9} {'Route rps':>9} {'ratio':>6} {'bare p50':>9} {'Route p50':>9} {'added p50':>9}")
+        print(
+            "\nRouter overhead: Route over gRPC vs bare litellm.acompletion, same simulator (no model latency)"
+        )
+        print(
+            f"{'concurrency':>11} {'bare rps':>9} {'Route rps':>9} {'ratio':>6} {'bare p50':>9} {'Route p50':>9} {'added p50':>9}"
+        )
         for concurrency, total in total_by_concurrency.items():
             bare = _client("bare_litellm", simulator_url, concurrency, total)
             routed = _client("route", router_address, concurrency, total)

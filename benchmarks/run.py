@@ -10,7 +10,9 @@ from benchmarks import classifier_bench, ledger_bench, router_bench
 
 
 def main() -> None:
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    )
     asyncio.run(classifier_bench.main())
     router_bench.main()
     asyncio.run(ledger_bench.main())

@@ -49,7 +49,9 @@ def run_demo() -> None:
         with grpc.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
             print(f"\nRouting {len(workload)} prompts:\n")
-            print(f"{'caller':<15} {'tier':<10} {'score':>5}  {'model':<26} {'cost $':>10} {'flagship $':>10}  prompt")
+            print(
+                f"{'caller':<15} {'tier':<10} {'score':>5}  {'model':<26} {'cost $':>10} {'flagship $':>10}  prompt"
+            )
             with ThreadPoolExecutor(max_workers=6) as pool:
                 responses = list(pool.map(lambda item: _route(router, item), workload))
             for item, response in zip(workload, responses, strict=True):
@@ -87,13 +89,17 @@ def _stats_when_complete(stack: Stack, expected: int) -> ledger_pb2.GetStatsResp
             time.sleep(0.2)
 
 
-def _summary(stats: ledger_pb2.GetStatsResponse, routed_cost: float, responses: list[router_pb2.RouteResponse]) -> None:
+def _summary(
+    stats: ledger_pb2.GetStatsResponse, routed_cost: float, responses: list[router_pb2.RouteResponse]
+) -> None:
     t = stats.totals
     share = (t.gross_savings_usd / t.baseline_cost_usd * 100) if t.baseline_cost_usd else 0.0
     print("\nSpend (from the ledger's GetStats):")
     print(f"  requests            {t.requests}   attempts {t.attempts}")
     print(f"  tokens              {t.input_tokens} in / {t.output_tokens} out")
-    print(f"  spend               ${t.cost_usd:.6f}   (the Route responses above: ${routed_cost:.6f}; the rest is the")
+    print(
+        f"  spend               ${t.cost_usd:.6f}   (the Route responses above: ${routed_cost:.6f}; the rest is the"
+    )
     print(f"                      router's warm-up calls at start, caller {WARM_UP_CALLER})")
     print(f"  flagship baseline   ${t.baseline_cost_usd:.6f}   (every prompt on the policy's baseline model)")
     print(f"  gross savings       ${t.gross_savings_usd:.6f}   ({share:.1f}% of the baseline)")
@@ -104,10 +110,16 @@ def _summary(stats: ledger_pb2.GetStatsResponse, routed_cost: float, responses: 
         print(f"\n  by {name}:")
         for group in breakdown.groups:
             g = group.totals
-            print(f"    {group.key:<28} {g.requests:>3} requests  ${g.cost_usd:.6f}  (baseline ${g.baseline_cost_usd:.6f})")
+            print(
+                f"    {group.key:<28} {g.requests:>3} requests  ${g.cost_usd:.6f}  (baseline ${g.baseline_cost_usd:.6f})"
+            )
     if all(r.simulated for r in responses):
-        print("\nNo provider API key is set, so every call went to the bundled simulator under the real model")
-        print("names: prices, costs and savings are the real ones from LiteLLM's price map; answers are simulated.")
+        print(
+            "\nNo provider API key is set, so every call went to the bundled simulator under the real model"
+        )
+        print(
+            "names: prices, costs and savings are the real ones from LiteLLM's price map; answers are simulated."
+        )
 
 
 def _banner(stack: Stack) -> None:
@@ -125,7 +137,9 @@ def run_foreground() -> None:
     with stack:
         stack.start()
         _banner(stack)
-        print(f"\nServing; logs in {stack.state_dir}. Try: grpcurl -plaintext 127.0.0.1:{stack.ports.router} list")
+        print(
+            f"\nServing; logs in {stack.state_dir}. Try: grpcurl -plaintext 127.0.0.1:{stack.ports.router} list"
+        )
         print("Ctrl-C stops everything.", flush=True)
         try:
             while not stopping.wait(0.5):

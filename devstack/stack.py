@@ -23,7 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 # Service name → the module each container runs (`python -m <module>`).
-MODULES = {"simulator": "simulator", "ledger": "ledger_svc", "classifier": "classifier_svc", "router": "router_svc"}
+MODULES = {
+    "simulator": "simulator",
+    "ledger": "ledger_svc",
+    "classifier": "classifier_svc",
+    "router": "router_svc",
+}
 
 
 @dataclass
@@ -75,7 +80,9 @@ class Stack:
             },
         }
 
-    def start(self, services: tuple[str, ...] = ("simulator", "ledger", "classifier", "router"), timeout: float = 90) -> None:
+    def start(
+        self, services: tuple[str, ...] = ("simulator", "ledger", "classifier", "router"), timeout: float = 90
+    ) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         envs = self.environments()
         for name in services:
@@ -114,14 +121,18 @@ class Stack:
     def _ready(self, name: str) -> bool:
         if name == "simulator":
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.simulator}/health", timeout=1) as reply:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.ports.simulator}/health", timeout=1
+                ) as reply:
                     return bool(reply.status == 200)
             except OSError:
                 return False
         port = getattr(self.ports, name)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1
+                )
             except grpc.RpcError:
                 return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -83,7 +83,9 @@ class BudgetGate:
 
     async def _refresh(self, caller: str) -> BudgetVerdict:
         try:
-            reply = await self._stub.CheckBudget(ledger_pb2.CheckBudgetRequest(caller=caller), timeout=self._timeout)
+            reply = await self._stub.CheckBudget(
+                ledger_pb2.CheckBudgetRequest(caller=caller), timeout=self._timeout
+            )
         except grpc.aio.AioRpcError as error:
             log.warning("budget_check_unavailable", code=error.code().name)
             verdict = self._cache.get(caller, (0.0, UNKNOWN))[1]

@@ -18,7 +18,9 @@ class _State:
 class Cooldowns:
     """closed → (N consecutive failures) → open for `seconds` → half-open: one probe → closed or open."""
 
-    def __init__(self, after_failures: int, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, after_failures: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._after = after_failures
         self._seconds = seconds
         self._clock = clock

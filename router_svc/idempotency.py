@@ -13,7 +13,9 @@ from llmroute.router.v1 import router_pb2
 class ResponseCache:
     """Finished responses for `ttl` seconds (bounded LRU), and in-flight calls shared by duplicates."""
 
-    def __init__(self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._clock = clock

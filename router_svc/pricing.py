@@ -52,7 +52,10 @@ class PriceBook:
 
     @classmethod
     def from_litellm(
-        cls, overrides_path: Path | None = None, base: dict[str, dict[str, Any]] | None = None, base_version: str = ""
+        cls,
+        overrides_path: Path | None = None,
+        base: dict[str, dict[str, Any]] | None = None,
+        base_version: str = "",
     ) -> PriceBook:
         """LiteLLM's bundled map (or `base`, a map in the same format), then the local overrides."""
         entries: dict[str, dict[str, Any]] = dict(litellm.model_cost if base is None else base)
@@ -62,7 +65,9 @@ class PriceBook:
             for model, fields in overrides.items():
                 entries[model] = {**entries.get(model, {}), **fields}
         digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-        version = (base_version or f"litellm-{_litellm_version()}") + (f"+overrides-{digest}" if overrides else "")
+        version = (base_version or f"litellm-{_litellm_version()}") + (
+            f"+overrides-{digest}" if overrides else ""
+        )
         return cls(entries, version)
 
     def price(self, model: str) -> ModelPrice | None:
@@ -76,7 +81,11 @@ class PriceBook:
         entry = self._entries.get(model)
         if entry is None and "/" in model:
             entry = self._entries.get(model.split("/", 1)[1])
-        if not entry or entry.get("input_cost_per_token") is None or entry.get("output_cost_per_token") is None:
+        if (
+            not entry
+            or entry.get("input_cost_per_token") is None
+            or entry.get("output_cost_per_token") is None
+        ):
             return None
         try:
             input_price = float(entry["input_cost_per_token"])
@@ -147,7 +156,8 @@ class PriceSource:
             raw = await asyncio.to_thread(_read, self._refresh_from)
             data = json.loads(raw)
             if not isinstance(data, dict) or not any(
-                isinstance(v, dict) and isinstance(v.get("input_cost_per_token"), int | float) for v in data.values()
+                isinstance(v, dict) and isinstance(v.get("input_cost_per_token"), int | float)
+                for v in data.values()
             ):
                 raise ValueError("no model with a numeric input_cost_per_token")
             version = "refreshed-" + hashlib.sha256(raw).hexdigest()[:8]

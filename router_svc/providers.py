@@ -55,7 +55,11 @@ class Providers:
         """The route for this model, or None when it has no credentials (the router skips it)."""
         provider = provider_of(spec.model)
         if self.simulate_all:
-            simulated = {"model": f"openai/{spec.model}", "api_base": self._simulator_url, "api_key": "simulated"}
+            simulated = {
+                "model": f"openai/{spec.model}",
+                "api_base": self._simulator_url,
+                "api_key": "simulated",
+            }
             return Route(provider, simulated, simulated=True)
         kwargs: dict[str, Any] = {"model": spec.model}
         if spec.api_base:

@@ -35,10 +35,19 @@ from service_kit.policy import NAME_BY_TIER, TIER_BY_NAME, ModelSpec, Policy
 
 log = structlog.get_logger()
 
-TIERS_IN_ORDER = (common_pb2.TIER_SIMPLE, common_pb2.TIER_MODERATE, common_pb2.TIER_COMPLEX, common_pb2.TIER_REASONING)
+TIERS_IN_ORDER = (
+    common_pb2.TIER_SIMPLE,
+    common_pb2.TIER_MODERATE,
+    common_pb2.TIER_COMPLEX,
+    common_pb2.TIER_REASONING,
+)
 DEFAULT_OUTPUT_ESTIMATE = 300
 _SCORED_SOURCES = frozenset(
-    {common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL, common_pb2.CLASSIFIER_SOURCE_LLM, common_pb2.CLASSIFIER_SOURCE_CACHE}
+    {
+        common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL,
+        common_pb2.CLASSIFIER_SOURCE_LLM,
+        common_pb2.CLASSIFIER_SOURCE_CACHE,
+    }
 )
 # Errors worth retrying on the same model: rate limits, server errors, timeouts, dropped connections.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -81,7 +90,8 @@ class RouteInput:
     def chat(self) -> list[dict[str, str]]:
         """The conversation as LiteLLM takes it (computed once per request)."""
         return [
-            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in self.messages
+            {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})}
+            for m in self.messages
         ]
 
 
@@ -164,17 +174,24 @@ class Router:
             raise
         verdict, warnings = await classifying
         if budget.state == ledger_pb2.BUDGET_STATE_SOFT_LIMIT and verdict.source in _SCORED_SOURCES:
-            verdict.tier = self._policy().thresholds.tier_for(verdict.score, shift=self._settings.budget_soft_limit_shift)
+            verdict.tier = self._policy().thresholds.tier_for(
+                verdict.score, shift=self._settings.budget_soft_limit_shift
+            )
             warnings.append("budget_soft_limit")
         return verdict, warnings
 
-    async def classify(self, request: RouteInput, deadline: float | None) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
+    async def classify(
+        self, request: RouteInput, deadline: float | None
+    ) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
         """The verdict that drives the choice, and warnings. Never fails: degrades to the default tier."""
         policy = self._policy()
         if request.force_model or request.force_tier:
             tier = request.force_tier or TIER_BY_NAME[policy.default_tier]
             return classifier_pb2.ClassifyResponse(
-                tier=tier, source=common_pb2.CLASSIFIER_SOURCE_OVERRIDE, confidence=1.0, rationale="forced by the caller"
+                tier=tier,
+                source=common_pb2.CLASSIFIER_SOURCE_OVERRIDE,
+                confidence=1.0,
+                rationale="forced by the caller",
             ), []
         timeout = _bounded(self._settings.classify_timeout_seconds, deadline)
         try:
@@ -200,10 +217,16 @@ class Router:
         token_counts: dict[int, int] = {}  # one count per tokenizer, not per candidate
 
         def build(candidate_tier: int) -> list[Choice]:
-            specs = [_policy_spec(policy, request.force_model)] if request.force_model else policy.candidates(candidate_tier)
+            specs = (
+                [_policy_spec(policy, request.force_model)]
+                if request.force_model
+                else policy.candidates(candidate_tier)
+            )
             eligible: list[Choice] = []
             for spec in specs:
-                choice, explained = self._consider(spec, candidate_tier, output_estimate, request, token_counts)
+                choice, explained = self._consider(
+                    spec, candidate_tier, output_estimate, request, token_counts
+                )
                 if candidate_tier == tier:
                     plan.explained.append(explained)
                 if choice is not None:
@@ -219,7 +242,12 @@ class Router:
         return plan
 
     def _consider(
-        self, spec: ModelSpec, tier: int, output_estimate: int, request: RouteInput, token_counts: dict[int, int]
+        self,
+        spec: ModelSpec,
+        tier: int,
+        output_estimate: int,
+        request: RouteInput,
+        token_counts: dict[int, int],
     ) -> tuple[Choice | None, router_pb2.Candidate]:
         explained = router_pb2.Candidate(model=spec.model, tier=tier)
         price = self._prices().price(spec.model)
@@ -261,7 +289,9 @@ class Router:
         try:
             answer = await self._call_plan(request, plan, deadline, outcomes)
         finally:
-            response = self._response(request, verdict, plan, outcomes, answer, warnings, classify_ms, started)
+            response = self._response(
+                request, verdict, plan, outcomes, answer, warnings, classify_ms, started
+            )
             self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
             if self._budgets is not None and outcomes:
                 self._budgets.note_spend(request.caller)
@@ -325,7 +355,9 @@ class Router:
                     plan.choices(t) for t in plan.tiers[index + 1 :]
                 )
                 outcome.attempt.outcome = (
-                    common_pb2.ATTEMPT_OUTCOME_ESCALATED if escalate else common_pb2.ATTEMPT_OUTCOME_VALIDATION_FAILED
+                    common_pb2.ATTEMPT_OUTCOME_ESCALATED
+                    if escalate
+                    else common_pb2.ATTEMPT_OUTCOME_VALIDATION_FAILED
                 )
                 outcome.attempt.error = reason
                 log.info("output_rejected", model=choice.spec.model, reason=reason, escalate=escalate)
@@ -389,7 +421,10 @@ class Router:
             kwargs["temperature"] = request.temperature
         schema = request.expectations.json_schema
         if schema is not None:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema},
+            }
         elif request.expectations.json_output:
             kwargs["response_format"] = {"type": "json_object"}
         return kwargs
@@ -399,7 +434,9 @@ class Router:
     ) -> tuple[Outcome, bool]:
         """One provider call, appended to `outcomes`. Returns it and whether a failure is worth retrying."""
         _raise_if_past(deadline)
-        attempt = router_pb2.Attempt(model=choice.spec.model, provider=choice.route.provider, tier=choice.tier)
+        attempt = router_pb2.Attempt(
+            model=choice.spec.model, provider=choice.route.provider, tier=choice.tier
+        )
         outcome = Outcome(attempt, simulated=choice.route.simulated)
         outcomes.append(outcome)
         started = time.perf_counter()
@@ -424,7 +461,12 @@ class Router:
                 else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
             )
             attempt.error = f"{type(error).__name__}: {_short(error)}"
-            log.warning("provider_error", model=choice.spec.model, error_type=type(error).__name__, transient=transient)
+            log.warning(
+                "provider_error",
+                model=choice.spec.model,
+                error_type=type(error).__name__,
+                transient=transient,
+            )
             return outcome, transient
         attempt.latency_ms = (time.perf_counter() - started) * 1000
         self._charge(attempt, response.usage)
@@ -438,7 +480,9 @@ class Router:
         input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cached = int(getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0)
-        reasoning = int(getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0)
+        reasoning = int(
+            getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0
+        )
         cost = self._prices().cost(attempt.model, input_tokens, output_tokens, cached, reasoning)
         attempt.usage.input_tokens = input_tokens
         attempt.usage.output_tokens = output_tokens
@@ -449,7 +493,9 @@ class Router:
         if not cost.known:
             log.warning("price_unknown", model=attempt.model)
 
-    def _charge_estimate(self, attempt: router_pb2.Attempt, request: RouteInput, output_tokens: int = 0) -> None:
+    def _charge_estimate(
+        self, attempt: router_pb2.Attempt, request: RouteInput, output_tokens: int = 0
+    ) -> None:
         input_tokens = _count_tokens(attempt.model, request.chat)
         cost = self._prices().cost(attempt.model, input_tokens, output_tokens)
         attempt.usage.input_tokens = input_tokens
@@ -486,7 +532,9 @@ class Router:
                         choice.spec.model
                     ):
                         continue
-                    async with contextlib.aclosing(self._stream_once(request, choice, deadline, outcomes)) as stream:
+                    async with contextlib.aclosing(
+                        self._stream_once(request, choice, deadline, outcomes)
+                    ) as stream:
                         async for delta in stream:
                             yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=delta))
                     if outcomes and outcomes[-1].attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
@@ -495,7 +543,9 @@ class Router:
                 if answer is not None:
                     break
         finally:
-            response = self._response(request, verdict, plan, outcomes, answer, warnings, classify_ms, started)
+            response = self._response(
+                request, verdict, plan, outcomes, answer, warnings, classify_ms, started
+            )
             self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
             if self._budgets is not None and outcomes:
                 self._budgets.note_spend(request.caller)
@@ -507,7 +557,9 @@ class Router:
         self, request: RouteInput, choice: Choice, deadline: float | None, outcomes: list[Outcome]
     ) -> AsyncGenerator[str, None]:
         """Yield deltas of one streamed call; append its outcome. Raises if it fails after the first delta."""
-        attempt = router_pb2.Attempt(model=choice.spec.model, provider=choice.route.provider, tier=choice.tier)
+        attempt = router_pb2.Attempt(
+            model=choice.spec.model, provider=choice.route.provider, tier=choice.tier
+        )
         outcome = Outcome(attempt, simulated=choice.route.simulated)
         outcomes.append(outcome)
         parts: list[str] = []
@@ -516,7 +568,9 @@ class Router:
         try:
             async with asyncio.timeout_at(deadline):
                 kwargs = self._call_kwargs(request, choice, deadline)
-                stream = await self._acompletion(**kwargs, stream=True, stream_options={"include_usage": True})
+                stream = await self._acompletion(
+                    **kwargs, stream=True, stream_options={"include_usage": True}
+                )
                 async for chunk in stream:
                     if getattr(chunk, "usage", None):
                         usage = chunk.usage
@@ -545,7 +599,12 @@ class Router:
             else:
                 self._cooldowns.release(choice.spec.model)
             self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
-            log.warning("provider_stream_error", model=choice.spec.model, error_type=type(error).__name__, after_first_delta=bool(parts))
+            log.warning(
+                "provider_stream_error",
+                model=choice.spec.model,
+                error_type=type(error).__name__,
+                after_first_delta=bool(parts),
+            )
             if parts:
                 raise Unavailable(
                     f"{choice.spec.model} failed mid-stream; the partial answer cannot be retried",
@@ -611,9 +670,16 @@ class Router:
 
     def _baseline_cost(self, usage: common_pb2.Usage) -> float:
         """What the flagship baseline would have charged for the answering attempt's tokens."""
-        return self._prices().cost(
-            self._policy().baseline_model, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
-        ).usd
+        return (
+            self._prices()
+            .cost(
+                self._policy().baseline_model,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cached_input_tokens,
+            )
+            .usd
+        )
 
     def _records(
         self,
@@ -674,7 +740,9 @@ def _past(deadline: float | None) -> bool:
 
 def _raise_if_past(deadline: float | None) -> None:
     if _past(deadline):
-        raise DeadlineExceeded("the request's deadline passed before a model answered", reason="DEADLINE_EXCEEDED")
+        raise DeadlineExceeded(
+            "the request's deadline passed before a model answered", reason="DEADLINE_EXCEEDED"
+        )
 
 
 def _bounded(limit: float, deadline: float | None) -> float:

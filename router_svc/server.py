@@ -115,7 +115,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         route_input = parse_request(request, context.invocation_metadata(), self._settings)
         structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
         if not route_input.client_request_id:
-            return await self._router.route(route_input, _deadline(context))  # a generated id is never retried
+            return await self._router.route(
+                route_input, _deadline(context)
+            )  # a generated id is never retried
         key = (route_input.caller, route_input.request_id)
 
         def run() -> Awaitable[router_pb2.RouteResponse]:
@@ -123,7 +125,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             # collide with the failed run's (request_id, attempt) keys.
             retry = self._responses.failed_runs(key)
             ledger_id = f"{route_input.request_id}~retry{retry}" if retry else route_input.request_id
-            return self._router.route(dataclasses.replace(route_input, ledger_request_id=ledger_id), _deadline(context))
+            return self._router.route(
+                dataclasses.replace(route_input, ledger_request_id=ledger_id), _deadline(context)
+            )
 
         return await self._responses.get_or_run(key, run)
 
@@ -150,7 +154,9 @@ async def create_server(
     settings: RouterSettings, usage_sink: UsageSink | None = None
 ) -> service_server.RunningServer:
     policy = PolicySource(settings.policy_path)
-    prices = PriceSource(settings.price_overrides_path, settings.price_refresh_from, settings.price_refresh_seconds)
+    prices = PriceSource(
+        settings.price_overrides_path, settings.price_refresh_from, settings.price_refresh_seconds
+    )
     providers = Providers(settings.simulator, settings.simulator_url)
     classifier = ClassifierClient(settings.classifier_address)
     sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
@@ -221,7 +227,9 @@ async def _start_background(
         await start()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
     if settings.warm_up:
-        await warm_up(router, settings.warm_up_models or default_models(router), settings.warm_up_timeout_seconds)
+        await warm_up(
+            router, settings.warm_up_models or default_models(router), settings.warm_up_timeout_seconds
+        )
 
 
 async def _main(settings: RouterSettings) -> None:

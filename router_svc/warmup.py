@@ -24,7 +24,9 @@ log = structlog.get_logger()
 
 def default_models(router: Router) -> list[str]:
     """The cheapest eligible model of each tier: where most requests of each tier go."""
-    probe = RouteInput(messages=(common_pb2.ChatMessage(role="user", content="ping"),), request_id="-", caller="-")
+    probe = RouteInput(
+        messages=(common_pb2.ChatMessage(role="user", content="ping"),), request_id="-", caller="-"
+    )
     models: list[str] = []
     for tier in TIERS_IN_ORDER:
         choices = router.plan(probe, tier, common_pb2.CATEGORY_CHAT).choices(tier)

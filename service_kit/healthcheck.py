@@ -16,7 +16,9 @@ def main() -> int:
             return 1
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     if not serving:
-        print(f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}", file=sys.stderr)
+        print(
+            f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}", file=sys.stderr
+        )
     return 0 if serving else 1
 
 

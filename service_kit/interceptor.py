@@ -60,12 +60,19 @@ async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: fl
         log.info("rpc_failed", code=error.code.name, reason=error.reason, duration_ms=duration_ms)
         await context.abort_with_status(error.to_status())
     # Where it failed, but not the exception's message: it may quote a prompt or a model's output.
-    frames = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in traceback.extract_tb(error.__traceback__)]
-    log.error("rpc_internal_error", error_type=type(error).__name__, frames=frames[-8:], duration_ms=duration_ms)
+    frames = [
+        f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}"
+        for f in traceback.extract_tb(error.__traceback__)
+    ]
+    log.error(
+        "rpc_internal_error", error_type=type(error).__name__, frames=frames[-8:], duration_ms=duration_ms
+    )
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log")
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, request_id: str) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(
+    behavior: Callable[..., Awaitable[Any]], method: str, request_id: str
+) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _bind(method, request_id)
         started = time.perf_counter()
@@ -79,7 +86,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, request_id
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., AsyncGenerator[Any, None]], method: str, request_id: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., AsyncGenerator[Any, None]], method: str, request_id: str
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _bind(method, request_id)
         started = time.perf_counter()

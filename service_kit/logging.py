@@ -24,7 +24,9 @@ class _LibraryFormatter(logging.Formatter):
         return json_module.dumps(entry)
 
 
-def configure_logging(service: str, level: str = "INFO", json: bool = True, library_messages: bool = False) -> None:
+def configure_logging(
+    service: str, level: str = "INFO", json: bool = True, library_messages: bool = False
+) -> None:
     """Configure structlog once per process. Prompt text is never passed to a logger by our code."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)

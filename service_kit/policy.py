@@ -34,7 +34,9 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, description="LiteLLM model name, e.g. gpt-5-mini or groq/openai/gpt-oss-20b")
+    model: str = Field(
+        min_length=1, description="LiteLLM model name, e.g. gpt-5-mini or groq/openai/gpt-oss-20b"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     # For OpenAI-compatible endpoints (vLLM, Ollama...): base URL and the env var holding the key.
     api_base: str | None = None

@@ -13,7 +13,9 @@ class Message(Protocol):
     content: str
 
 
-def message_violations(messages: Sequence[Message], max_chars: int, field: str = "messages") -> list[tuple[str, str]]:
+def message_violations(
+    messages: Sequence[Message], max_chars: int, field: str = "messages"
+) -> list[tuple[str, str]]:
     """Field violations for a conversation: none, empty content, unknown role, or too long in total."""
     if not messages:
         return [(field, "at least one message is required")]
@@ -21,7 +23,9 @@ def message_violations(messages: Sequence[Message], max_chars: int, field: str =
     total = 0
     for i, message in enumerate(messages):
         if message.role not in ROLES:
-            violations.append((f"{field}[{i}].role", f"unknown role {message.role!r}; expected one of {sorted(ROLES)}"))
+            violations.append(
+                (f"{field}[{i}].role", f"unknown role {message.role!r}; expected one of {sorted(ROLES)}")
+            )
         if not message.content.strip():
             violations.append((f"{field}[{i}].content", "must not be empty"))
         total += len(message.content)

@@ -23,7 +23,12 @@ SETTINGS = {
     "ledger": (LedgerSettings, "LEDGER_"),
     "simulator": (SimulatorSettings, "SIMULATOR_"),
 }
-DOCKERFILES = {"router": "router_svc", "classifier": "classifier_svc", "ledger": "ledger_svc", "simulator": "simulator"}
+DOCKERFILES = {
+    "router": "router_svc",
+    "classifier": "classifier_svc",
+    "ledger": "ledger_svc",
+    "simulator": "simulator",
+}
 
 
 @pytest.mark.parametrize("service", sorted(MODULES))
@@ -65,9 +70,15 @@ def test_dockerfile_is_slim_non_root_and_health_checked(service: str) -> None:
 
 def test_router_points_at_the_other_services_by_compose_name() -> None:
     env = COMPOSE["router"]["environment"]
-    assert env["ROUTER_CLASSIFIER_ADDRESS"] == f"classifier:{COMPOSE['classifier']['environment']['CLASSIFIER_PORT']}"
+    assert (
+        env["ROUTER_CLASSIFIER_ADDRESS"]
+        == f"classifier:{COMPOSE['classifier']['environment']['CLASSIFIER_PORT']}"
+    )
     assert env["ROUTER_LEDGER_ADDRESS"] == f"ledger:{COMPOSE['ledger']['environment']['LEDGER_PORT']}"
-    assert env["ROUTER_SIMULATOR_URL"] == f"http://simulator:{COMPOSE['simulator']['environment']['SIMULATOR_PORT']}/v1"
+    assert (
+        env["ROUTER_SIMULATOR_URL"]
+        == f"http://simulator:{COMPOSE['simulator']['environment']['SIMULATOR_PORT']}/v1"
+    )
     assert set(COMPOSE["router"]["depends_on"]) == {"classifier", "ledger", "simulator"}
     # Defaults in code match the compose ports, so a bare `python -m router_svc` finds its peers locally.
     assert RouterSettings().classifier_address.endswith(":" + str(ClassifierSettings().port))

@@ -60,9 +60,13 @@ def test_reflection_lists_each_service(stack: Stack) -> None:
     ):
         listed = grpcurl(f"127.0.0.1:{port}", "list").stdout.split()
         assert service in listed and "grpc.health.v1.Health" in listed
-        health = json.loads(grpcurl(f"127.0.0.1:{port}", "grpc.health.v1.Health/Check", data={"service": service}).stdout)
+        health = json.loads(
+            grpcurl(f"127.0.0.1:{port}", "grpc.health.v1.Health/Check", data={"service": service}).stdout
+        )
         assert health["status"] == "SERVING"
-    described = grpcurl(f"127.0.0.1:{stack.ports.router}", "describe", "llmroute.router.v1.RouterService").stdout
+    described = grpcurl(
+        f"127.0.0.1:{stack.ports.router}", "describe", "llmroute.router.v1.RouterService"
+    ).stdout
     assert "rpc Route" in described and "rpc RouteStream" in described
 
 
@@ -73,7 +77,11 @@ def test_route_then_the_ledger_total_equals_the_routed_costs(stack: Stack) -> No
         reply = grpcurl(
             router,
             "llmroute.router.v1.RouterService/Route",
-            data={"messages": [{"role": "user", "content": prompt}], "caller": caller, "requestId": f"e2e-{index}"},
+            data={
+                "messages": [{"role": "user", "content": prompt}],
+                "caller": caller,
+                "requestId": f"e2e-{index}",
+            },
         )
         routed.append(json.loads(reply.stdout))
     assert {r["tier"] for r in routed} >= {"TIER_SIMPLE"} and len({r["tier"] for r in routed}) >= 2
@@ -86,7 +94,9 @@ def test_route_then_the_ledger_total_equals_the_routed_costs(stack: Stack) -> No
     while True:
         stats = json.loads(grpcurl(ledger, "llmroute.ledger.v1.LedgerService/GetStats", data={}).stdout)
         by = {b["group_by"]: {g["key"]: g["totals"] for g in b["groups"]} for b in stats["breakdowns"]}
-        routed_requests = sum(int(t["requests"]) for caller, t in by["GROUP_BY_CALLER"].items() if caller != WARM_UP_CALLER)
+        routed_requests = sum(
+            int(t["requests"]) for caller, t in by["GROUP_BY_CALLER"].items() if caller != WARM_UP_CALLER
+        )
         if routed_requests >= len(PROMPTS) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -96,9 +106,13 @@ def test_route_then_the_ledger_total_equals_the_routed_costs(stack: Stack) -> No
     totals = stats["totals"]
     assert int(totals["requests"]) == len(PROMPTS) + int(warm_up["requests"])
     assert totals["cost_usd"] == pytest.approx(routed_cost + warm_up["cost_usd"], rel=1e-9)
-    assert totals["baseline_cost_usd"] == pytest.approx(routed_baseline + warm_up["baseline_cost_usd"], rel=1e-9)
+    assert totals["baseline_cost_usd"] == pytest.approx(
+        routed_baseline + warm_up["baseline_cost_usd"], rel=1e-9
+    )
     for caller, _ in PROMPTS:
-        expected = sum(r["usage"]["cost_usd"] for (c, _), r in zip(PROMPTS, routed, strict=True) if c == caller)
+        expected = sum(
+            r["usage"]["cost_usd"] for (c, _), r in zip(PROMPTS, routed, strict=True) if c == caller
+        )
         assert by["GROUP_BY_CALLER"][caller]["cost_usd"] == pytest.approx(expected, rel=1e-9)
 
 
@@ -120,7 +134,10 @@ def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
     grpcurl(
         f"127.0.0.1:{stack.ports.router}",
         "llmroute.router.v1.RouterService/Route",
-        data={"messages": [{"role": "user", "content": f"Hello there {SECRET_PROMPT_MARKER}"}], "requestId": "trace-me-77"},
+        data={
+            "messages": [{"role": "user", "content": f"Hello there {SECRET_PROMPT_MARKER}"}],
+            "requestId": "trace-me-77",
+        },
     )
     time.sleep(0.5)
     classifier_log = stack.log_path("classifier").read_text()

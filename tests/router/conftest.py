@@ -62,7 +62,9 @@ def heuristic_policy(tmp_path: Path) -> Path:
     return path
 
 
-def router_settings(classifier_address: str, simulator_url: str, tmp_path: Path, **overrides: object) -> RouterSettings:
+def router_settings(
+    classifier_address: str, simulator_url: str, tmp_path: Path, **overrides: object
+) -> RouterSettings:
     values: dict[str, object] = {
         "port": 0,
         "policy_path": heuristic_policy(tmp_path),
@@ -85,6 +87,8 @@ async def router(
     settings = router_settings(classifier_address, simulator_url, tmp_path)
     running = await create_router(settings, usage_sink=recording_sink)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield RouterHarness(router_pb2_grpc.RouterServiceStub(channel), running, recording_sink, simulator_url, settings)
+    yield RouterHarness(
+        router_pb2_grpc.RouterServiceStub(channel), running, recording_sink, simulator_url, settings
+    )
     await channel.close()
     await running.stop(0)

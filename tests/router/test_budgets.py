@@ -30,7 +30,11 @@ async def stubs(classifier_address, simulator_url, tmp_path: Path, recording_sin
     ledger_address = f"127.0.0.1:{ledger.port}"
     router = await create_router(
         router_settings(
-            classifier_address, simulator_url, tmp_path, ledger_address=ledger_address, budget_check_ttl_seconds=0.01
+            classifier_address,
+            simulator_url,
+            tmp_path,
+            ledger_address=ledger_address,
+            budget_check_ttl_seconds=0.01,
         ),
         usage_sink=recording_sink,
     )
@@ -38,13 +42,18 @@ async def stubs(classifier_address, simulator_url, tmp_path: Path, recording_sin
         grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as router_channel,
         grpc.aio.insecure_channel(ledger_address) as ledger_channel,
     ):
-        yield router_pb2_grpc.RouterServiceStub(router_channel), ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
+        yield (
+            router_pb2_grpc.RouterServiceStub(router_channel),
+            ledger_pb2_grpc.LedgerServiceStub(ledger_channel),
+        )
     await router.stop(0)
     await ledger.stop(0)
 
 
 def route(caller: str) -> router_pb2.RouteRequest:
-    return router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=MODERATE_PROMPT)], caller=caller)
+    return router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=MODERATE_PROMPT)], caller=caller
+    )
 
 
 async def spend(ledger: ledger_pb2_grpc.LedgerServiceStub, caller: str, usd: float) -> None:
@@ -76,7 +85,10 @@ async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(stubs)
     await router.Route(route("team-a"))  # the first check of a caller primes its cached state
     shifted = await router.Route(route("team-a"))
     assert "budget_soft_limit" in shifted.warnings
-    assert shifted.tier == common_pb2.TIER_SIMPLE and shifted.classification.score == unlimited.classification.score
+    assert (
+        shifted.tier == common_pb2.TIER_SIMPLE
+        and shifted.classification.score == unlimited.classification.score
+    )
 
     await set_budget(ledger, "team-a", soft=1.0, hard=1.2)
     refused = None

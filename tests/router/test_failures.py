@@ -22,7 +22,11 @@ def route_request(**options: object) -> router_pb2.RouteRequest:
 @pytest.mark.parametrize(
     ("fault", "outcome", "retried"),
     [
-        ({"fault": "status", "status": 429, "retry_after": 0}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, True),
+        (
+            {"fault": "status", "status": 429, "retry_after": 0},
+            common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR,
+            True,
+        ),
         ({"fault": "status", "status": 500}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, True),
         ({"fault": "status", "status": 400}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, False),
         ({"fault": "timeout", "hang_seconds": 5}, common_pb2.ATTEMPT_OUTCOME_TIMEOUT, True),
@@ -96,7 +100,9 @@ async def test_a_rejected_answer_without_escalation_is_returned_after_one_attemp
 
 async def test_a_provider_rejecting_the_request_does_not_cool_the_model_down(router) -> None:
     cheapest = (await router.stub.Route(route_request())).model
-    await router.fault(model=cheapest, fault="status", status=400, count=router.settings.cooldown_after_failures + 1)
+    await router.fault(
+        model=cheapest, fault="status", status=400, count=router.settings.cooldown_after_failures + 1
+    )
     for _ in range(router.settings.cooldown_after_failures + 1):
         response = await router.stub.Route(route_request())
         assert response.attempts[0].model == cheapest  # still tried first every time

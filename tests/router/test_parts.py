@@ -24,7 +24,9 @@ from service_kit.policy import DEFAULT_POLICY_PATH, ModelSpec, PolicyError, load
 def test_prices_come_from_litellms_map_with_cached_and_reasoning_tokens() -> None:
     prices = PriceBook.from_litellm()
     entry = litellm.model_cost["gpt-5-mini"]
-    cost = prices.cost("gpt-5-mini", input_tokens=1000, output_tokens=500, cached_input_tokens=200, reasoning_tokens=100)
+    cost = prices.cost(
+        "gpt-5-mini", input_tokens=1000, output_tokens=500, cached_input_tokens=200, reasoning_tokens=100
+    )
     expected = (
         800 * entry["input_cost_per_token"]
         + 200 * entry["cache_read_input_token_cost"]
@@ -38,7 +40,9 @@ def test_prices_come_from_litellms_map_with_cached_and_reasoning_tokens() -> Non
 
 def test_price_overrides_change_the_price_and_the_version(tmp_path: Path) -> None:
     overrides = tmp_path / "prices.yaml"
-    overrides.write_text("gpt-5-mini: {input_cost_per_token: 0.001}\nacme/custom: {input_cost_per_token: 1.0e-6, output_cost_per_token: 2.0e-6}\n")
+    overrides.write_text(
+        "gpt-5-mini: {input_cost_per_token: 0.001}\nacme/custom: {input_cost_per_token: 1.0e-6, output_cost_per_token: 2.0e-6}\n"
+    )
     prices = PriceBook.from_litellm(overrides)
     assert prices.cost("gpt-5-mini", 10, 0).usd == pytest.approx(0.01)
     assert prices.cost("acme/custom", 1, 1).usd == pytest.approx(3e-6)
@@ -55,13 +59,20 @@ def test_providers_simulate_everything_without_keys_and_only_keyed_providers_wit
     keyed = Providers("auto", "http://sim/v1", environ={"OPENAI_API_KEY": "sk-test"})
     assert keyed.resolve(spec) is None  # no Anthropic key: skipped, not simulated
     openai_route = keyed.resolve(ModelSpec(model="gpt-5-mini"))
-    assert openai_route is not None and not openai_route.simulated and openai_route.kwargs == {"model": "gpt-5-mini"}
+    assert (
+        openai_route is not None
+        and not openai_route.simulated
+        and openai_route.kwargs == {"model": "gpt-5-mini"}
+    )
 
     local = ModelSpec(model="hosted_vllm/llama", api_base="http://vllm:8000/v1")
     assert keyed.resolve(local) is not None
     own_key = ModelSpec(model="openai/my-model", api_base="http://x/v1", api_key_env="MY_KEY")
     assert keyed.resolve(own_key) is None
-    assert Providers("auto", "", environ={"MY_KEY": "k", "GROQ_API_KEY": "g"}).resolve(own_key).kwargs["api_key"] == "k"
+    assert (
+        Providers("auto", "", environ={"MY_KEY": "k", "GROQ_API_KEY": "g"}).resolve(own_key).kwargs["api_key"]
+        == "k"
+    )
 
 
 def test_cooldown_opens_after_repeated_failures_and_one_probe_closes_it() -> None:
@@ -92,7 +103,12 @@ def test_cooldown_opens_after_repeated_failures_and_one_probe_closes_it() -> Non
         ("I'm sorry, but I can't help with that.", "stop", Expectations(), "refusal"),
         ("{oops", "stop", Expectations(json_output=True), "invalid_json"),
         ('```json\n{"a": 1}\n```', "stop", Expectations(json_output=True), None),
-        ('{"a": "secret"}', "stop", Expectations(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}), "schema_mismatch"),
+        (
+            '{"a": "secret"}',
+            "stop",
+            Expectations(json_schema={"type": "object", "properties": {"a": {"type": "integer"}}}),
+            "schema_mismatch",
+        ),
     ],
 )
 def test_validators(content: str, finish: str, expect: Expectations, reason: str | None) -> None:
@@ -111,10 +127,16 @@ def test_an_invalid_policy_is_rejected_and_the_old_one_stays(tmp_path: Path) -> 
     path.write_text(yaml.safe_dump(out_of_order))
     assert not source.reload()  # thresholds out of order
     assert source.current() is before
-    path.write_text(DEFAULT_POLICY_PATH.read_text().replace("baseline_model: claude-sonnet-4-5", "baseline_model: gpt-5.1"))
+    path.write_text(
+        DEFAULT_POLICY_PATH.read_text().replace(
+            "baseline_model: claude-sonnet-4-5", "baseline_model: gpt-5.1"
+        )
+    )
     assert source.reload() and source.current().baseline_model == "gpt-5.1"
     with pytest.raises(PolicyError, match="tiers without candidate models"):
-        path.write_text("baseline_model: x\nthresholds: {moderate: 0.1, complex: 0.2, reasoning: 0.3}\ntiers: {simple: []}\n")
+        path.write_text(
+            "baseline_model: x\nthresholds: {moderate: 0.1, complex: 0.2, reasoning: 0.3}\ntiers: {simple: []}\n"
+        )
         load_policy(path)
 
 
@@ -154,7 +176,9 @@ async def test_price_refresh_from_a_file_replaces_the_map_and_a_bad_file_keeps_i
     source_file.write_text("not json")
     assert not await source.refresh() and source.current() is bundled
 
-    source_file.write_text(json.dumps({"gpt-5-nano": {"input_cost_per_token": 1e-3, "output_cost_per_token": 2e-3}}))
+    source_file.write_text(
+        json.dumps({"gpt-5-nano": {"input_cost_per_token": 1e-3, "output_cost_per_token": 2e-3}})
+    )
     assert await source.refresh()
     refreshed = source.current()
     assert refreshed.version.startswith("refreshed-") and refreshed.version != bundled.version

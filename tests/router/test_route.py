@@ -43,11 +43,15 @@ async def test_routes_a_simple_prompt_to_the_cheapest_simple_model_and_prices_it
     prices = PriceBook.from_litellm()
     usage = response.usage
     assert usage.input_tokens > 0 and usage.output_tokens > 0
-    expected = prices.cost(response.model, usage.input_tokens, usage.output_tokens, 0, usage.reasoning_tokens).usd
+    expected = prices.cost(
+        response.model, usage.input_tokens, usage.output_tokens, 0, usage.reasoning_tokens
+    ).usd
     assert math.isclose(usage.cost_usd, expected, rel_tol=1e-9)
     baseline = load_policy(router.settings.policy_path).baseline_model
     assert math.isclose(
-        usage.baseline_cost_usd, prices.cost(baseline, usage.input_tokens, usage.output_tokens).usd, rel_tol=1e-9
+        usage.baseline_cost_usd,
+        prices.cost(baseline, usage.input_tokens, usage.output_tokens).usd,
+        rel_tol=1e-9,
     )
     assert usage.baseline_cost_usd > usage.cost_usd > 0
     assert response.timings.total_ms >= response.timings.provider_ms > 0
@@ -100,7 +104,8 @@ async def test_classifier_down_degrades_to_the_default_tier(simulator_url, tmp_p
     from tests.router.conftest import router_settings
 
     running = await create_server(
-        router_settings("127.0.0.1:1", simulator_url, tmp_path, classify_timeout_seconds=0.2), usage_sink=recording_sink
+        router_settings("127.0.0.1:1", simulator_url, tmp_path, classify_timeout_seconds=0.2),
+        usage_sink=recording_sink,
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -151,7 +156,8 @@ async def test_same_request_id_is_routed_once(router) -> None:
 
 async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
     stream_request = router_pb2.RouteStreamRequest(
-        messages=[common_pb2.ChatMessage(role="user", content="Write a short poem about the sea.")], caller="tests"
+        messages=[common_pb2.ChatMessage(role="user", content="Write a short poem about the sea.")],
+        caller="tests",
     )
     events = [event async for event in router.stub.RouteStream(stream_request)]
     deltas = [e.delta.content for e in events if e.WhichOneof("event") == "delta"]
@@ -161,7 +167,10 @@ async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
     assert summary.usage.output_tokens > 0 and summary.usage.cost_usd > 0
     [record] = router.sink.records
     assert record.request_id == summary.request_id and record.final
-    assert record.usage.cost_usd == summary.usage.cost_usd and record.usage.output_tokens == summary.usage.output_tokens
+    assert (
+        record.usage.cost_usd == summary.usage.cost_usd
+        and record.usage.output_tokens == summary.usage.output_tokens
+    )
 
 
 async def test_route_stream_falls_back_before_the_first_delta(router) -> None:
@@ -267,4 +276,6 @@ async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_fa
     assert response.request_id == "invoice-7"
     new = router.sink.records[len(failed_keys) :]
     assert new and not failed_keys & {(r.request_id, r.attempt) for r in new}
-    assert {request_id for request_id, _ in failed_keys} == {"invoice-7"} and new[0].request_id == "invoice-7~retry1"
+    assert {request_id for request_id, _ in failed_keys} == {"invoice-7"} and new[
+        0
+    ].request_id == "invoice-7~retry1"

@@ -25,7 +25,9 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
 
 
 def classify_request(*pairs: tuple[str, str]) -> classifier_pb2.ClassifyRequest:
-    return classifier_pb2.ClassifyRequest(messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in pairs])
+    return classifier_pb2.ClassifyRequest(
+        messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in pairs]
+    )
 
 
 async def test_classify_returns_a_scored_tier(channel) -> None:
@@ -48,7 +50,12 @@ async def test_health_is_serving_and_reflection_lists_the_service(channel) -> No
     )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = [r async for r in reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))]
+    replies = [
+        r
+        async for r in reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+    ]
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"llmroute.classifier.v1.ClassifierService", "grpc.health.v1.Health"} <= names
 
