@@ -6,26 +6,70 @@ It is the floor the learned model must beat, and the fallback when no artifact i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from classifier_svc.strategies.base import Conversation, Verdict
 from llmroute.common.v1 import common_pb2
 
-# Ordered: the first category whose pattern matches the last user turn wins.
-_CATEGORY_PATTERNS: tuple[tuple[int, re.Pattern[str]], ...] = tuple(
-    (category, re.compile(pattern, re.IGNORECASE))
-    for category, pattern in (
-        (common_pb2.CATEGORY_CODE, r"```|\bdef |\bclass |\bfunction\b|\bSQL\b|\bregex\b|\bpython\b|\bjavascript\b|\bbug\b|\bcompile|\brefactor|\bimplement"),
-        (common_pb2.CATEGORY_TRANSLATION, r"\btranslat|\bin (french|german|spanish|japanese|chinese|italian)\b"),
-        (common_pb2.CATEGORY_SUMMARIZATION, r"\bsummar|\btl;?dr\b|\bkey points\b|\bcondense"),
-        (common_pb2.CATEGORY_EXTRACTION, r"\bextract|\blist (all|every) |\bpull out\b|\bfind (all|the) .* in\b|\bparse\b|\bjson\b"),
-        (common_pb2.CATEGORY_CLASSIFICATION, r"\bclassif|\bis this (spam|positive|negative)|\bsentiment\b|\bcategori[sz]e|\blabel\b|\bspam\b"),
-        (common_pb2.CATEGORY_MATH, r"\bprove\b|\btheorem\b|\bintegral\b|\bderivative\b|\bequation\b|\bsolve\b|\d+\s*[-+*/^]\s*\d+|\bprobability\b"),
-        (common_pb2.CATEGORY_PLANNING, r"\bplan\b|\bschedule\b|\broadmap\b|\bstrategy\b|\bitinerary\b"),
-        (common_pb2.CATEGORY_REASONING, r"\bwhy\b|\bstep[- ]by[- ]step\b|\breason|\bexplain\b|\btrade-?offs?\b|\banaly[sz]e"),
-        (common_pb2.CATEGORY_GENERATION, r"\bwrite\b|\bdraft\b|\bcompose\b|\bgenerate\b|\bstory\b|\bpoem\b|\bessay\b|\bemail\b"),
-        (common_pb2.CATEGORY_QUESTION_ANSWERING, r"\?\s*$|^(what|who|when|where|which|how)\b"),
-    )
-)
+
+def fold(text: str) -> str:
+    """``text`` as the category and multi-step rules read it: lower case, length kept.
+
+    The rules are lower-case ASCII and case-sensitive on folded text, which matches exactly where the
+    same rules with IGNORECASE match the original text (and costs one pass instead of a
+    case-insensitive comparison at every position of every rule). Besides A-Z, the letters that
+    IGNORECASE matches to an ASCII letter are the Kelvin sign, which ``lower()`` maps to "k", and
+    three it does not map there: dotted and dotless I, and the long s. Every other character's
+    ``lower()`` is one non-ASCII character of the same word, digit and space classes
+    (``tests/classifier/test_heuristic.py`` checks all code points).
+    """
+    if text.isascii():
+        return text.lower()
+    # "İ".lower() is "i" plus a combining dot: replaced first, so the length and word boundaries stay.
+    return text.replace("\u0130", "i").lower().replace("\u0131", "i").replace("\u017f", "s")
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    category: int
+    # Literals of which every match contains at least one: when none is in the text the regex is not
+    # run (a substring test is far cheaper than a regex scan). None: always run it.
+    needles: tuple[str, ...] | None
+    pattern: re.Pattern[str]
+
+
+def _rule(category: int, needles: str | None, pattern: str) -> _Rule:
+    return _Rule(category, None if needles is None else tuple(needles.split("|")), re.compile(pattern))
+
+
+# Ordered: the first rule that matches the folded text names the category. Split and factored for
+# speed (same matches as the single IGNORECASE pattern per category they replace): a word boundary in
+# front of every branch, or an anchor in one branch, costs the regex engine a test per branch at
+# every position of the text.
+_RULES: tuple[_Rule, ...] = (
+    _rule(common_pb2.CATEGORY_CODE, "```|def |class |function|sql|regex|python|javascript|bug|compile|refactor|implement",
+          r"```|\b(?:def |class |function\b|sql\b|regex\b|python\b|javascript\b|bug\b|compile|refactor|implement)"),
+    _rule(common_pb2.CATEGORY_TRANSLATION, "translat|french|german|spanish|japanese|chinese|italian",
+          r"\b(?:translat|in (?:french|german|spanish|japanese|chinese|italian)\b)"),
+    _rule(common_pb2.CATEGORY_SUMMARIZATION, "summar|tldr|tl;dr|key points|condense",
+          r"\b(?:summar|tl;?dr\b|key points\b|condense)"),
+    _rule(common_pb2.CATEGORY_EXTRACTION, "extract|list all |list every |pull out|find all |find the |parse|json",
+          r"\b(?:extract|list (?:all|every) |pull out\b|find (?:all|the) .* in\b|parse\b|json\b)"),
+    _rule(common_pb2.CATEGORY_CLASSIFICATION, "classif|spam|positive|negative|sentiment|categori|label",
+          r"\b(?:classif|is this (?:spam|positive|negative)|sentiment\b|categori[sz]e|label\b|spam\b)"),
+    _rule(common_pb2.CATEGORY_MATH, "prove|theorem|integral|derivative|equation|solve|probability",
+          r"\b(?:prove|theorem|integral|derivative|equation|solve|probability)\b"),
+    # Finds the same texts as "\d+\s*op\s*\d+", without backtracking over runs of digits.
+    _rule(common_pb2.CATEGORY_MATH, None, r"\d\s*[-+*/^]\s*\d"),
+    _rule(common_pb2.CATEGORY_PLANNING, "plan|schedule|roadmap|strategy|itinerary",
+          r"\b(?:plan|schedule|roadmap|strategy|itinerary)\b"),
+    _rule(common_pb2.CATEGORY_REASONING, "why|step|reason|explain|trade|analy",
+          r"\b(?:why\b|step[- ]by[- ]step\b|reason|explain\b|trade-?offs?\b|analy[sz]e)"),
+    _rule(common_pb2.CATEGORY_GENERATION, "write|draft|compose|generate|story|poem|essay|email",
+          r"\b(?:write|draft|compose|generate|story|poem|essay|email)\b"),
+    _rule(common_pb2.CATEGORY_QUESTION_ANSWERING, "?", r"\?\s*$"),
+    _rule(common_pb2.CATEGORY_QUESTION_ANSWERING, None, r"^(?:what|who|when|where|which|how)\b"),
+)  # fmt: skip
 
 # How hard each category tends to be for a cheap model (a prior, nudged by the prompt's shape).
 _CATEGORY_PRIOR = {
@@ -42,18 +86,26 @@ _CATEGORY_PRIOR = {
     common_pb2.CATEGORY_MATH: 0.65,
 }
 
+# Read on folded text, like the category rules.
 _MULTI_STEP = re.compile(
-    r"\bstep[- ]by[- ]step\b|\bprove\b|\bderive\b|\bfirst\b.*\bthen\b|\bmulti-?step\b|\boptimi[sz]e\b|"
-    r"\bedge cases?\b|\bconcurren|\bdistributed\b|\bcomplexity\b|\brigorous|\bformal",
-    re.IGNORECASE | re.DOTALL,
+    r"\b(?:step[- ]by[- ]step\b|prove\b|derive\b|first\b.*\bthen\b|multi-?step\b|optimi[sz]e\b|"
+    r"edge cases?\b|concurren|distributed\b|complexity\b|rigorous|formal)",
+    re.DOTALL,
 )
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 def detect_category(text: str) -> int:
-    for category, pattern in _CATEGORY_PATTERNS:
-        if pattern.search(text):
-            return category
+    """The task a request asks for, by keyword rules (case-insensitive); CATEGORY_CHAT when none matches."""
+    return _category_of_folded(fold(text))
+
+
+def _category_of_folded(folded: str) -> int:
+    for rule in _RULES:
+        if rule.needles is not None and not any(needle in folded for needle in rule.needles):
+            continue
+        if rule.pattern.search(folded):
+            return rule.category
     return common_pb2.CATEGORY_CHAT
 
 
@@ -71,13 +123,15 @@ class HeuristicStrategy:
         text = conversation.last_user
         # A short follow-up inherits the thread: judge it with the earlier user turns.
         thread = " ".join(m.content for m in conversation.dialogue if m.role == "user")
+        folded_thread = fold(thread)
         category = detect_category(text)
-        if category in (common_pb2.CATEGORY_CHAT, common_pb2.CATEGORY_QUESTION_ANSWERING) and len(thread) > len(text):
-            category = detect_category(thread)
+        vague = category in (common_pb2.CATEGORY_CHAT, common_pb2.CATEGORY_QUESTION_ANSWERING)
+        if vague and len(thread) > len(text):
+            category = _category_of_folded(folded_thread)
         score = _CATEGORY_PRIOR.get(category, 0.3)
         words = len(thread.split())
         score += min(words / 2000, 0.15)
-        if _MULTI_STEP.search(thread):
+        if _MULTI_STEP.search(folded_thread):
             score += 0.2
         if len(_NUMBER.findall(text)) >= 4:
             score += 0.1
