@@ -1,0 +1,53 @@
+"""What the service runs with default settings and no LLM key: the learned model, in a cascade, behind the cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from classifier_svc.cache import CachedStrategy
+from classifier_svc.factory import build_strategy
+from classifier_svc.settings import ClassifierSettings
+from classifier_svc.strategies.base import Conversation
+from classifier_svc.strategies.cascade import CascadeStrategy
+from classifier_svc.strategies.learned import LearnedStrategy
+from classifier_svc.strategies.llm import PROVIDER_KEY_ENV
+from llmroute.common.v1 import common_pb2
+
+
+@pytest.fixture
+def default_settings(monkeypatch: pytest.MonkeyPatch) -> ClassifierSettings:
+    """ClassifierSettings() as a fresh install sees it: no CLASSIFIER_* variable, no provider key."""
+    for name in list(os.environ):
+        if name.startswith("CLASSIFIER_"):
+            monkeypatch.delenv(name)
+    for names in PROVIDER_KEY_ENV.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    return ClassifierSettings()
+
+
+async def test_defaults_give_the_cached_cascade_over_the_learned_model(
+    default_settings: ClassifierSettings,
+) -> None:
+    strategy = build_strategy(default_settings)
+
+    assert isinstance(strategy, CachedStrategy)
+    cascade = strategy.inner
+    assert isinstance(cascade, CascadeStrategy)
+    assert cascade.llm is None  # no key, no base URL: no LLM classifier
+    assert isinstance(cascade.local, LearnedStrategy)
+
+    await strategy.warm_up()
+    conversation = Conversation.user(
+        "Write a SQL query that returns the ten most recent orders per customer."
+    )
+    first = await strategy.classify(conversation)
+    again = await strategy.classify(conversation)
+
+    assert first.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
+    assert first.version.startswith("learned/")
+    assert again.source == common_pb2.CLASSIFIER_SOURCE_CACHE
+    assert again.version == first.version and again.score == first.score
+    assert (strategy.stats.misses, strategy.stats.hits, cascade.stats.local) == (1, 1, 1)
