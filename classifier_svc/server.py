@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -16,7 +15,6 @@ from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmroute.common.v1 import common_pb2
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
-from service_kit.logging import configure_logging
 from service_kit.policy import Thresholds, load_policy
 from service_kit.validation import message_violations
 
@@ -45,7 +43,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
             verdict = await self._strategy.classify(conversation)
         latency_ms = (time.perf_counter() - started) * 1000
         tier = self._thresholds.tier_for(verdict.score)
-        log.debug("classified", tier=tier, score=verdict.score, source=verdict.source, latency_ms=round(latency_ms, 3))
+        log.debug(
+            "classified",
+            tier=tier,
+            score=verdict.score,
+            source=verdict.source,
+            latency_ms=round(latency_ms, 3),
+        )
         return classifier_pb2.ClassifyResponse(
             tier=tier,
             score=verdict.score,
@@ -79,20 +83,17 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     except BaseException:
         await running.stop(0)  # no half-started server left behind; the error says why
         raise
-    log.info("classifier_ready", strategy=strategy.name, warm_up_ms=round((time.perf_counter() - started) * 1000, 1))
+    log.info(
+        "classifier_ready",
+        strategy=strategy.name,
+        warm_up_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
     await running.set_serving()
     return running
 
 
-async def _main(settings: ClassifierSettings) -> None:
-    running = await create_server(settings)
-    await service_server.serve_forever(running, settings.grace_seconds)
-
-
 def main() -> None:
-    settings = ClassifierSettings()
-    configure_logging("classifier", settings.log_level, settings.log_json, settings.log_library_messages)
-    asyncio.run(_main(settings))
+    service_server.run_service("classifier", ClassifierSettings(), create_server)
 
 
 if __name__ == "__main__":

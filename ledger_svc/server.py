@@ -24,7 +24,6 @@ from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import PermissionDenied, Unavailable
-from service_kit.logging import configure_logging
 
 log = structlog.get_logger()
 
@@ -281,15 +280,8 @@ async def create_server(
     return running
 
 
-async def _main(settings: LedgerSettings) -> None:
-    running = await create_server(settings)
-    await service_server.serve_forever(running, settings.grace_seconds)
-
-
 def main() -> None:
-    settings = LedgerSettings()
-    configure_logging("ledger", settings.log_level, settings.log_json, settings.log_library_messages)
-    asyncio.run(_main(settings))
+    service_server.run_service("ledger", LedgerSettings(), create_server)
 
 
 if __name__ == "__main__":

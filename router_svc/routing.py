@@ -123,6 +123,19 @@ class Plan:
 
 
 @dataclass(slots=True)
+class Run:
+    """One execution of a request: its decision, plan and attempts, accounted for when it ends."""
+
+    verdict: classifier_pb2.ClassifyResponse
+    warnings: list[str]
+    classify_ms: float
+    started: float
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    answer: Outcome | None = None
+
+
+@dataclass(slots=True)
 class Outcome:
     """A finished provider call (successful or not) as the router accounts for it."""
 
@@ -279,29 +292,33 @@ class Router:
 
     # ---- calling ----------------------------------------------------------------------------------
 
-    async def route(self, request: RouteInput, deadline: float | None) -> router_pb2.RouteResponse:
+    async def _begin(self, request: RouteInput, deadline: float | None) -> Run:
         started = time.perf_counter()
         verdict, warnings = await self.decide(request, deadline)
         classify_ms = (time.perf_counter() - started) * 1000
-        plan = self._checked_plan(request, verdict)
-        outcomes: list[Outcome] = []
-        answer: Outcome | None = None
+        return Run(verdict, warnings, classify_ms, started, self._checked_plan(request, verdict))
+
+    def _settle(self, request: RouteInput, run: Run) -> router_pb2.RouteResponse:
+        """Build the response and hand every attempt to the ledger: on success, failure or cancel."""
+        response = self._response(request, run)
+        self._usage_sink.submit(self._records(request, run, response))
+        if self._budgets is not None and run.outcomes:
+            self._budgets.note_spend(request.caller)
+        return response
+
+    async def route(self, request: RouteInput, deadline: float | None) -> router_pb2.RouteResponse:
+        run = await self._begin(request, deadline)
         try:
-            answer = await self._call_plan(request, plan, deadline, outcomes)
+            run.answer = await self._call_plan(request, run.plan, deadline, run.outcomes)
         finally:
-            response = self._response(
-                request, verdict, plan, outcomes, answer, warnings, classify_ms, started
-            )
-            self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
-            if self._budgets is not None and outcomes:
-                self._budgets.note_spend(request.caller)
-        if answer is None:
-            raise _all_failed(outcomes)
+            response = self._settle(request, run)
+        if run.answer is None:
+            raise _all_failed(run.outcomes)
         log.info(
             "route_completed",
             model=response.model,
             tier=NAME_BY_TIER.get(response.tier),
-            attempts=len(outcomes),
+            attempts=len(run.outcomes),
             cost_usd=response.usage.cost_usd,
             total_ms=round(response.timings.total_ms, 2),
         )
@@ -518,15 +535,11 @@ class Router:
             yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=response.content))
             yield router_pb2.RouteStreamResponse(summary=response)
             return
-        started = time.perf_counter()
-        verdict, warnings = await self.decide(request, deadline)
-        classify_ms = (time.perf_counter() - started) * 1000
-        plan = self._checked_plan(request, verdict)
-        outcomes: list[Outcome] = []
-        answer: Outcome | None = None
+        run = await self._begin(request, deadline)
+        outcomes = run.outcomes
         try:
-            for tier in plan.tiers:
-                for choice in plan.choices(tier):
+            for tier in run.plan.tiers:
+                for choice in run.plan.choices(tier):
                     _raise_if_past(deadline)
                     if not self._affordable(request, choice, outcomes) or not self._cooldowns.available(
                         choice.spec.model
@@ -538,18 +551,13 @@ class Router:
                         async for delta in stream:
                             yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=delta))
                     if outcomes and outcomes[-1].attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
-                        answer = outcomes[-1]
+                        run.answer = outcomes[-1]
                         break
-                if answer is not None:
+                if run.answer is not None:
                     break
         finally:
-            response = self._response(
-                request, verdict, plan, outcomes, answer, warnings, classify_ms, started
-            )
-            self._usage_sink.submit(self._records(request, verdict, outcomes, answer, response))
-            if self._budgets is not None and outcomes:
-                self._budgets.note_spend(request.caller)
-        if answer is None:
+            response = self._settle(request, run)
+        if run.answer is None:
             raise _all_failed(outcomes)
         yield router_pb2.RouteStreamResponse(summary=response)
 
@@ -624,17 +632,8 @@ class Router:
 
     # ---- accounting -------------------------------------------------------------------------------
 
-    def _response(
-        self,
-        request: RouteInput,
-        verdict: classifier_pb2.ClassifyResponse,
-        plan: Plan,
-        outcomes: list[Outcome],
-        answer: Outcome | None,
-        warnings: list[str],
-        classify_ms: float,
-        started: float,
-    ) -> router_pb2.RouteResponse:
+    def _response(self, request: RouteInput, run: Run) -> router_pb2.RouteResponse:
+        verdict, plan, outcomes, answer = run.verdict, run.plan, run.outcomes, run.answer
         if answer is not None:
             answer.attempt.usage.baseline_cost_usd = self._baseline_cost(answer.attempt.usage)
         response = router_pb2.RouteResponse(
@@ -643,7 +642,7 @@ class Router:
             candidates=plan.explained,
             attempts=[o.attempt for o in outcomes],
             price_map_version=self._prices().version,
-            warnings=warnings,
+            warnings=run.warnings,
         )
         for outcome in outcomes:
             usage = outcome.attempt.usage
@@ -663,9 +662,9 @@ class Router:
             response.usage.baseline_cost_usd = answer.attempt.usage.baseline_cost_usd
             if answer.attempt.outcome != common_pb2.ATTEMPT_OUTCOME_OK:
                 response.warnings.append(f"output_rejected:{answer.attempt.error}")
-        response.timings.classify_ms = classify_ms
+        response.timings.classify_ms = run.classify_ms
         response.timings.provider_ms = sum(o.attempt.latency_ms for o in outcomes)
-        response.timings.total_ms = (time.perf_counter() - started) * 1000
+        response.timings.total_ms = (time.perf_counter() - run.started) * 1000
         return response
 
     def _baseline_cost(self, usage: common_pb2.Usage) -> float:
@@ -682,13 +681,9 @@ class Router:
         )
 
     def _records(
-        self,
-        request: RouteInput,
-        verdict: classifier_pb2.ClassifyResponse,
-        outcomes: list[Outcome],
-        answer: Outcome | None,
-        response: router_pb2.RouteResponse,
+        self, request: RouteInput, run: Run, response: router_pb2.RouteResponse
     ) -> list[ledger_pb2.UsageRecord]:
+        verdict, outcomes, answer = run.verdict, run.outcomes, run.answer
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         records = []

@@ -32,7 +32,6 @@ from router_svc.warmup import default_models, warm_up
 from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
-from service_kit.logging import configure_logging
 from service_kit.validation import message_violations
 
 log = structlog.get_logger()
@@ -232,15 +231,8 @@ async def _start_background(
         )
 
 
-async def _main(settings: RouterSettings) -> None:
-    running = await create_server(settings)
-    await service_server.serve_forever(running, settings.grace_seconds)
-
-
 def main() -> None:
-    settings = RouterSettings()
-    configure_logging("router", settings.log_level, settings.log_json, settings.log_library_messages)
-    asyncio.run(_main(settings))
+    service_server.run_service("router", RouterSettings(), create_server)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
@@ -13,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service_kit.interceptor import ServiceInterceptor
+from service_kit.logging import configure_logging
+from service_kit.settings import ServiceSettings
 
 log = structlog.get_logger()
 
@@ -78,3 +81,18 @@ async def serve_forever(running: RunningServer, grace: float) -> None:
     log.info("server_stopping", grace_seconds=grace)
     await running.stop(grace)
     log.info("server_stopped")
+
+
+def run_service(
+    name: str,
+    settings: ServiceSettings,
+    create_server: Callable[[Any], Awaitable[RunningServer]],
+) -> None:
+    """A service's `main()`: configure logging, start, serve until SIGTERM or SIGINT."""
+    configure_logging(name, settings.log_level, settings.log_json, settings.log_library_messages)
+
+    async def serve() -> None:
+        running = await create_server(settings)
+        await serve_forever(running, settings.grace_seconds)
+
+    asyncio.run(serve())
