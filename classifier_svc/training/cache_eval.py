@@ -9,7 +9,8 @@ For every pair a fresh cache stores `a`, then looks up `b`:
 - hit rate: share of `expect_hit` pairs answered from the cache;
 - false-hit rate: share of the other pairs answered from the cache (a wrong reuse).
 
-Run: `python -m classifier_svc.training.cache_eval` (part of `make eval-classifier` when wired there).
+Run: `python -m classifier_svc.training.cache_eval` for the detail by threshold, split and kind;
+`make eval-classifier` prints the summary at the configured threshold (`rates`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Message, Verdict
 from llmroute.common.v1 import common_pb2
 
-__all__ = ["PAIRS_PATH", "Pair", "PairResult", "evaluate", "load_pairs", "main", "summarize"]
+__all__ = ["PAIRS_PATH", "Pair", "PairResult", "evaluate", "load_pairs", "main", "rates", "summarize"]
 
 PAIRS_PATH = Path(__file__).resolve().parent.parent / "data" / "cache_pairs.jsonl"
 THRESHOLDS = (0.90, 0.93, 0.95, 0.97, 0.99)
@@ -178,6 +179,36 @@ async def _run(path: Path, default_threshold: float) -> None:
     print()
     print(f"false hits with the guard: {', '.join(false_hits) or 'none'}")
     print(f"missed paraphrases with the guard: {', '.join(missed) or 'none'}")
+
+
+def rates(path: Path = PAIRS_PATH, threshold: float | None = None) -> dict[str, dict[str, str]]:
+    """Hit and false-hit rates at one threshold (default: the settings'), guard off and on, and on the
+    holdout pairs alone: the rows `make eval-classifier` prints. Starts its own event loop."""
+    if threshold is None:
+        threshold = ClassifierSettings.model_fields["cache_min_similarity"].default
+    pairs = load_pairs(path)
+    _, embed = _memoised_embed()
+
+    async def run() -> dict[str, list[PairResult]]:
+        return {
+            f"guard {'on' if guard else 'off'}": await evaluate(
+                pairs, min_similarity=threshold, guard=guard, embed=embed
+            )
+            for guard in (False, True)
+        }
+
+    by_guard = asyncio.run(run())
+    by_guard["guard on, holdout pairs only"] = [r for r in by_guard["guard on"] if r.pair.split == "holdout"]
+    rows = {}
+    for label, results in by_guard.items():
+        hit_rate, false_hit_rate = summarize(results)
+        rows[f"threshold {threshold:.2f}, {label}"] = {
+            "pairs (should hit / must not)": f"{len(results)} ({sum(r.pair.expect_hit for r in results)}"
+            f" / {sum(not r.pair.expect_hit for r in results)})",
+            "hit rate": f"{hit_rate:.1%}",
+            "false-hit rate": f"{false_hit_rate:.1%}",
+        }
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> None:

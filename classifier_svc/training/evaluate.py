@@ -6,15 +6,24 @@ then prints APGR and the strong-call share needed for 95% of the strong model's 
 held-out app prompts, and the per-call latency (p50/p99). It draws quality against strong-call share
 to ``docs/img/classifier_eval.png``.
 
+The strategies that call an LLM (``LLM_BACKED``: ``cascade`` and ``llm``) are scored on a seeded
+subsample (``--llm-per-dataset``, 150 MMLU and 150 GSM8K prompts plus the app prompts), next to
+``learned`` on the same prompts, with what their pipeline did: the cascade's escalation rate, LLM
+answers and failures, and the LLM overhead per 1k prompts. They use the configured LLM
+(``CLASSIFIER_LLM_BASE_URL``, or the model provider's key such as ``ANTHROPIC_API_KEY``); without
+one, the bundled simulator, started in process with no simulated latency, and the rows say
+"(simulator)". The simulator's score is a keyword heuristic: those rows measure the pipeline
+(latency overhead, escalation, cost accounting), not an LLM's judgement.
+
 Adding a strategy: register a factory that returns a ``Scorer`` (any object with
 ``score(conversation) -> float``; ``StrategyScorer`` wraps anything implementing ``Strategy``)::
 
     from classifier_svc.training.evaluate import SCORERS, StrategyScorer
-    SCORERS["llm"] = lambda: StrategyScorer(LlmStrategy(...))
+    SCORERS["mine"] = lambda: StrategyScorer(MyStrategy(...))
 
-or pass ``--with package.module:factory`` on the command line. Extra reports (semantic-cache hits and
-false hits, cascade escalation rate...) go in ``REPORTS``: each gets the ``EvalSet`` and returns a
-mapping that is printed under its name.
+or pass ``--with package.module:factory`` on the command line. Extra reports go in ``REPORTS``: each
+gets the ``EvalSet`` and returns rows (row name -> column -> value), printed as a table under its
+name; the semantic cache's hit and false-hit rates are one.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import os
 import sys
 import time
@@ -35,13 +43,17 @@ import numpy as np
 
 from classifier_svc import embeddings
 from classifier_svc import features as hand
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
-from classifier_svc.strategies.base import Conversation, Strategy
+from classifier_svc.factory import build_strategy
+from classifier_svc.settings import DEFAULT_ARTIFACT_DIR, ClassifierSettings
+from classifier_svc.strategies.base import Conversation, Strategy, Verdict
 from classifier_svc.strategies.heuristic import HeuristicStrategy
 from classifier_svc.strategies.learned import DifficultyModel, LearnedStrategy, encode_turns
-from classifier_svc.training import data, metrics
+from classifier_svc.training import cache_eval, data, metrics
+from llmroute.common.v1 import common_pb2
+from service_kit.logging import configure_logging
 
 __all__ = [
+    "LLM_BACKED",
     "REPORTS",
     "SCORERS",
     "EvalSet",
@@ -53,6 +65,7 @@ __all__ = [
 
 DEFAULT_PLOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "classifier_eval.png"
 DATASETS = ("mmlu", "gsm8k")
+DEFAULT_LLM_PER_DATASET = 150
 
 
 class Scorer(Protocol):
@@ -64,19 +77,66 @@ class Scorer(Protocol):
 
 
 class StrategyScorer:
-    """A ``Strategy`` (async ``classify``; ``classify_sync`` used when it has one) as a ``Scorer``."""
+    """A ``Strategy`` (async ``classify``; ``classify_sync`` used when it has one) as a ``Scorer``.
 
-    def __init__(self, strategy: Strategy, name: str | None = None) -> None:
+    Keeps every verdict, for what the pipeline did (sources, LLM overhead) next to the scores.
+    """
+
+    def __init__(
+        self, strategy: Strategy, name: str | None = None, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """``loop``: the event loop ``classify`` runs on (one the strategy's servers already use)."""
         self.strategy = strategy
         self.name = name or strategy.name
-        self._loop = asyncio.new_event_loop()
+        self.verdicts: list[Verdict] = []
+        self._loop = loop or asyncio.new_event_loop()
         self._loop.run_until_complete(strategy.warm_up())
         self._sync = getattr(strategy, "classify_sync", None)
 
     def score(self, conversation: Conversation) -> float:
         if self._sync is not None:
-            return float(self._sync(conversation).score)
-        return float(self._loop.run_until_complete(self.strategy.classify(conversation)).score)
+            verdict = self._sync(conversation)
+        else:
+            verdict = self._loop.run_until_complete(self.strategy.classify(conversation))
+        self.verdicts.append(verdict)
+        return float(verdict.score)
+
+    def close(self) -> None:
+        self._loop.close()
+
+
+class _LLMBackedScorer(StrategyScorer):
+    """``build_strategy`` with ``strategy`` = cascade or llm, the cache off, over the configured LLM,
+    else over the bundled simulator, started on this scorer's event loop (so it answers while
+    ``classify`` awaits it)."""
+
+    def __init__(self, strategy: str, artifact_dir: Path = DEFAULT_ARTIFACT_DIR) -> None:
+        from classifier_svc.strategies.llm import llm_configured
+
+        loop = asyncio.new_event_loop()
+        settings = ClassifierSettings(strategy=strategy, cache_enabled=False, artifact_dir=artifact_dir)  # type: ignore[arg-type]
+        self._simulator = None
+        if llm_configured(settings):
+            label = settings.llm_model + (f" at {settings.llm_base_url}" if settings.llm_base_url else "")
+        else:
+            from simulator import SimulatorSettings, start_simulator
+
+            simulator = SimulatorSettings(host="127.0.0.1", port=0, latency_scale=0.0)
+            self._simulator, port = loop.run_until_complete(start_simulator(simulator))
+            settings = ClassifierSettings(
+                strategy=strategy,  # type: ignore[arg-type]
+                cache_enabled=False,
+                artifact_dir=artifact_dir,
+                llm_base_url=f"http://127.0.0.1:{port}/v1",
+            )
+            label = "simulator"
+        self.simulated = self._simulator is not None
+        super().__init__(build_strategy(settings), f"{strategy} ({label})", loop=loop)
+
+    def close(self) -> None:
+        if self._simulator is not None:
+            self._loop.run_until_complete(self._simulator.cleanup())
+        super().close()
 
 
 class _RandomScorer:
@@ -130,7 +190,13 @@ def _learned(artifact_dir: Path = DEFAULT_ARTIFACT_DIR) -> Scorer:
     return StrategyScorer(LearnedStrategy(artifact_dir))
 
 
-# name -> factory. Order is the order of the printed table and of the plot legend.
+def _learned_cached(artifact_dir: Path = DEFAULT_ARTIFACT_DIR) -> Scorer:
+    """The learned model behind the semantic cache, as configured: its latency includes the lookup."""
+    settings = ClassifierSettings(strategy="local", cache_enabled=True, artifact_dir=artifact_dir)
+    return StrategyScorer(build_strategy(settings), "learned + cache")
+
+
+# name -> factory. Order is the order of the printed tables and of the plot legend.
 SCORERS: dict[str, Callable[[], Scorer]] = {
     "random": _RandomScorer,
     "prompt length": _LengthScorer,
@@ -138,6 +204,9 @@ SCORERS: dict[str, Callable[[], Scorer]] = {
     "litellm complexity_router (heuristic_v2)": lambda: _LiteLLMComplexityScorer("heuristic_v2"),
     "heuristic": lambda: StrategyScorer(HeuristicStrategy()),
     "learned": _learned,
+    "learned + cache": _learned_cached,
+    "cascade": lambda: _LLMBackedScorer("cascade"),
+    "llm": lambda: _LLMBackedScorer("llm"),
 }
 BASELINES = frozenset(
     {
@@ -147,6 +216,10 @@ BASELINES = frozenset(
         "litellm complexity_router (heuristic_v2)",
     }
 )
+# Call an LLM (money, or the simulator's time): scored on the subsample, next to "learned".
+LLM_BACKED = frozenset({"cascade", "llm"})
+# Ranks as "learned" does (up to a few cache hits): a latency row, left out of the plot.
+_NOT_PLOTTED = frozenset({"learned + cache"})
 
 
 @dataclass
@@ -177,8 +250,13 @@ class EvalSet:
         return np.array([a.target for a in self.apps])
 
 
-# name -> report(eval_set) -> mapping; e.g. the semantic cache's hit / false-hit counts.
-REPORTS: dict[str, Callable[[EvalSet], Mapping[str, object]]] = {}
+# name -> report(eval_set) -> rows (row name -> column -> value), printed as a table.
+REPORTS: dict[str, Callable[[EvalSet], Mapping[str, Mapping[str, object]]]] = {
+    # The cache compares prompts, not verdicts: these rates hold in front of any strategy.
+    f"semantic cache, {cache_eval.PAIRS_PATH.name} (python -m classifier_svc.training.cache_eval for the detail)": (
+        lambda eval_set: cache_eval.rates()
+    ),
+}
 
 
 @dataclass
@@ -188,6 +266,8 @@ class Result:
     latency_us: np.ndarray
     by_dataset: dict[str, metrics.RoutingReport]
     app_concordance: float
+    # What the pipeline did (LLM escalation, answers, failures, overhead, cache hits), when it did any.
+    pipeline: dict[str, object] = field(default_factory=dict)
 
     def row(self) -> dict[str, object]:
         out: dict[str, object] = {"name": self.name}
@@ -207,7 +287,55 @@ def score_all(scorer: Scorer, eval_set: EvalSet, name: str | None = None) -> Res
         started = time.perf_counter_ns()
         scores[i] = scorer.score(conversation)
         latency[i] = (time.perf_counter_ns() - started) / 1000
-    return _result(name or scorer.name, scores, latency, eval_set)
+    result = _result(name or scorer.name, scores, latency, eval_set)
+    if isinstance(scorer, StrategyScorer):
+        result.pipeline = pipeline_summary(scorer, latency)
+    return result
+
+
+def pipeline_summary(scorer: StrategyScorer, latency_us: np.ndarray) -> dict[str, object]:
+    """What the strategy's pipeline did over the prompts it scored; empty when it only ran locally."""
+    verdicts = scorer.verdicts
+    n = len(verdicts)
+    llm = np.array([v.source == common_pb2.CLASSIFIER_SOURCE_LLM for v in verdicts])
+    cached = np.array([v.source == common_pb2.CLASSIFIER_SOURCE_CACHE for v in verdicts])
+    # A local verdict that carries an LLM's overhead: the LLM was asked and failed.
+    failed = sum(1 for v in verdicts if v.overhead.model and v.source != common_pb2.CLASSIFIER_SOURCE_LLM)
+    stats = [getattr(s, "stats", None) for s in _layers(scorer.strategy)]
+    escalated = next((s.escalated for s in stats if hasattr(s, "escalated")), None)
+    if not (llm.any() or cached.any() or failed or escalated is not None):
+        return {}
+    asked = escalated if escalated is not None else int(llm.sum()) + failed
+    model = next((v.overhead.model for v in verdicts if v.overhead.model), "")
+    out: dict[str, object] = {
+        "prompts": n,
+        "sent to the LLM (escalation rate)": asked / n,
+        "LLM failed (local answer)": failed,
+        "cache hits": float(cached.mean()),
+        "p50 ms, not LLM-answered": _ms(latency_us[~llm], 50),
+        "p50 ms, LLM-answered": _ms(latency_us[llm], 50),
+        "p99 ms, LLM-answered": _ms(latency_us[llm], 99),
+        "overhead tokens / prompt": sum(v.overhead.input_tokens + v.overhead.output_tokens for v in verdicts)
+        / n,
+        "LLM overhead $ / 1k prompts": sum(v.overhead.cost_usd for v in verdicts) / n * 1000,
+        "overhead model": model,
+    }
+    if any("cost unknown" in v.rationale for v in verdicts):
+        out["LLM overhead $ / 1k prompts"] = f"unknown: no price for {model}"
+    return out
+
+
+def _ms(latency_us: np.ndarray, percentile: float) -> float | str:
+    return float(np.percentile(latency_us, percentile)) / 1000 if latency_us.size else "-"
+
+
+def _layers(strategy: object) -> list[object]:
+    """The strategy and those it wraps (the cache's ``inner``)."""
+    layers = []
+    while strategy is not None:
+        layers.append(strategy)
+        strategy = getattr(strategy, "inner", None)
+    return layers
 
 
 def _result(name: str, scores: np.ndarray, latency: np.ndarray, eval_set: EvalSet) -> Result:
@@ -259,35 +387,50 @@ def _subsample(eval_set: EvalSet, per_dataset: int | None, seed: int = 0) -> Eva
     return EvalSet(keep, eval_set.apps)
 
 
-def plot(results: Sequence[Result], eval_set: EvalSet, path: Path) -> None:
+@dataclass
+class _Panel:
+    """One row of the figure: results scored on one evaluation set."""
+
+    title: str
+    results: Sequence[Result]
+    eval_set: EvalSet
+
+
+def plot(panels: Sequence[_Panel], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(eval_set.outcomes)
-    fig, axes = plt.subplots(1, len(DATASETS), figsize=(12, 5))
-    for ax, d in zip(axes, DATASETS, strict=True):
-        rows = eval_set.dataset[:n] == d
-        cheap, strong = eval_set.cheap[rows], eval_set.strong[rows]
-        for result in results:
-            curve = metrics.routing_curve(result.scores[:n][rows], cheap, strong)
-            report = result.by_dataset[d]
-            style = "--" if result.name in BASELINES else "-"
-            ax.plot(curve.share, curve.quality, style, lw=2 if result.name == "learned" else 1.2,
-                    label=f"{result.name} (APGR {report.apgr:.2f})")  # fmt: skip
-        target = 0.95 * strong.mean()
-        ax.axhline(target, color="grey", lw=0.8, ls=":")
-        ax.text(0.01, target, " 95% of strong", va="bottom", fontsize=8, color="grey")
-        ax.set_title(f"{d.upper()} held out (n={int(rows.sum())})")
-        ax.set_xlabel("share of prompts sent to the strong model")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+    fig, grid = plt.subplots(len(panels), len(DATASETS), figsize=(12, 5 * len(panels)), squeeze=False)
+    names = dict.fromkeys(r.name for panel in panels for r in panel.results if r.name not in _NOT_PLOTTED)
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    for panel, axes in zip(panels, grid, strict=True):
+        n = len(panel.eval_set.outcomes)
+        for ax, d in zip(axes, DATASETS, strict=True):
+            rows = panel.eval_set.dataset[:n] == d
+            cheap, strong = panel.eval_set.cheap[rows], panel.eval_set.strong[rows]
+            for result in panel.results:
+                if result.name in _NOT_PLOTTED:
+                    continue
+                curve = metrics.routing_curve(result.scores[:n][rows], cheap, strong)
+                report = result.by_dataset[d]
+                style = "--" if result.name in BASELINES else ":" if "(simulator)" in result.name else "-"
+                ax.plot(curve.share, curve.quality, style, color=colour[result.name],
+                        lw=2 if result.name == "learned" else 1.2,
+                        label=f"{result.name} (APGR {report.apgr:.2f})")  # fmt: skip
+            target = 0.95 * strong.mean()
+            ax.axhline(target, color="grey", lw=0.8, ls=":")
+            ax.text(0.01, target, " 95% of strong", va="bottom", fontsize=8, color="grey")
+            ax.set_title(f"{d.upper()} {panel.title} (n={int(rows.sum())})", fontsize=10)
+            ax.set_xlabel("share of prompts sent to the strong model")
+            ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Routing quality vs strong-call share (make eval-classifier)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -297,27 +440,77 @@ def _load_factory(spec: str) -> tuple[str, Callable[[], Scorer]]:
     return attr, factory
 
 
+def _score(names: Sequence[str], eval_set: EvalSet) -> list[Result]:
+    results = []
+    for name in names:
+        scorer = SCORERS[name]()
+        try:
+            results.append(score_all(scorer, eval_set, getattr(scorer, "name", name)))
+        finally:
+            close = getattr(scorer, "close", None)
+            if close is not None:
+                close()
+    return results
+
+
+def _counts(eval_set: EvalSet) -> dict[str, int]:
+    return {d: int((eval_set.dataset == d).sum()) for d in (*DATASETS, "app")}
+
+
 def evaluate(
     names: Sequence[str] | None = None,
     per_dataset: int | None = None,
     plot_path: Path | None = DEFAULT_PLOT,
     out: Callable[[str], None] = print,
+    llm_per_dataset: int = DEFAULT_LLM_PER_DATASET,
 ) -> list[Result]:
+    """Scores ``names`` (default: all of ``SCORERS``), prints the tables and reports, draws the plot.
+
+    Those in ``LLM_BACKED`` are scored on a seeded subsample of ``llm_per_dataset`` prompts per
+    dataset (with "learned" on the same prompts); the others on the whole held-out split, or on
+    ``per_dataset`` prompts per dataset when it is given.
+    """
     _train, test = data.split_outcomes(data.load_outcomes())
     _apps_train, apps_test = data.split_app_prompts(data.load_app_prompts())
     eval_set = _subsample(EvalSet(test, apps_test), per_dataset)
-    counts = {d: int((eval_set.dataset == d).sum()) for d in (*DATASETS, "app")}
-    out(f"held-out split (seed {data.SPLIT_SEED}): {counts}")
-    results = []
-    for name in names or list(SCORERS):
-        results.append(score_all(SCORERS[name](), eval_set, name))
+    names = list(names or SCORERS)
+    local = [n for n in names if n not in LLM_BACKED]
+    with_llm = [n for n in names if n in LLM_BACKED]
+
+    out(f"held-out split (seed {data.SPLIT_SEED}): {_counts(eval_set)}")
+    results = _score(local, eval_set)
     _print_table(results, out)
+    panels = [_Panel("held out", results, eval_set)]
+
+    llm_results: list[Result] = []
+    if with_llm:
+        subset = _subsample(eval_set, llm_per_dataset)
+        llm_results = _score(["learned", *with_llm], subset)
+        out(
+            f"\nstrategies that call an LLM, on a seeded subsample (seed 0) of the same split: {_counts(subset)}"
+        )
+        out("(learned on the same prompts, for reference)")
+        _print_table(llm_results, out)
+        if any("(simulator)" in r.name for r in llm_results):
+            out(
+                "(simulator): no LLM configured, so the bundled simulator answered in process, with no simulated "
+                "latency. Its score is a keyword heuristic: these rows measure the pipeline (latency overhead, "
+                "escalation, cost accounting), not an LLM's judgement. Set CLASSIFIER_LLM_BASE_URL or the "
+                "provider's key (ANTHROPIC_API_KEY for the default model) to score a real one."
+            )
+        panels.append(_Panel("seeded subsample", llm_results, subset))
+
+    pipelines = {r.name: r.pipeline for r in (*results, *llm_results) if r.pipeline}
+    if pipelines:
+        out("\nwhat the pipeline did:")
+        _print_rows(pipelines, out, first_column="strategy")
     for name, report in REPORTS.items():
-        out(f"\n{name}: {json.dumps(report(eval_set), default=str)}")
+        out(f"\n{name}:")
+        _print_rows(report(eval_set), out, first_column="configuration")
     if plot_path is not None:
-        plot(results, eval_set, plot_path)
+        plot(panels, plot_path)
         out(f"\nplot: {plot_path}")
-    return results
+    return results + llm_results
 
 
 def _print_table(results: Sequence[Result], out: Callable[[str], None]) -> None:
@@ -336,21 +529,49 @@ def _print_table(results: Sequence[Result], out: Callable[[str], None]) -> None:
         )
 
 
+def _format(column: str, value: object) -> str:
+    if isinstance(value, float):
+        if "$" in column:
+            return f"{value:.4f}"
+        if column in ("sent to the LLM (escalation rate)", "cache hits"):
+            return f"{value:.1%}"
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _print_rows(
+    rows: Mapping[str, Mapping[str, object]], out: Callable[[str], None], first_column: str = ""
+) -> None:
+    """Rows (name -> column -> value) as a Markdown table; a missing value is left blank."""
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    out(f"| {first_column} | " + " | ".join(columns) + " |")
+    out("|" + "---|" * (len(columns) + 1))
+    for name, row in rows.items():
+        out(f"| {name} | " + " | ".join(_format(c, row[c]) if c in row else "" for c in columns) + " |")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="evaluate only these registered names")
     parser.add_argument("--with", dest="extra", action="append", default=[], metavar="MODULE:FACTORY",
                         help="also evaluate the Scorer returned by this factory")  # fmt: skip
     parser.add_argument("--per-dataset", type=int, default=None,
-                        help="a seeded subsample of this many held-out prompts per dataset (for slow strategies)")  # fmt: skip
+                        help="a seeded subsample of this many held-out prompts per dataset")  # fmt: skip
+    parser.add_argument("--llm-per-dataset", type=int, default=DEFAULT_LLM_PER_DATASET,
+                        help=f"the seeded subsample for {sorted(LLM_BACKED)} (default %(default)s)")  # fmt: skip
     parser.add_argument(
         "--artifact-dir", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the learned model's artifact"
     )
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
+    # The simulator logs every request and the LLM classifier every failed attempt: warnings only.
+    configure_logging("classifier-eval", "WARNING", json=False)
     if args.artifact_dir != DEFAULT_ARTIFACT_DIR:
         SCORERS["learned"] = lambda: _learned(args.artifact_dir)
+        SCORERS["learned + cache"] = lambda: _learned_cached(args.artifact_dir)
+        SCORERS["cascade"] = lambda: _LLMBackedScorer("cascade", args.artifact_dir)
+        SCORERS["llm"] = lambda: _LLMBackedScorer("llm", args.artifact_dir)
     for spec in args.extra:
         name, factory = _load_factory(spec)
         SCORERS[name] = factory
@@ -358,7 +579,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [n for n in names if n not in SCORERS]
     if unknown:
         sys.exit(f"unknown strategies {unknown}; registered: {list(SCORERS)}")
-    evaluate(names, args.per_dataset, None if args.no_plot else args.plot)
+    started = time.perf_counter()
+    evaluate(
+        names, args.per_dataset, None if args.no_plot else args.plot, llm_per_dataset=args.llm_per_dataset
+    )
+    print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":
