@@ -301,8 +301,12 @@ def pipeline_summary(scorer: StrategyScorer, latency_us: np.ndarray) -> dict[str
     cached = np.array([v.source == common_pb2.CLASSIFIER_SOURCE_CACHE for v in verdicts])
     # A local verdict that carries an LLM's overhead: the LLM was asked and failed.
     failed = sum(1 for v in verdicts if v.overhead.model and v.source != common_pb2.CLASSIFIER_SOURCE_LLM)
-    stats = [getattr(s, "stats", None) for s in _layers(scorer.strategy)]
-    escalated = next((s.escalated for s in stats if hasattr(s, "escalated")), None)
+    escalated = None
+    for layer in _layers(scorer.strategy):
+        # A cascade's CascadeStats: how many prompts it sent to the LLM.
+        escalated = getattr(getattr(layer, "stats", None), "escalated", None)
+        if escalated is not None:
+            break
     if not (llm.any() or cached.any() or failed or escalated is not None):
         return {}
     asked = escalated if escalated is not None else int(llm.sum()) + failed

@@ -33,7 +33,8 @@ def no_llm_configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def _score(scorer: evaluate.StrategyScorer) -> dict[str, object]:
+def _score(scorer: evaluate.Scorer) -> dict[str, object]:
+    assert isinstance(scorer, evaluate.StrategyScorer)
     try:
         latency = np.array([float(i) for i, _ in enumerate(PROMPTS)])
         scores = [scorer.score(c) for c in PROMPTS]
@@ -71,7 +72,7 @@ def test_a_confident_cascade_stays_local(no_llm_configured: None, monkeypatch: p
 
 
 def test_a_local_strategy_has_no_pipeline_row() -> None:
-    assert _score(evaluate.SCORERS["heuristic"]()) == {}  # type: ignore[arg-type]
+    assert _score(evaluate.SCORERS["heuristic"]()) == {}
 
 
 def test_learned_behind_the_cache_reports_its_hits() -> None:
