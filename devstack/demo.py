@@ -17,7 +17,7 @@ from devstack.stack import ROOT, Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc import WARM_UP_CALLER
+from router_svc import PROVIDER_KEYS, WARM_UP_CALLER
 from service_kit.policy import NAME_BY_TIER
 
 WORKLOAD = Path(__file__).with_name("demo_workload.yaml")
@@ -36,7 +36,12 @@ def _stack(state: str, fresh: bool) -> Stack:
         shutil.rmtree(state_dir, ignore_errors=True)
     # The simulator's per-model latencies, scaled down so the demo takes seconds, not minutes.
     extra = {"SIMULATOR_LATENCY_SCALE": os.environ.get("SIMULATOR_LATENCY_SCALE", "0.2")}
-    return Stack(state_dir=state_dir, ports=Ports(), extra_env=extra)
+    ports = Ports()
+    if not any(os.environ.get(key) for key in PROVIDER_KEYS.values()):
+        # With no key, the cascade's LLM classifier talks to the simulator too, so the demo shows its
+        # overhead charged against the savings, as it would be with a real cheap model.
+        extra["CLASSIFIER_LLM_BASE_URL"] = f"http://127.0.0.1:{ports.simulator}/v1"
+    return Stack(state_dir=state_dir, ports=ports, extra_env=extra)
 
 
 def run_demo() -> None:
@@ -50,7 +55,7 @@ def run_demo() -> None:
             router = router_pb2_grpc.RouterServiceStub(channel)
             print(f"\nRouting {len(workload)} prompts:\n")
             print(
-                f"{'caller':<15} {'tier':<10} {'score':>5}  {'model':<26} {'cost $':>10} {'flagship $':>10}  prompt"
+                f"{'caller':<15} {'tier':<10} {'score':>5} {'by':<6} {'model':<26} {'cost $':>10} {'flagship $':>10}  prompt"
             )
             with ThreadPoolExecutor(max_workers=6) as pool:
                 responses = list(pool.map(lambda item: _route(router, item), workload))
@@ -58,7 +63,8 @@ def run_demo() -> None:
                 prompt = item["prompt"].replace("\n", " ")
                 print(
                     f"{item['caller']:<15} {NAME_BY_TIER.get(response.tier, '?'):<10} "
-                    f"{response.classification.score:>5.2f}  {response.model:<26} "
+                    f"{response.classification.score:>5.2f} {SOURCE_NAMES.get(response.classification.source, '?'):<6} "
+                    f"{response.model:<26} "
                     f"{response.usage.cost_usd:>10.6f} {response.usage.baseline_cost_usd:>10.6f}  "
                     f"{prompt[:48]}{'…' if len(prompt) > 48 else ''}"
                 )
@@ -103,7 +109,9 @@ def _summary(
     print(f"                      router's warm-up calls at start, caller {WARM_UP_CALLER})")
     print(f"  flagship baseline   ${t.baseline_cost_usd:.6f}   (every prompt on the policy's baseline model)")
     print(f"  gross savings       ${t.gross_savings_usd:.6f}   ({share:.1f}% of the baseline)")
-    print(f"  classifier cost     ${t.classifier_cost_usd:.6f}")
+    print(
+        f"  classifier cost     ${t.classifier_cost_usd:.6f}   (the LLM classifier, asked when the local model was unsure)"
+    )
     print(f"  net savings         ${t.net_savings_usd:.6f}")
     for breakdown in stats.breakdowns:
         name = ledger_pb2.GroupBy.Name(breakdown.group_by).removeprefix("GROUP_BY_").lower()

@@ -7,21 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from router_svc import PROVIDER_KEYS
 from router_svc._litellm import litellm
 from service_kit.policy import ModelSpec
 
-# The providers llmroute knows how to authenticate out of the box, and the variable holding the key.
-PROVIDER_KEYS = {
-    "openai": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "groq": "GROQ_API_KEY",
-    "gemini": "GEMINI_API_KEY",
-    "mistral": "MISTRAL_API_KEY",
-    "deepseek": "DEEPSEEK_API_KEY",
-    "together_ai": "TOGETHERAI_API_KEY",
-    "fireworks_ai": "FIREWORKS_AI_API_KEY",
-    "openrouter": "OPENROUTER_API_KEY",
-}
 # Providers that run locally and need no key.
 KEYLESS = frozenset({"ollama", "ollama_chat", "hosted_vllm", "lm_studio", "llamafile"})
 

@@ -11,7 +11,7 @@ import yaml
 from classifier_svc.settings import ClassifierSettings
 from devstack.stack import MODULES, Ports, Stack
 from ledger_svc.settings import LedgerSettings
-from router_svc.providers import PROVIDER_KEYS
+from router_svc import PROVIDER_KEYS
 from router_svc.settings import RouterSettings
 from simulator.settings import SimulatorSettings
 
