@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -10,9 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devstack.stack import Ports, Stack
 from router_svc import WARM_UP_CALLER
+from router_svc.pricing import PriceBook
+from service_kit.policy import DEFAULT_POLICY_PATH
 
 pytestmark = pytest.mark.e2e
 
@@ -38,12 +42,16 @@ def grpcurl(*args: str, data: dict | None = None, check: bool = True) -> subproc
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    policy = state_dir / "policy.yaml"  # the router's own copy, which a test rewrites
+    policy.write_text(DEFAULT_POLICY_PATH.read_text())
     with Stack(
-        state_dir=tmp_path_factory.mktemp("stack"),
+        state_dir=state_dir,
         ports=Ports.free(),
         extra_env={
             "SIMULATOR_LATENCY_SCALE": "0",
             "ROUTER_SIMULATOR": "always",  # never a real provider, whatever this machine's environment holds
+            "ROUTER_POLICY_PATH": str(policy),
             "CLASSIFIER_LOG_LEVEL": "DEBUG",
             "ROUTER_LOG_LEVEL": "DEBUG",
         },
@@ -144,6 +152,45 @@ def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
     assert any('"request_id": "trace-me-77"' in line for line in classifier_log.splitlines())
     for name in ("router", "classifier", "ledger", "simulator"):
         assert SECRET_PROMPT_MARKER not in stack.log_path(name).read_text(), name
+
+
+def test_sighup_reloads_the_policy_and_a_bad_one_keeps_the_old(stack: Stack) -> None:
+    policy = stack.state_dir / "policy.yaml"
+    router = stack.processes["router"]
+    route = {"messages": [{"role": "user", "content": "Is this spam? 'free money'"}]}
+    policy.write_text("tiers: [not, a, policy]\n")
+    router.send_signal(signal.SIGHUP)
+    _wait_for_log(stack, "router", '"event": "policy_rejected"')
+    assert json.loads(
+        grpcurl(
+            f"127.0.0.1:{stack.ports.router}", "llmroute.router.v1.RouterService/Route", data=route
+        ).stdout
+    )["content"]
+
+    changed = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    changed["baseline_model"] = "gpt-4.1"
+    policy.write_text(yaml.safe_dump(changed))
+    router.send_signal(signal.SIGHUP)
+    _wait_for_log(stack, "router", '"baseline_model": "gpt-4.1"')
+    reply = json.loads(
+        grpcurl(
+            f"127.0.0.1:{stack.ports.router}", "llmroute.router.v1.RouterService/Route", data=route
+        ).stdout
+    )
+    tokens = reply["usage"]
+    expected = (
+        PriceBook.from_litellm()
+        .cost("gpt-4.1", int(tokens["input_tokens"]), int(tokens["output_tokens"]))
+        .usd
+    )
+    assert reply["usage"]["baseline_cost_usd"] == pytest.approx(expected, rel=1e-9)
+
+
+def _wait_for_log(stack: Stack, service: str, needle: str) -> None:
+    deadline = time.monotonic() + 10
+    while needle not in stack.log_path(service).read_text():
+        assert time.monotonic() < deadline, f"{needle} not logged by {service}"
+        time.sleep(0.1)
 
 
 def test_sigterm_drains_an_in_flight_route_and_stops_every_service_cleanly(tmp_path: Path) -> None:
