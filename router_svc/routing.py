@@ -30,7 +30,13 @@ from router_svc.pricing import PriceBook
 from router_svc.providers import Providers, Route
 from router_svc.settings import RouterSettings
 from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, Validator, first_failure
-from service_kit.errors import DeadlineExceeded, FailedPrecondition, ResourceExhausted, Unavailable
+from service_kit.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from service_kit.policy import NAME_BY_TIER, TIER_BY_NAME, ModelSpec, Policy
 
 log = structlog.get_logger()
@@ -42,6 +48,8 @@ TIERS_IN_ORDER = (
     common_pb2.TIER_REASONING,
 )
 DEFAULT_OUTPUT_ESTIMATE = 300
+# The model name on the record of a request refused before any provider call.
+NOT_ROUTED_MODEL = "(not routed)"
 _SCORED_SOURCES = frozenset(
     {
         common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL,
@@ -296,7 +304,38 @@ class Router:
         started = time.perf_counter()
         verdict, warnings = await self.decide(request, deadline)
         classify_ms = (time.perf_counter() - started) * 1000
-        return Run(verdict, warnings, classify_ms, started, self._checked_plan(request, verdict))
+        try:
+            plan = self._checked_plan(request, verdict)
+        except ServiceError:
+            self._charge_not_routed(request, verdict, classify_ms)
+            raise
+        return Run(verdict, warnings, classify_ms, started, plan)
+
+    def _charge_not_routed(
+        self, request: RouteInput, verdict: classifier_pb2.ClassifyResponse, classify_ms: float
+    ) -> None:
+        """A refused request may still have paid for its classification (the LLM classifier): record it."""
+        if verdict.overhead.cost_usd <= 0:
+            return
+        record = ledger_pb2.UsageRecord(
+            request_id=request.ledger_request_id or request.request_id,
+            attempt=1,
+            caller=request.caller,
+            category=verdict.category,
+            tier=verdict.tier,
+            score=verdict.score,
+            classifier_source=verdict.source,
+            classifier_version=verdict.version,
+            model=NOT_ROUTED_MODEL,
+            outcome=common_pb2.ATTEMPT_OUTCOME_NOT_ROUTED,
+            classifier_cost_usd=verdict.overhead.cost_usd,
+            price_map_version=self._prices().version,
+            price_known=True,
+            classify_ms=classify_ms,
+            total_ms=classify_ms,
+        )
+        record.time.GetCurrentTime()
+        self._usage_sink.submit([record])
 
     def _settle(self, request: RouteInput, run: Run) -> router_pb2.RouteResponse:
         """Build the response and hand every attempt to the ledger: on success, failure or cancel."""

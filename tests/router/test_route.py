@@ -279,3 +279,42 @@ async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_fa
     assert {request_id for request_id, _ in failed_keys} == {"invoice-7"} and new[
         0
     ].request_id == "invoice-7~retry1"
+
+
+async def test_a_refused_request_still_accounts_for_a_paid_classification(
+    simulator_url, tmp_path, recording_sink, monkeypatch
+) -> None:
+    import pydantic_ai.models
+
+    monkeypatch.setattr(pydantic_ai.models, "ALLOW_MODEL_REQUESTS", True)  # the LLM is the local simulator
+    from classifier_svc.server import create_server as create_classifier
+    from classifier_svc.settings import ClassifierSettings
+    from llmroute.router.v1 import router_pb2_grpc
+    from router_svc.server import create_server
+    from tests.router.conftest import router_settings
+
+    classifier = await create_classifier(
+        ClassifierSettings(
+            port=0,
+            strategy="llm",
+            llm_model="openai:claude-haiku-4-5",
+            llm_base_url=simulator_url,
+            cache_enabled=False,
+        )
+    )
+    router = await create_server(
+        router_settings(f"127.0.0.1:{classifier.port}", simulator_url, tmp_path), usage_sink=recording_sink
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await router_pb2_grpc.RouterServiceStub(channel).Route(
+                    request(SPAM_CHECK, max_cost_usd=1e-12)
+                )
+    finally:
+        await router.stop(0)
+        await classifier.stop(0)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    [record] = recording_sink.records
+    assert record.outcome == common_pb2.ATTEMPT_OUTCOME_NOT_ROUTED and record.usage.cost_usd == 0
+    assert record.classifier_cost_usd > 0 and record.classifier_source == common_pb2.CLASSIFIER_SOURCE_LLM
