@@ -146,6 +146,7 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
         address=settings.ledger_address,
         spool_path=Path(settings.spool_path),
         sender=settings.replica_id,
+        fsync=settings.spool_fsync,
     )
 
 

@@ -55,6 +55,9 @@ class RouterSettings(ServiceSettings):
     price_refresh_seconds: float = Field(default=3600.0, gt=0)
     # Durable spool of usage records waiting for the ledger.
     spool_path: Path = Path("var/router-spool.db")
+    # fsync each Route's records before answering: survives power loss, ~0.4 ms per request here.
+    # Off: a killed router process still loses nothing; a power loss can lose the last second.
+    spool_fsync: bool = False
     # Identifies this replica to the ledger (spool depth reporting).
     replica_id: str = ""
     # Remember finished responses by request_id this long, so a retried Route is not routed twice.
