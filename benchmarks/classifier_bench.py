@@ -11,6 +11,7 @@ import time
 
 import yaml
 
+from classifier_svc import embeddings
 from classifier_svc.cache import CachedStrategy
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.base import Conversation
@@ -34,6 +35,7 @@ async def main() -> None:
     for name, strategy in (("learned", learned), ("heuristic", HeuristicStrategy())):
         for conversation in conversations[:20]:
             await strategy.classify(conversation)
+        embeddings.forget()  # each row embeds its prompts afresh, as new traffic would
         latencies = []
         for conversation in conversations:
             started = time.perf_counter()
@@ -42,6 +44,7 @@ async def main() -> None:
         rows.append((name, *_percentiles(latencies)))
     cached = CachedStrategy(learned)
     await cached.warm_up()
+    embeddings.forget()
     misses, hits = [], []
     for conversation in conversations:
         started = time.perf_counter()

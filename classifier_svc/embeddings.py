@@ -17,6 +17,21 @@ def load() -> wordllama.WordLlamaInference:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per text."""
-    vectors = load().embed(texts, norm=True)
-    return np.asarray(vectors, dtype=np.float32)
+    """L2-normalised float32 embeddings, one row per text.
+
+    Recent texts are remembered: the semantic cache and the learned model embed the same prompt
+    for one classification, and this way it is embedded once.
+    """
+    return np.stack([_embed_one(text) for text in texts])
+
+
+@functools.lru_cache(maxsize=4096)
+def _embed_one(text: str) -> np.ndarray:
+    vector = np.asarray(load().embed([text], norm=True)[0], dtype=np.float32)
+    vector.flags.writeable = False  # shared by every caller that embeds the same text
+    return vector
+
+
+def forget() -> None:
+    """Drop the remembered embeddings (benchmarks measure cold prompts)."""
+    _embed_one.cache_clear()
