@@ -209,3 +209,46 @@ def test_sigterm_drains_an_in_flight_route_and_stops_every_service_cleanly(tmp_p
     assert codes == {"router": 0, "classifier": 0, "ledger": 0, "simulator": 0}
     assert slow.returncode == 0, err
     assert json.loads(out)["content"]
+
+
+def test_the_llmroute_command_routes_reads_stats_and_sets_budgets(stack: Stack) -> None:
+    cli = [str(Path(sys.executable).parent / "llmroute"), "--router", f"127.0.0.1:{stack.ports.router}",
+           "--ledger", f"127.0.0.1:{stack.ports.ledger}"]  # fmt: skip
+    routed = subprocess.run([*cli, "route", "Translate to Dutch: good night", "--caller", "cli-test"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert routed.returncode == 0, routed.stderr
+    assert routed.stdout.startswith("[simulated") and "TIER_" in routed.stderr and "$" in routed.stderr
+
+    budget = subprocess.run([*cli, "budget", "set", "--caller", "cli-test", "--soft", "1", "--hard", "2"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert budget.returncode == 0, budget.stderr
+    assert json.loads(budget.stdout)["budget"]["hard_limit_usd"] == 2
+    bad = subprocess.run([*cli, "budget", "set", "--caller", "cli-test", "--soft", "-1"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr
+
+    deadline = time.monotonic() + 20
+    while True:
+        stats = subprocess.run(
+            [*cli, "stats", "--caller", "cli-test"], capture_output=True, text=True, timeout=60
+        )
+        assert stats.returncode == 0, stats.stderr
+        totals = json.loads(stats.stdout)["totals"]
+        if int(totals.get("requests", 0)) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert int(totals["requests"]) == 1 and totals["cost_usd"] > 0
+
+
+def test_llmroute_stats_watch_streams_live_spend(stack: Stack) -> None:
+    cli = [str(Path(sys.executable).parent / "llmroute"), "--ledger", f"127.0.0.1:{stack.ports.ledger}"]
+    watch = subprocess.Popen(
+        [*cli, "stats", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        first, second = watch.stdout.readline(), watch.stdout.readline()  # type: ignore[union-attr]
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    for line in (first, second):
+        assert "requests, spend $" in line and "net savings $" in line

@@ -1,0 +1,3 @@
+from llmroute_cli.commands import main
+
+main()
