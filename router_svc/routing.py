@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -86,6 +87,21 @@ class RouteInput:
     client_request_id: bool = False
     # The id the ledger records attempts under ("" = request_id); differs for a retry of a failed run.
     ledger_request_id: str = ""
+    # The policy and prices this request is routed under, fixed when routing starts (see `pinned`), so a
+    # reload or price refresh mid-request cannot mix versions within one request's records.
+    policy: Policy | None = None
+    prices: PriceBook | None = None
+
+    @property
+    def pinned_policy(self) -> Policy:
+        assert self.policy is not None, "route() pins the policy first"
+        return self.policy
+
+    @property
+    def pinned_prices(self) -> PriceBook:
+        assert self.prices is not None, "route() pins the prices first"
+        return self.prices
+
     max_output_tokens: int | None = None
     temperature: float | None = None
     force_tier: int = common_pb2.TIER_UNSPECIFIED
@@ -195,7 +211,7 @@ class Router:
             raise
         verdict, warnings = await classifying
         if budget.state == ledger_pb2.BUDGET_STATE_SOFT_LIMIT and verdict.source in _SCORED_SOURCES:
-            verdict.tier = self._policy().thresholds.tier_for(
+            verdict.tier = request.pinned_policy.thresholds.tier_for(
                 verdict.score, shift=self._settings.budget_soft_limit_shift
             )
             warnings.append("budget_soft_limit")
@@ -205,7 +221,7 @@ class Router:
         self, request: RouteInput, deadline: float | None
     ) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
         """The verdict that drives the choice, and warnings. Never fails: degrades to the default tier."""
-        policy = self._policy()
+        policy = request.pinned_policy
         if request.force_model or request.force_tier:
             tier = request.force_tier or TIER_BY_NAME[policy.default_tier]
             return classifier_pb2.ClassifyResponse(
@@ -231,7 +247,8 @@ class Router:
     # ---- selection --------------------------------------------------------------------------------
 
     def plan(self, request: RouteInput, tier: int, category: int) -> Plan:
-        policy = self._policy()
+        request = self.pinned(request)
+        policy = request.pinned_policy
         output_estimate = request.max_output_tokens or policy.output_token_estimates.get(
             common_pb2.Category.Name(category).removeprefix("CATEGORY_").lower(), DEFAULT_OUTPUT_ESTIMATE
         )
@@ -271,14 +288,16 @@ class Router:
         token_counts: dict[int, int],
     ) -> tuple[Choice | None, router_pb2.Candidate]:
         explained = router_pb2.Candidate(model=spec.model, tier=tier)
-        price = self._prices().price(spec.model)
+        price = request.pinned_prices.price(spec.model)
         tokenizer = _tokenizer_of(spec.model)
         if tokenizer not in token_counts:
             token_counts[tokenizer] = _count_tokens(spec.model, request.chat)
         input_tokens = token_counts[tokenizer]
         if price is not None:
             explained.price_known = True
-            explained.estimated_cost_usd = self._prices().cost(spec.model, input_tokens, output_estimate).usd
+            explained.estimated_cost_usd = request.pinned_prices.cost(
+                spec.model, input_tokens, output_estimate
+            ).usd
         route = self._providers.resolve(spec)
         skip = ""
         if route is None:
@@ -299,6 +318,12 @@ class Router:
         return Choice(spec, tier, route, explained.estimated_cost_usd, explained.price_known), explained
 
     # ---- calling ----------------------------------------------------------------------------------
+
+    def pinned(self, request: RouteInput) -> RouteInput:
+        """The request with the current policy and prices fixed for its whole run."""
+        if request.policy is not None and request.prices is not None:
+            return request
+        return dataclasses.replace(request, policy=self._policy(), prices=self._prices())
 
     async def _begin(self, request: RouteInput, deadline: float | None) -> Run:
         started = time.perf_counter()
@@ -329,7 +354,7 @@ class Router:
             model=NOT_ROUTED_MODEL,
             outcome=common_pb2.ATTEMPT_OUTCOME_NOT_ROUTED,
             classifier_cost_usd=verdict.overhead.cost_usd,
-            price_map_version=self._prices().version,
+            price_map_version=request.pinned_prices.version,
             price_known=True,
             classify_ms=classify_ms,
             total_ms=classify_ms,
@@ -346,6 +371,7 @@ class Router:
         return response
 
     async def route(self, request: RouteInput, deadline: float | None) -> router_pb2.RouteResponse:
+        request = self.pinned(request)
         run = await self._begin(request, deadline)
         try:
             run.answer = await self._call_plan(request, run.plan, deadline, run.outcomes)
@@ -525,13 +551,13 @@ class Router:
             )
             return outcome, transient
         attempt.latency_ms = (time.perf_counter() - started) * 1000
-        self._charge(attempt, response.usage)
+        self._charge(request, attempt, response.usage)
         attempt.outcome = common_pb2.ATTEMPT_OUTCOME_OK
         outcome.content = response.choices[0].message.content or ""
         outcome.finish_reason = response.choices[0].finish_reason or ""
         return outcome, False
 
-    def _charge(self, attempt: router_pb2.Attempt, usage: Any) -> None:
+    def _charge(self, request: RouteInput, attempt: router_pb2.Attempt, usage: Any) -> None:
         """Fill the attempt's usage from the provider's token counts, priced by the price map."""
         input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -539,7 +565,7 @@ class Router:
         reasoning = int(
             getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", 0) or 0
         )
-        cost = self._prices().cost(attempt.model, input_tokens, output_tokens, cached, reasoning)
+        cost = request.pinned_prices.cost(attempt.model, input_tokens, output_tokens, cached, reasoning)
         attempt.usage.input_tokens = input_tokens
         attempt.usage.output_tokens = output_tokens
         attempt.usage.cached_input_tokens = cached
@@ -553,7 +579,7 @@ class Router:
         self, attempt: router_pb2.Attempt, request: RouteInput, output_tokens: int = 0
     ) -> None:
         input_tokens = _count_tokens(attempt.model, request.chat)
-        cost = self._prices().cost(attempt.model, input_tokens, output_tokens)
+        cost = request.pinned_prices.cost(attempt.model, input_tokens, output_tokens)
         attempt.usage.input_tokens = input_tokens
         attempt.usage.output_tokens = output_tokens
         attempt.usage.cost_usd = cost.usd
@@ -569,6 +595,7 @@ class Router:
         Fallback to the next candidate happens only before the first delta; output validation and
         escalation need `buffered_stream`, which validates the whole answer before sending it.
         """
+        request = self.pinned(request)
         if request.buffered_stream:
             response = await self.route(request, deadline)
             yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=response.content))
@@ -663,7 +690,7 @@ class Router:
             attempt.latency_ms = (time.perf_counter() - started) * 1000
         outcome.content = "".join(parts)
         if usage is not None:
-            self._charge(attempt, usage)
+            self._charge(request, attempt, usage)
         else:
             self._charge_estimate(attempt, request, _rough_tokens(outcome.content))
         attempt.outcome = common_pb2.ATTEMPT_OUTCOME_OK
@@ -674,13 +701,13 @@ class Router:
     def _response(self, request: RouteInput, run: Run) -> router_pb2.RouteResponse:
         verdict, plan, outcomes, answer = run.verdict, run.plan, run.outcomes, run.answer
         if answer is not None:
-            answer.attempt.usage.baseline_cost_usd = self._baseline_cost(answer.attempt.usage)
+            answer.attempt.usage.baseline_cost_usd = self._baseline_cost(request, answer.attempt.usage)
         response = router_pb2.RouteResponse(
             request_id=request.request_id,
             classification=verdict,
             candidates=plan.explained,
             attempts=[o.attempt for o in outcomes],
-            price_map_version=self._prices().version,
+            price_map_version=request.pinned_prices.version,
             warnings=run.warnings,
         )
         for outcome in outcomes:
@@ -706,18 +733,12 @@ class Router:
         response.timings.total_ms = (time.perf_counter() - run.started) * 1000
         return response
 
-    def _baseline_cost(self, usage: common_pb2.Usage) -> float:
+    def _baseline_cost(self, request: RouteInput, usage: common_pb2.Usage) -> float:
         """What the flagship baseline would have charged for the answering attempt's tokens."""
-        return (
-            self._prices()
-            .cost(
-                self._policy().baseline_model,
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cached_input_tokens,
-            )
-            .usd
-        )
+        baseline = request.pinned_policy.baseline_model
+        return request.pinned_prices.cost(
+            baseline, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
+        ).usd
 
     def _records(
         self, request: RouteInput, run: Run, response: router_pb2.RouteResponse
@@ -744,7 +765,7 @@ class Router:
                 outcome=attempt.outcome,
                 error=attempt.error,
                 usage=attempt.usage,
-                price_map_version=self._prices().version,
+                price_map_version=request.pinned_prices.version,
                 price_known=attempt.price_known,
                 provider_ms=attempt.latency_ms,
                 cache_hit=verdict.source == common_pb2.CLASSIFIER_SOURCE_CACHE,
