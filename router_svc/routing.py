@@ -195,6 +195,10 @@ class Router:
         self._budgets = budgets
         self._acompletion = acompletion or litellm.acompletion
 
+    def policy(self) -> Policy:
+        """The policy in force now."""
+        return self._policy()
+
     # ---- classification -------------------------------------------------------------------------
 
     async def decide(

@@ -28,7 +28,7 @@ from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
 from router_svc.settings import RouterSettings
 from router_svc.validators import Expectations
-from router_svc.warmup import default_models, warm_up
+from router_svc.warmup import most_used_models, warm_up, warm_up_plan
 from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
@@ -227,9 +227,12 @@ async def _start_background(
         await start()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
     if settings.warm_up:
-        await warm_up(
-            router, settings.warm_up_models or default_models(router), settings.warm_up_timeout_seconds
-        )
+        most_used = []
+        if not settings.warm_up_models:
+            ledger = ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
+            most_used = await most_used_models(ledger, settings.warm_up_from_ledger_top, timeout=1.0)
+        models = warm_up_plan(router, settings.warm_up_models, most_used)
+        await warm_up(router, models, settings.warm_up_timeout_seconds)
 
 
 def main() -> None:

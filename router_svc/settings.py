@@ -42,9 +42,11 @@ class RouterSettings(ServiceSettings):
     budget_check_timeout_seconds: float = Field(default=0.3, gt=0)
     # Near a soft limit every threshold rises by this much, shifting traffic to cheaper tiers.
     budget_soft_limit_shift: float = Field(default=0.2, ge=0, le=1)
-    # Before SERVING, call these models once (default: the cheapest eligible model of each tier).
+    # Before SERVING, call these models once. Default: the models that answered most requests in the
+    # last day (this many, from the ledger's stats), plus the cheapest eligible model of each tier.
     warm_up: bool = True
     warm_up_models: list[str] = Field(default_factory=list)
+    warm_up_from_ledger_top: int = Field(default=4, ge=0)
     warm_up_timeout_seconds: float = Field(default=10.0, gt=0)
     max_prompt_chars: int = Field(default=400_000, ge=1)
     default_caller: str = "anonymous"

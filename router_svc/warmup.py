@@ -12,14 +12,41 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import grpc
 import structlog
 
 from llmroute.common.v1 import common_pb2
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from router_svc import WARM_UP_CALLER
-from router_svc.routing import TIERS_IN_ORDER, RouteInput, Router
+from router_svc.routing import NOT_ROUTED_MODEL, TIERS_IN_ORDER, RouteInput, Router
 from service_kit.errors import ServiceError
 
 log = structlog.get_logger()
+
+
+async def most_used_models(ledger: ledger_pb2_grpc.LedgerServiceStub, limit: int, timeout: float) -> list[str]:
+    """The models that answered most requests in the last day, from the ledger; [] if it cannot say."""
+    request = ledger_pb2.GetStatsRequest(
+        window=ledger_pb2.TimeWindow(last_minutes=24 * 60), group_by=[ledger_pb2.GROUP_BY_MODEL]
+    )
+    try:
+        stats = await ledger.GetStats(request, timeout=timeout)
+    except grpc.aio.AioRpcError as error:
+        log.info("warm_up_stats_unavailable", code=error.code().name)
+        return []
+    groups = [g for b in stats.breakdowns for g in b.groups if g.key != NOT_ROUTED_MODEL]
+    groups.sort(key=lambda g: g.totals.requests, reverse=True)
+    return [g.key for g in groups[:limit]]
+
+
+def warm_up_plan(router: Router, configured: Sequence[str], most_used: Sequence[str]) -> list[str]:
+    """Configured models, else the ledger's most used ones that the policy still lists, plus the
+    cheapest model of each tier."""
+    if configured:
+        return list(configured)
+    listed = {spec.model for specs in router.policy().tiers.values() for spec in specs}
+    models = [m for m in most_used if m in listed]
+    return models + [m for m in default_models(router) if m not in models]
 
 
 def default_models(router: Router) -> list[str]:

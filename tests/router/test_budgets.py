@@ -104,3 +104,31 @@ async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(stubs)
     assert float(refused.metadata["hard_limit_usd"]) == 1.2 and float(refused.metadata["spent_usd"]) >= 1.5
     # Other callers are not affected.
     assert (await router.Route(route("team-free"))).content
+
+
+async def test_warm_up_takes_the_most_used_models_from_the_ledger(
+    classifier_address, simulator_url, tmp_path: Path, recording_sink
+) -> None:
+    ledger = await create_ledger(
+        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ledger.port}") as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        for n in range(3):  # yesterday's traffic went to a model no tier would pick for "ping"
+            record = ledger_pb2.UsageRecord(
+                request_id=f"past-{n}", attempt=1, caller="app", model="claude-opus-4-5", final=True,
+                price_known=True, outcome=common_pb2.ATTEMPT_OUTCOME_OK,
+                usage=common_pb2.Usage(cost_usd=0.01, input_tokens=10, output_tokens=10),
+            )  # fmt: skip
+            record.time.GetCurrentTime()
+            await stub.RecordUsage(ledger_pb2.RecordUsageRequest(records=[record]))
+    settings = router_settings(
+        classifier_address, simulator_url, tmp_path, ledger_address=f"127.0.0.1:{ledger.port}", warm_up=True
+    )
+    router = await create_router(settings, usage_sink=recording_sink)
+    await router.stop(0)
+    await ledger.stop(0)
+    warmed = {r.model for r in recording_sink.records}
+    # The most used model (never the cheapest of its tier) is warmed, beside each tier's cheapest.
+    assert "claude-opus-4-5" in warmed and len(warmed) > 1
+    assert all(r.caller == "llmroute-warmup" for r in recording_sink.records)
