@@ -35,7 +35,11 @@ def _stack(state: str, fresh: bool) -> Stack:
     if fresh:
         shutil.rmtree(state_dir, ignore_errors=True)
     # The simulator's per-model latencies, scaled down so the demo takes seconds, not minutes.
-    extra = {"SIMULATOR_LATENCY_SCALE": os.environ.get("SIMULATOR_LATENCY_SCALE", "0.2")}
+    extra = {
+        "SIMULATOR_LATENCY_SCALE": os.environ.get("SIMULATOR_LATENCY_SCALE", "0.2"),
+        # Small models sometimes fail hard prompts silently (empty, refusal): the router must notice.
+        "SIMULATOR_WEAK_MODEL_FAILURES": "true",
+    }
     ports = Ports()
     if not any(os.environ.get(key) for key in PROVIDER_KEYS.values()):
         # With no key, the cascade's LLM classifier talks to the simulator too, so the demo shows its
@@ -66,7 +70,7 @@ def run_demo() -> None:
                     f"{response.classification.score:>5.2f} {SOURCE_NAMES.get(response.classification.source, '?'):<6} "
                     f"{response.model:<26} "
                     f"{response.usage.cost_usd:>10.6f} {response.usage.baseline_cost_usd:>10.6f}  "
-                    f"{prompt[:48]}{'…' if len(prompt) > 48 else ''}"
+                    f"{prompt[:48]}{'…' if len(prompt) > 48 else ''}{_retries(response)}"
                 )
         routed_cost = sum(r.usage.cost_usd for r in responses)
         stats = _stats_when_complete(stack, len(responses))
@@ -79,6 +83,16 @@ def _route(router: router_pb2_grpc.RouterServiceStub, item: dict[str, str]) -> r
         messages=[common_pb2.ChatMessage(role="user", content=item["prompt"])], caller=item["caller"]
     )
     return router.Route(request, timeout=60)
+
+
+def _retries(response: router_pb2.RouteResponse) -> str:
+    """What happened before the answer: escalations after rejected output, fallbacks after errors."""
+    notes = [
+        f"{a.model} {a.error.split(':')[0]} → {common_pb2.AttemptOutcome.Name(a.outcome).removeprefix('ATTEMPT_OUTCOME_').lower()}"
+        for a in response.attempts
+        if a.outcome != common_pb2.ATTEMPT_OUTCOME_OK
+    ]
+    return f"\n{'':<15} ↳ first tried {'; '.join(notes)} (charged)" if notes else ""
 
 
 def _stats_when_complete(stack: Stack, expected: int) -> ledger_pb2.GetStatsResponse:
@@ -113,6 +127,9 @@ def _summary(
         f"  classifier cost     ${t.classifier_cost_usd:.6f}   (the LLM classifier, asked when the local model was unsure)"
     )
     print(f"  net savings         ${t.net_savings_usd:.6f}")
+    print(
+        f"  escalation rate     {t.escalation_rate:.1%}   (rejected cheap answers, re-routed one tier up and charged)"
+    )
     for breakdown in stats.breakdowns:
         name = ledger_pb2.GroupBy.Name(breakdown.group_by).removeprefix("GROUP_BY_").lower()
         print(f"\n  by {name}:")

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from simulator import faults
+from simulator import faults, quality
 from simulator.completion import Reply, build_reply, last_user_text, token_pieces
 from simulator.faults import FaultError, FaultSpec
 from simulator.profiles import ModelProfile, profile_for
@@ -139,7 +139,10 @@ def _fault_for(request: web.Request, body: dict[str, Any], state: SimulatorState
     directive = faults.directive_in(last_user_text(body["messages"]))
     if directive:
         return faults.parse_spec(directive)
-    return state.rules.pick(body["model"])
+    rule = state.rules.pick(body["model"])
+    if rule is None and state.settings.weak_model_failures and not body.get("tools"):
+        return quality.silent_failure(body["model"], last_user_text(body["messages"]))
+    return rule
 
 
 async def _answer(

@@ -19,3 +19,7 @@ class SimulatorSettings(ServiceSettings):
     connect_delay_ms: float = Field(default=0.0, ge=0)
     # Upper bound for the `timeout` fault, which otherwise hangs until the client goes away.
     max_hang_seconds: float = Field(default=300.0, gt=0)
+    # Small models sometimes fail hard prompts the way real ones do, silently: an empty answer or a
+    # refusal (see simulator/quality.py). Off by default so tests control every fault; the demo turns
+    # it on to show the router's validators and escalation at work.
+    weak_model_failures: bool = False
