@@ -24,7 +24,9 @@ from service_kit.errors import ServiceError
 log = structlog.get_logger()
 
 
-async def most_used_models(ledger: ledger_pb2_grpc.LedgerServiceStub, limit: int, timeout: float) -> list[str]:
+async def most_used_models(
+    ledger: ledger_pb2_grpc.LedgerServiceStub, limit: int, timeout: float
+) -> list[str]:
     """The models that answered most requests in the last day, from the ledger; [] if it cannot say."""
     request = ledger_pb2.GetStatsRequest(
         window=ledger_pb2.TimeWindow(last_minutes=24 * 60), group_by=[ledger_pb2.GROUP_BY_MODEL]
