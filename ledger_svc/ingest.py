@@ -33,6 +33,7 @@ from ledger_svc.schema import (
     LATENCY_COLUMNS,
     ROLLUP_COUNTERS,
     ROLLUP_KEY,
+    attempt_sums,
     latency_bucket,
     requests,
     usage_hourly,
@@ -239,21 +240,7 @@ async def rebuild(conn: Any, statements: Statements, first_hour: int) -> None:
     rollup: dict[RollupKey, list[int]] = defaultdict(lambda: [0] * len(_SUMMED))
     hour = r.ts // HOUR_US
     cells = (r.caller, hour, r.model, r.tier, r.category)
-    attempts = (
-        sa.select(
-            *cells,
-            sa.func.count(),
-            sa.func.sum(r.input_tokens),
-            sa.func.sum(r.output_tokens),
-            sa.func.sum(r.cost_nusd),
-            sa.func.sum(r.baseline_nusd),
-            sa.func.sum(r.classifier_nusd),
-            sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
-            sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
-        )
-        .where(r.ts >= first_hour * HOUR_US)
-        .group_by(*cells)
-    )
+    attempts = sa.select(*cells, *attempt_sums(r)).where(r.ts >= first_hour * HOUR_US).group_by(*cells)
     for caller, h, model, tier, category, *counters in await conn.execute(attempts):
         for key in rollup_keys(h, caller, model, tier, category):
             values = rollup[key]

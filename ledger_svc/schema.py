@@ -12,6 +12,7 @@ Conventions, shared by SQLite and PostgreSQL so one code path serves both:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -144,6 +145,22 @@ ROLLUP_COUNTERS = (
     "cache_hits",
 )
 ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:8]
+
+
+def attempt_sums(r: Any) -> list[Any]:
+    """SQL aggregates of raw attempt rows (`usage_records.c`), in the order of ATTEMPT_COUNTERS."""
+    return [
+        sa.func.count(),
+        sa.func.sum(r.input_tokens),
+        sa.func.sum(r.output_tokens),
+        sa.func.sum(r.cost_nusd),
+        sa.func.sum(r.baseline_nusd),
+        sa.func.sum(r.classifier_nusd),
+        sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
+        sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
+    ]
+
+
 REQUEST_COUNTERS = ROLLUP_COUNTERS[8:]
 ROLLUP_KEY = ("dim", "per_caller", "caller", "hour", "key")
 

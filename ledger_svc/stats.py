@@ -28,6 +28,7 @@ from ledger_svc.schema import (
     HOUR_US,
     LATENCY_COLUMNS,
     ROLLUP_COUNTERS,
+    attempt_sums,
     bucket_value,
     requests,
     usage_hourly,
@@ -202,23 +203,14 @@ async def _raw(
     """
     r, q = usage_records.c, requests.c
     zero: Any = sa.literal_column("0")
-    attempt_sums = [
-        sa.func.count(),
-        sa.func.sum(r.input_tokens),
-        sa.func.sum(r.output_tokens),
-        sa.func.sum(r.cost_nusd),
-        sa.func.sum(r.baseline_nusd),
-        sa.func.sum(r.classifier_nusd),
-        sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
-        sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
-    ]
+    attempt_aggregates = attempt_sums(r)
     request_sums = [
         sa.func.count(),
         sa.func.sum(sa.case((q.escalated == sa.true(), 1), else_=0)),
         sa.func.sum(sa.case((q.attempt_count > 1, 1), else_=0)),
         sa.func.sum(sa.case((q.cache_hit == sa.true(), 1), else_=0)),
     ]
-    n_attempt = len(attempt_sums)
+    n_attempt = len(attempt_aggregates)
     counter_parts: list[Any] = []
     latency_parts: list[Any] = []
     for since, until in ranges:
@@ -229,7 +221,7 @@ async def _raw(
             req_where.append(q.caller == caller)
         raw_select = sa.select(
             raw_key.label("k"),
-            *(s.label(name) for s, name in zip(attempt_sums, ROLLUP_COUNTERS, strict=False)),
+            *(s.label(name) for s, name in zip(attempt_aggregates, ROLLUP_COUNTERS, strict=False)),
             *(zero.label(name) for name in ROLLUP_COUNTERS[n_attempt:]),
         ).where(*raw_where)
         counter_parts.append(grouped(raw_select, raw_key))
