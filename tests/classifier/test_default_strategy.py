@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from classifier_svc.cache import CachedStrategy
@@ -12,19 +10,12 @@ from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation
 from classifier_svc.strategies.cascade import CascadeStrategy
 from classifier_svc.strategies.learned import LearnedStrategy
-from classifier_svc.strategies.llm import PROVIDER_KEY_ENV
 from llmroute.common.v1 import common_pb2
 
 
 @pytest.fixture
-def default_settings(monkeypatch: pytest.MonkeyPatch) -> ClassifierSettings:
+def default_settings(fresh_install_env: None) -> ClassifierSettings:
     """ClassifierSettings() as a fresh install sees it: no CLASSIFIER_* variable, no provider key."""
-    for name in list(os.environ):
-        if name.startswith("CLASSIFIER_"):
-            monkeypatch.delenv(name)
-    for names in PROVIDER_KEY_ENV.values():
-        for name in names:
-            monkeypatch.delenv(name, raising=False)
     return ClassifierSettings()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -10,7 +9,6 @@ import pydantic_ai.models
 import pytest
 
 from classifier_svc.strategies.base import Conversation
-from classifier_svc.strategies.llm import PROVIDER_KEY_ENV
 from classifier_svc.training import evaluate
 
 PROMPTS = [
@@ -21,13 +19,7 @@ PROMPTS = [
 
 
 @pytest.fixture
-def no_llm_configured(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("CLASSIFIER_"):
-            monkeypatch.delenv(name)
-    for names in PROVIDER_KEY_ENV.values():
-        for name in names:
-            monkeypatch.delenv(name, raising=False)
+def no_llm_configured(fresh_install_env: None) -> Iterator[None]:
     # The simulator is the only endpoint these tests can reach.
     with pydantic_ai.models.override_allow_model_requests(True):
         yield
