@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -26,7 +27,7 @@ from service_kit.policy import load_policy
 if TYPE_CHECKING:
     from classifier_svc.strategies.llm import LLMStrategy
 
-__all__ = ["LLMNotConfiguredError", "build_local_strategy", "build_strategy"]
+__all__ = ["LLMNotConfiguredError", "build_local_strategy", "build_strategy", "local_model"]
 
 log = structlog.get_logger()
 
@@ -61,9 +62,15 @@ def build_strategy(settings: ClassifierSettings) -> Strategy:
 
 
 def build_local_strategy(settings: ClassifierSettings) -> Strategy:
-    """The in-process model: learned when available, else the heuristic (said in a log event)."""
+    """The in-process model of the configured strategy: the keyword rules, or the learned model."""
     if settings.strategy == "heuristic":
         return HeuristicStrategy()
+    return local_model(settings.artifact_dir)
+
+
+def local_model(artifact_dir: Path) -> Strategy:
+    """The learned model when available, else the heuristic (said in a log event). Also what the
+    router runs in its own process (router_svc.classification)."""
     try:
         learned = importlib.import_module(_LEARNED_MODULE)
     except ModuleNotFoundError as exc:
@@ -73,13 +80,13 @@ def build_local_strategy(settings: ClassifierSettings) -> Strategy:
         return HeuristicStrategy()
     # A missing artifact is a supported set-up (heuristic only); one that exists but does not load is
     # an error, raised by warm_up before the service reports SERVING.
-    artifact = settings.artifact_dir / getattr(learned, "ARTIFACT_FILE", "model.npz")
+    artifact = artifact_dir / getattr(learned, "ARTIFACT_FILE", "model.npz")
     if not artifact.is_file():
         log.warning(
             "local_model_unavailable", reason="no artifact", artifact=str(artifact), fallback="heuristic"
         )
         return HeuristicStrategy()
-    return learned.LearnedStrategy(settings.artifact_dir)
+    return learned.LearnedStrategy(artifact_dir)
 
 
 def _build_uncached(settings: ClassifierSettings) -> Strategy:

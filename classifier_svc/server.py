@@ -9,10 +9,10 @@ import structlog
 
 from classifier_svc.cache import CachedStrategy
 from classifier_svc.factory import build_strategy
+from classifier_svc.responses import classify_response
 from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from llmroute.common.v1 import common_pb2
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import Thresholds, load_policy
@@ -24,10 +24,22 @@ SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].f
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
-    def __init__(self, strategy: Strategy, thresholds: Thresholds, max_prompt_chars: int) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        thresholds: Thresholds,
+        max_prompt_chars: int,
+        description: classifier_pb2.DescribeResponse | None = None,
+    ) -> None:
         self._strategy = strategy
         self._thresholds = thresholds
         self._max_prompt_chars = max_prompt_chars
+        self._description = description or classifier_pb2.DescribeResponse(strategy=strategy.name)
+
+    async def Describe(
+        self, request: classifier_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.DescribeResponse:
+        return self._description
 
     async def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
@@ -50,22 +62,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
             source=verdict.source,
             latency_ms=round(latency_ms, 3),
         )
-        return classifier_pb2.ClassifyResponse(
-            tier=tier,
-            score=verdict.score,
-            confidence=verdict.confidence,
-            category=verdict.category,
-            source=verdict.source,
-            rationale=verdict.rationale,
-            version=verdict.version,
-            overhead=common_pb2.Usage(
-                input_tokens=verdict.overhead.input_tokens,
-                output_tokens=verdict.overhead.output_tokens,
-                cost_usd=verdict.overhead.cost_usd,
-            ),
-            overhead_model=verdict.overhead.model,
-            latency_ms=latency_ms,
-        )
+        return classify_response(verdict, tier, latency_ms)
 
 
 async def create_server(settings: ClassifierSettings) -> service_server.RunningServer:
@@ -74,7 +71,7 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     strategy = build_strategy(settings)
     server = service_server.new_server()
     classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(
-        ClassifierServicer(strategy, policy.thresholds, settings.max_prompt_chars), server
+        ClassifierServicer(strategy, policy.thresholds, settings.max_prompt_chars, describe(settings)), server
     )
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     started = time.perf_counter()
@@ -90,6 +87,20 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     )
     await running.set_serving()
     return running
+
+
+def describe(settings: ClassifierSettings) -> classifier_pb2.DescribeResponse:
+    """What the Describe RPC reports: the strategy, and the LLM classifier when one is configured."""
+    llm_model = ""
+    if settings.strategy in ("cascade", "llm"):
+        from classifier_svc.strategies.llm import llm_configured
+
+        llm_model = settings.llm_model if llm_configured(settings) else ""
+    return classifier_pb2.DescribeResponse(
+        strategy=settings.strategy,
+        llm_model=llm_model,
+        cascade_min_confidence=settings.cascade_min_confidence if settings.strategy == "cascade" else 0.0,
+    )
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from llmroute.ledger.v1 import ledger_pb2
 from llmroute.router.v1 import router_pb2
 from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
-from router_svc.classifier_client import ClassifierClient
+from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
 from router_svc.pricing import PriceBook
 from router_svc.providers import Providers, Route
@@ -177,7 +177,7 @@ class Router:
         policy: Callable[[], Policy],
         prices: Callable[[], PriceBook],
         providers: Providers,
-        classifier: ClassifierClient,
+        classifier: Classification,
         usage_sink: UsageSink,
         cooldowns: Cooldowns,
         validators: Sequence[Validator] = DEFAULT_VALIDATORS,
@@ -236,7 +236,7 @@ class Router:
             ), []
         timeout = _bounded(self._settings.classify_timeout_seconds, deadline)
         try:
-            verdict = await self._classifier.classify(request.messages, request.request_id, timeout)
+            verdict, warnings = await self._classifier.classify(request.messages, request.request_id, timeout)
         except grpc.aio.AioRpcError as error:
             log.warning("classifier_unavailable", code=error.code().name, default_tier=policy.default_tier)
             return classifier_pb2.ClassifyResponse(
@@ -246,7 +246,7 @@ class Router:
             ), [f"classifier_unavailable:{error.code().name}"]
         # The router's policy is authoritative for the cut points (the classifier may run another version).
         verdict.tier = policy.thresholds.tier_for(verdict.score)
-        return verdict, []
+        return verdict, warnings
 
     # ---- selection --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc.budgets import BudgetGate
-from router_svc.classifier_client import ClassifierClient
+from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
 from router_svc.idempotency import ResponseCache
 from router_svc.policy_source import PolicySource
@@ -158,7 +158,7 @@ async def create_server(
         settings.price_overrides_path, settings.price_refresh_from, settings.price_refresh_seconds
     )
     providers = Providers(settings.simulator, settings.simulator_url)
-    classifier = ClassifierClient(settings.classifier_address)
+    classifier = Classification.from_settings(settings)
     sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
     ledger_channel = grpc.aio.insecure_channel(settings.ledger_address)
     budgets = (
@@ -205,14 +205,18 @@ async def _start_background(
     sink: UsageSink,
     policy: PolicySource,
     prices: PriceSource,
-    classifier: ClassifierClient,
+    classifier: Classification,
     ledger_channel: grpc.aio.Channel,
     router: Router,
 ) -> None:
     """Start what runs beside the server; each piece registers how it stops before it can fail."""
     running.closers.append(classifier.close)
     running.closers.append(ledger_channel.close)
-    watchers = [asyncio.create_task(policy.watch()), asyncio.create_task(prices.run())]
+    watchers = [
+        asyncio.create_task(policy.watch()),
+        asyncio.create_task(prices.run()),
+        asyncio.create_task(classifier.watch()),
+    ]
 
     async def stop_watching() -> None:
         for watcher in watchers:
@@ -226,6 +230,7 @@ async def _start_background(
     if start is not None:
         await start()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policy.reload)
+    await classifier.warm_up()  # the in-process model loads before SERVING, warm-up calls or not
     if settings.warm_up:
         most_used = []
         if not settings.warm_up_models:

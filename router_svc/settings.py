@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from service_kit.policy import DEFAULT_POLICY_PATH
 from service_kit.settings import ServiceSettings
 
@@ -18,6 +19,14 @@ class RouterSettings(ServiceSettings):
     port: int = Field(default=50051, ge=0, le=65535)
     policy_path: Path = DEFAULT_POLICY_PATH
     classifier_address: str = "127.0.0.1:50052"
+    # Where classification runs (router_svc/classification.py): local_first (default) runs the learned
+    # model in this process and asks classifier_svc only when that service's cascade would ask its
+    # LLM classifier (it says so through its Describe RPC; until it has, below this confidence);
+    # remote asks classifier_svc for every request; local never asks it.
+    classifier_mode: Literal["local_first", "remote", "local"] = "local_first"
+    classify_remote_below_confidence: float = Field(default=0.6, ge=0, le=1)
+    # The learned model's artifact for in-process classification (the classifier's, by default).
+    classifier_artifact_dir: Path = DEFAULT_ARTIFACT_DIR
     ledger_address: str = "127.0.0.1:50053"
     # Classification gets at most this long; then the policy's default tier is used.
     # (Room for the classifier's LLM: two attempts of CLASSIFIER_LLM_TIMEOUT_SECONDS, 1.2 s each.)

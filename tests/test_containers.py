@@ -83,3 +83,48 @@ def test_router_points_at_the_other_services_by_compose_name() -> None:
     # Defaults in code match the compose ports, so a bare `python -m router_svc` finds its peers locally.
     assert RouterSettings().classifier_address.endswith(":" + str(ClassifierSettings().port))
     assert RouterSettings().ledger_address.endswith(":" + str(LedgerSettings().port))
+
+
+FIRST_PARTY = ("service_kit", "classifier_svc", "router_svc", "ledger_svc", "simulator")
+
+
+def _imported_modules(package: str) -> set[Path]:
+    """Files of every first-party module the package imports, transitively, lazily imported ones too."""
+    import ast
+    import importlib.util
+
+    seen: set[Path] = set()
+    pending = [p for p in (ROOT / package).rglob("*.py") if "training" not in p.parts]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
+            for name in names:
+                if name.split(".")[0] in FIRST_PARTY:
+                    spec = importlib.util.find_spec(name)
+                    if spec is not None and spec.origin and spec.origin.endswith(".py"):
+                        pending.append(Path(spec.origin))
+    return seen
+
+
+@pytest.mark.parametrize("service", sorted(MODULES))
+def test_image_holds_every_module_the_service_imports(service: str) -> None:
+    dockerfile = (ROOT / DOCKERFILES[service] / "Dockerfile").read_text()
+    copied = [
+        ROOT / p for line in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M) for p in line.split()
+    ]
+    missing = [
+        str(path.relative_to(ROOT))
+        for path in _imported_modules(DOCKERFILES[service])
+        if not any(path == c or c in path.parents for c in copied)
+    ]
+    assert not missing, f"{service} image lacks {missing}"

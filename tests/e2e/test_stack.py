@@ -45,11 +45,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("stack")
     policy = state_dir / "policy.yaml"  # the router's own copy, which a test rewrites
     policy.write_text(DEFAULT_POLICY_PATH.read_text())
+    ports = Ports.free()
     with Stack(
         state_dir=state_dir,
-        ports=Ports.free(),
+        ports=ports,
         extra_env={
             "SIMULATOR_LATENCY_SCALE": "0",
+            # The classifier's cascade has an LLM (on the simulator), as `make demo` runs it: the router
+            # classifies in process and asks the classifier service only where that LLM would answer.
+            "CLASSIFIER_LLM_BASE_URL": f"http://127.0.0.1:{ports.simulator}/v1",
             "ROUTER_SIMULATOR": "always",  # never a real provider, whatever this machine's environment holds
             "ROUTER_POLICY_PATH": str(policy),
             "CLASSIFIER_LOG_LEVEL": "DEBUG",
@@ -139,14 +143,14 @@ def test_bad_input_gets_invalid_argument_with_field_details(stack: Stack) -> Non
 
 
 def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
-    grpcurl(
+    # Unlike anything the local model was trained on, so it is unsure and the classifier's LLM decides.
+    unfamiliar = f"Qwxz vrrp tlkk mnbv zzzq ploff gnarf {SECRET_PROMPT_MARKER}"
+    reply = grpcurl(
         f"127.0.0.1:{stack.ports.router}",
         "llmroute.router.v1.RouterService/Route",
-        data={
-            "messages": [{"role": "user", "content": f"Hello there {SECRET_PROMPT_MARKER}"}],
-            "requestId": "trace-me-77",
-        },
+        data={"messages": [{"role": "user", "content": unfamiliar}], "requestId": "trace-me-77"},
     )
+    assert json.loads(reply.stdout)["classification"]["source"] == "CLASSIFIER_SOURCE_LLM"
     time.sleep(0.5)
     classifier_log = stack.log_path("classifier").read_text()
     assert any('"request_id": "trace-me-77"' in line for line in classifier_log.splitlines())

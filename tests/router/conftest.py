@@ -69,6 +69,7 @@ def router_settings(
         "port": 0,
         "policy_path": heuristic_policy(tmp_path),
         "classifier_address": classifier_address,
+        "classifier_mode": "remote",  # the heuristic classifier service above decides every tier
         "simulator_url": simulator_url,
         "simulator": "always",
         "ledger_address": "127.0.0.1:1",

@@ -95,3 +95,30 @@ async def test_skip_cache_bypasses_the_lookup_but_stores_the_verdict() -> None:
         await running.stop(0)
     assert first.source == again.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
     assert cached.source == common_pb2.CLASSIFIER_SOURCE_CACHE and cached.score == first.score
+
+
+@pytest.mark.parametrize(
+    ("settings", "strategy", "llm_model", "bound"),
+    [
+        ({"strategy": "heuristic"}, "heuristic", "", 0.0),
+        ({"strategy": "cascade"}, "cascade", "", 0.6),  # no key, no base URL: no LLM
+        (
+            {"strategy": "cascade", "llm_base_url": "http://127.0.0.1:1/v1", "cascade_min_confidence": 0.7},
+            "cascade",
+            "anthropic:claude-haiku-4-5",
+            0.7,
+        ),
+    ],
+)
+async def test_describe_says_whether_an_llm_stands_behind_the_local_model(
+    settings: dict, strategy: str, llm_model: str, bound: float
+) -> None:
+    running = await create_server(ClassifierSettings(port=0, cache_enabled=False, **settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            description = await stub.Describe(classifier_pb2.DescribeRequest())
+    finally:
+        await running.stop(0)
+    assert (description.strategy, description.llm_model) == (strategy, llm_model)
+    assert description.cascade_min_confidence == pytest.approx(bound if strategy == "cascade" else 0.0)
