@@ -87,19 +87,40 @@ async def _load(one, concurrency: int, total: int) -> list[float]:  # type: igno
 
 
 def _client(mode: str, target: str, concurrency: int, total: int) -> dict[str, float]:
-    """Run one load in a fresh client process; returns throughput and latency percentiles."""
+    """Run one load in a fresh client process; returns throughput, latency percentiles and the client
+    process's CPU milliseconds per request (imports excluded: LiteLLM's alone take seconds)."""
     code = (
-        "import asyncio, json, sys; from benchmarks import router_bench as b; "
-        f"r = asyncio.run(b._{mode}({target!r}, {concurrency}, {total})); print(json.dumps(r))"
+        "import asyncio, json, os, resource; os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True'); "
+        "import grpc, litellm; from benchmarks import router_bench as b; "
+        "cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2]); before = cpu(); "
+        f"r = asyncio.run(b._{mode}({target!r}, {concurrency}, {total})); print(json.dumps([cpu() - before, *r]))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    elapsed, *latencies = json.loads(output.strip().splitlines()[-1])
+    cpu_seconds, elapsed, *latencies = json.loads(output.strip().splitlines()[-1])
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+        # The warm-up calls of _load are in the CPU total: count them as requests.
+        "client_cpu_ms": cpu_seconds * 1000 / (len(latencies) + min(20, total)),
     }
+
+
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far, in milliseconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _route_client(stack: Stack, concurrency: int, total: int) -> dict[str, float]:
+    """The Route load, plus each service process's CPU milliseconds per request during it."""
+    before = {name: _cpu_ms(p.pid) for name, p in stack.processes.items()}
+    result = _client("route", f"127.0.0.1:{stack.ports.router}", concurrency, total)
+    requests = total + min(20, total)
+    for name, process in stack.processes.items():
+        result[f"{name}_cpu_ms"] = (_cpu_ms(process.pid) - before[name]) / requests
+    return result
 
 
 def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
@@ -147,21 +168,32 @@ def main() -> None:
     ):
         stack.start()
         simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
-        router_address = f"127.0.0.1:{stack.ports.router}"
         print(
             "\nRouter overhead: Route over gRPC vs bare litellm.acompletion, same simulator (no model latency)"
         )
         print(
             f"{'concurrency':>11} {'bare rps':>9} {'Route rps':>9} {'ratio':>6} {'bare p50':>9} {'Route p50':>9} {'added p50':>9}"
         )
+        cpu_rows = []
         for concurrency, total in total_by_concurrency.items():
             bare = _client("bare_litellm", simulator_url, concurrency, total)
-            routed = _client("route", router_address, concurrency, total)
+            routed = _route_client(stack, concurrency, total)
+            cpu_rows.append((concurrency, bare, routed))
             print(
                 f"{concurrency:>11} {bare['rps']:>9.1f} {routed['rps']:>9.1f} {routed['rps'] / bare['rps']:>6.2f} "
                 f"{bare['p50_ms']:>8.2f}ms {routed['p50_ms']:>8.2f}ms {routed['p50_ms'] - bare['p50_ms']:>8.2f}ms"
             )
         print("targets: ratio >= 0.85; added p50 <= 3 ms at low load (concurrency 1)")
+        print("\nCPU per request (ms): the bare loop's process, then each process during the Route load")
+        print(
+            f"{'concurrency':>11} {'bare':>6} {'client':>6} {'router':>6} {'classif.':>8} {'ledger':>6} {'simul.':>6}"
+        )
+        for concurrency, bare, routed in cpu_rows:
+            print(
+                f"{concurrency:>11} {bare['client_cpu_ms']:>6.2f} {routed['client_cpu_ms']:>6.2f} "
+                f"{routed['router_cpu_ms']:>6.2f} {routed['classifier_cpu_ms']:>8.2f} "
+                f"{routed['ledger_cpu_ms']:>6.2f} {routed['simulator_cpu_ms']:>6.2f}"
+            )
     cold, warm = first_route_ms(warm_up=False), first_route_ms(warm_up=True)
     print("\nFirst Route after start, simulator connect delay 200 ms per new connection:")
     print(f"  without warm-up {cold:8.1f} ms\n  with warm-up    {warm:8.1f} ms   ({cold / warm:.1f}x faster)")
