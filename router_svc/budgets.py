@@ -39,9 +39,11 @@ class BudgetGate:
         ttl_seconds: float,
         timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        after_spend_seconds: float = 0.25,
     ) -> None:
         self._stub = stub
         self._ttl = ttl_seconds
+        self._after_spend = min(after_spend_seconds, ttl_seconds)
         self._timeout = timeout_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, BudgetVerdict]] = {}
@@ -76,10 +78,16 @@ class BudgetGate:
         return verdict
 
     def note_spend(self, caller: str) -> None:
-        """After spending, the cached state may be stale: refresh it on the next check."""
+        """After spending, a caller under a budget may have crossed a limit: its state is refreshed
+        `after_spend_seconds` later, once the reporter has delivered the spend to the ledger (it
+        sends every 0.2 s), instead of one CheckBudget per request. A caller no budget applies to
+        keeps its TTL: spending cannot change its state (a new budget is seen within one TTL)."""
         cached = self._cache.get(caller)
-        if cached is not None:
-            self._cache[caller] = (0.0, cached[1])
+        if cached is None or not cached[1].statuses:
+            return
+        soon = self._clock() + self._after_spend
+        if cached[0] > soon:
+            self._cache[caller] = (soon, cached[1])
 
     async def _refresh(self, caller: str) -> BudgetVerdict:
         try:

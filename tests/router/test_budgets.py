@@ -3,6 +3,7 @@ refuses over a hard one."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc.budgets import BudgetGate
 from router_svc.server import create_server as create_router
 from tests.rich_status import details
 from tests.router.conftest import router_settings
@@ -132,3 +134,50 @@ async def test_warm_up_takes_the_most_used_models_from_the_ledger(
     # The most used model (never the cheapest of its tier) is warmed, beside each tier's cheapest.
     assert "claude-opus-4-5" in warmed and len(warmed) > 1
     assert all(r.caller == "llmroute-warmup" for r in recording_sink.records)
+
+
+class CountingLedger:
+    """CheckBudget answers from a table and counts the calls."""
+
+    def __init__(self, budgets: dict[str, list[ledger_pb2.BudgetStatus]]) -> None:
+        self.budgets = budgets
+        self.calls = 0
+
+    async def CheckBudget(
+        self, request: ledger_pb2.CheckBudgetRequest, timeout: float
+    ) -> ledger_pb2.CheckBudgetResponse:
+        self.calls += 1
+        statuses = self.budgets.get(request.caller, [])
+        return ledger_pb2.CheckBudgetResponse(state=ledger_pb2.BUDGET_STATE_OK, budgets=statuses)
+
+
+async def test_spending_refreshes_a_budgeted_callers_state_soon_and_an_unbudgeted_ones_on_the_ttl() -> None:
+    now = [100.0]
+    ledger = CountingLedger({"capped": [ledger_pb2.BudgetStatus(state=ledger_pb2.BUDGET_STATE_OK)]})
+    gate = BudgetGate(
+        ledger, ttl_seconds=2.0, timeout_seconds=1.0, clock=lambda: now[0], after_spend_seconds=0.25
+    )  # type: ignore[arg-type]
+    for caller in ("capped", "free"):
+        await gate.check(caller)
+    assert ledger.calls == 2
+
+    # Right after spending, nothing is asked: the spend has not reached the ledger yet.
+    for caller in ("capped", "free"):
+        gate.note_spend(caller)
+        await gate.check(caller)
+    await asyncio.sleep(0)
+    assert ledger.calls == 2
+
+    # Once the spend can have arrived, only the budgeted caller's state is refreshed.
+    now[0] += 0.3
+    for caller in ("capped", "free"):
+        gate.note_spend(caller)  # already due: spending again does not postpone the refresh
+        await gate.check(caller)
+    await asyncio.sleep(0)
+    assert ledger.calls == 3
+
+    # The unbudgeted caller is refreshed on its TTL (a new budget is seen within one TTL).
+    now[0] += 2.0
+    await gate.check("free")
+    await asyncio.sleep(0)
+    assert ledger.calls == 5 - 1  # "free" refreshed; "capped" not asked here
