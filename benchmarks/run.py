@@ -6,7 +6,7 @@ import asyncio
 import os
 import platform
 
-from benchmarks import classifier_bench, ledger_bench, router_bench
+from benchmarks import classifier_bench, ledger_bench, router_bench, router_parts
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     )
     asyncio.run(classifier_bench.main())
     router_bench.main()
+    router_parts.main()
     asyncio.run(ledger_bench.main())
 
 
