@@ -180,6 +180,7 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
             row["classifier_nusd"],
             0 if row["final"] else cost,
             0 if row["price_known"] else 1,
+            row["judge_nusd"],
         )
         for key in rollup_keys(
             row["ts"] // HOUR_US, row["caller"], row["model"], row["tier"], row["category"]

@@ -167,9 +167,16 @@ async def _v2(conn: AsyncConnection) -> None:
     await _create(conn, md)
 
 
+async def _v3(conn: AsyncConnection) -> None:
+    # Portable DDL (SQLite and PostgreSQL); existing rows and rollups get 0: nothing was judged before.
+    for table in ("usage_records", "usage_hourly"):
+        await conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN judge_nusd BIGINT NOT NULL DEFAULT 0"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage records, request states, hourly rollups with latency histograms", _v1),
     Migration(2, "budgets, feedback and sender spool reports", _v2),
+    Migration(3, "the LLM judge's cost per attempt and per rollup", _v3),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -76,6 +76,7 @@ def to_row(record: ledger_pb2.UsageRecord, received_us: int) -> dict[str, Any]:
         "cache_hit": record.cache_hit,
         "final": record.final,
         "received_ts": received_us,
+        "judge_nusd": to_nusd(record.judge_cost_usd),
     }
 
 
@@ -108,6 +109,7 @@ EXPORT_COLUMNS = (
     "total_ms",
     "cache_hit",
     "final",
+    "judge_cost_usd",
 )
 
 
@@ -140,10 +142,11 @@ def export_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
         "total_ms": row["total_ms"],
         "cache_hit": bool(row["cache_hit"]),
         "final": bool(row["final"]),
+        "judge_cost_usd": int(row["judge_nusd"]),
     }
 
 
-_MONEY = ("cost_usd", "baseline_cost_usd", "classifier_cost_usd")
+_MONEY = ("cost_usd", "baseline_cost_usd", "classifier_cost_usd", "judge_cost_usd")
 
 
 def csv_header() -> str:

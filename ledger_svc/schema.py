@@ -104,6 +104,7 @@ usage_records = sa.Table(
     sa.Column("cache_hit", sa.Boolean, nullable=False),
     sa.Column("final", sa.Boolean, nullable=False),
     sa.Column("received_ts", sa.BigInteger, nullable=False),
+    sa.Column("judge_nusd", sa.BigInteger, nullable=False, server_default="0"),  # migration 3
     sa.Index("ix_usage_records_ts", "ts"),
 )
 
@@ -139,12 +140,13 @@ ROLLUP_COUNTERS = (
     "classifier_nusd",
     "failed_nusd",
     "unpriced_attempts",
+    "judge_nusd",
     "requests",
     "escalated_requests",
     "fallback_requests",
     "cache_hits",
 )
-ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:8]
+ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:9]
 
 
 def attempt_sums(r: Any) -> list[Any]:
@@ -158,10 +160,11 @@ def attempt_sums(r: Any) -> list[Any]:
         sa.func.sum(r.classifier_nusd),
         sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
         sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
+        sa.func.sum(r.judge_nusd),
     ]
 
 
-REQUEST_COUNTERS = ROLLUP_COUNTERS[8:]
+REQUEST_COUNTERS = ROLLUP_COUNTERS[9:]
 ROLLUP_KEY = ("dim", "per_caller", "caller", "hour", "key")
 
 usage_hourly = sa.Table(

@@ -272,6 +272,7 @@ def totals_pb(agg: Aggregate) -> ledger_pb2.Totals:
     g = agg.get
     requests_n = g("requests")
     cost, baseline, classifier = g("cost_nusd"), g("baseline_nusd"), g("classifier_nusd")
+    judge = g("judge_nusd")
 
     def rate(n: int) -> float:
         return n / requests_n if requests_n else 0.0
@@ -285,7 +286,8 @@ def totals_pb(agg: Aggregate) -> ledger_pb2.Totals:
         baseline_cost_usd=to_usd(baseline),
         gross_savings_usd=to_usd(baseline - cost),
         classifier_cost_usd=to_usd(classifier),
-        net_savings_usd=to_usd(baseline - cost - classifier),
+        net_savings_usd=to_usd(baseline - cost - classifier - judge),
+        judge_cost_usd=to_usd(judge),
         failed_attempt_cost_usd=to_usd(g("failed_nusd")),
         escalation_rate=rate(g("escalated_requests")),
         fallback_rate=rate(g("fallback_requests")),

@@ -376,10 +376,10 @@ class LedgerStore:
         return found
 
     async def _spent(self, conn: Any, caller: str, first_hour: int, end_hour: int) -> int:
-        """Provider plus classifier spend (nano-dollars) in [first_hour, end_hour), from the rollups."""
+        """Provider, classifier and judge spend (nano-dollars) in [first_hour, end_hour), from the rollups."""
         h = usage_hourly.c
         value = await conn.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(h.cost_nusd + h.classifier_nusd), 0)).where(
+            sa.select(sa.func.coalesce(sa.func.sum(h.cost_nusd + h.classifier_nusd + h.judge_nusd), 0)).where(
                 h.dim == DIM_TOTAL,
                 h.per_caller == (1 if caller else 0),
                 h.caller == caller,

@@ -89,6 +89,7 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
         ("usage.cost_usd", record.usage.cost_usd),
         ("usage.baseline_cost_usd", record.usage.baseline_cost_usd),
         ("classifier_cost_usd", record.classifier_cost_usd),
+        ("judge_cost_usd", record.judge_cost_usd),
         ("classify_ms", record.classify_ms),
         ("provider_ms", record.provider_ms),
         ("total_ms", record.total_ms),

@@ -43,6 +43,7 @@ def record(
     cost: float = 0.0,
     baseline: float = 0.0,
     classifier: float = 0.0,
+    judge: float = 0.0,
     input_tokens: int = 0,
     output_tokens: int = 0,
     final: bool = False,
@@ -67,6 +68,7 @@ def record(
             input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost, baseline_cost_usd=baseline
         ),
         classifier_cost_usd=classifier,
+        judge_cost_usd=judge,
         price_map_version="pm-1",
         price_known=price_known,
         total_ms=total_ms,
@@ -84,6 +86,7 @@ class Expected:
     cost: int = 0  # nano-dollars
     baseline: int = 0
     classifier: int = 0
+    judge: int = 0
     failed: int = 0
     unpriced: int = 0
     escalated: int = 0
@@ -100,7 +103,8 @@ class Expected:
         assert totals.baseline_cost_usd == self.baseline / NUSD
         assert totals.classifier_cost_usd == self.classifier / NUSD
         assert totals.gross_savings_usd == (self.baseline - self.cost) / NUSD
-        assert totals.net_savings_usd == (self.baseline - self.cost - self.classifier) / NUSD
+        assert totals.judge_cost_usd == self.judge / NUSD
+        assert totals.net_savings_usd == (self.baseline - self.cost - self.classifier - self.judge) / NUSD
         assert totals.failed_attempt_cost_usd == self.failed / NUSD
         assert totals.unpriced_attempts == self.unpriced
         rate = (lambda n: n / self.requests) if self.requests else (lambda n: 0.0)
@@ -162,6 +166,7 @@ def reference(
         e.cost += cost
         e.baseline += round(r.usage.baseline_cost_usd * NUSD)
         e.classifier += round(r.classifier_cost_usd * NUSD)
+        e.judge += round(r.judge_cost_usd * NUSD)
         e.failed += 0 if r.final else cost
         e.unpriced += 0 if r.price_known else 1
     for attempts in by_request.values():

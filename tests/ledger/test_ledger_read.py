@@ -195,7 +195,9 @@ async def test_check_budget_states(admin_ledger: Ledger) -> None:
     await stub.SetBudget(_budget("alice", L.BUDGET_PERIOD_DAILY, 0.10, 0.20), metadata=ADMIN)
     await stub.SetBudget(_budget("", L.BUDGET_PERIOD_MONTHLY, 0, 1.0), metadata=ADMIN)
 
-    async def spend(request_id: str, caller: str, cost: float, classifier: float = 0.0) -> None:
+    async def spend(
+        request_id: str, caller: str, cost: float, classifier: float = 0.0, judge: float = 0.0
+    ) -> None:
         r = record(
             request_id,
             1,
@@ -203,6 +205,7 @@ async def test_check_budget_states(admin_ledger: Ledger) -> None:
             caller=caller,
             cost=cost,
             classifier=classifier,
+            judge=judge,
             final=True,
         )
         await stub.RecordUsage(L.RecordUsageRequest(records=[r]))
@@ -217,7 +220,7 @@ async def test_check_budget_states(admin_ledger: Ledger) -> None:
     check = await stub.CheckBudget(L.CheckBudgetRequest(caller="alice"))
     assert check.state == L.BUDGET_STATE_SOFT_LIMIT
     assert {b.budget.caller: b.spent_usd for b in check.budgets} == {"alice": 0.1, "": 0.1}
-    await spend("b2", "alice", 0.1)
+    await spend("b2", "alice", 0.05, judge=0.05)  # and so is the LLM judge's
     assert (await stub.CheckBudget(L.CheckBudgetRequest(caller="alice"))).state == L.BUDGET_STATE_HARD_LIMIT
     # Another caller only has the global budget, which is not reached.
     other = await stub.CheckBudget(L.CheckBudgetRequest(caller="nobody-seen-yet"))

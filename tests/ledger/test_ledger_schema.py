@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from ledger_svc import migrations, schema
 from ledger_svc.db import create_engines, ensure_schema
+from ledger_svc.records import to_row
 from ledger_svc.store import LedgerStore
 from ledger_svc.validation import Window
 from llmroute.ledger.v1 import ledger_pb2 as L
@@ -29,16 +30,34 @@ async def _versions(store: LedgerStore) -> list[int]:
         ]
 
 
+async def _write_as_v1(engines, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    """What a ledger of the v1 era stored for these records: their rows in the v1 tables (the current
+    code writes columns v1 did not have, so it cannot stand in for the old writer)."""
+    v1 = migrations._v1_tables().tables
+    requests = [
+        {
+            "request_id": row["request_id"], "first_ts": row["ts"], "home_ts": row["ts"], "caller": row["caller"],
+            "model": row["model"], "tier": row["tier"], "category": row["category"], "cache_hit": False,
+            "attempt_count": 1, "escalated": False, "total_ms": None, "lat_bucket": None,
+        }
+        for row in rows
+    ]  # fmt: skip
+    async with engines.write.begin() as conn:
+        await conn.execute(
+            v1["usage_records"].insert(),
+            [{k: v for k, v in row.items() if k in v1["usage_records"].c} for row in rows],
+        )
+        await conn.execute(v1["requests"].insert(), requests)  # fmt: skip
+
+
 async def test_migrating_an_existing_v1_database_keeps_its_records(backend: Backend) -> None:
     settings = backend.settings()
     engines = create_engines(settings)
     await ensure_schema(engines, settings.database_schema)
     assert await migrations.migrate(engines.write, target=1) == 1
-    old = LedgerStore(engines, settings)  # a ledger of the v1 era wrote these
     at = now_us() - 10 * MIN
-    await old.record_usage(
-        [record("v1-a", 1, at=at, cost=0.01, final=True), record("v1-b", 1, at=at, cost=0.02)]
-    )
+    olds = [record("v1-a", 1, at=at, cost=0.01, final=True), record("v1-b", 1, at=at, cost=0.02)]
+    await _write_as_v1(engines, [to_row(r, at) for r in olds])
     async with engines.read.connect() as conn:
         tables = set(await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()))
     assert "budgets" not in tables and "usage_records" in tables
@@ -46,16 +65,17 @@ async def test_migrating_an_existing_v1_database_keeps_its_records(backend: Back
 
     store = await LedgerStore.open(settings)  # migrates to the latest version
     try:
-        assert await _versions(store) == [1, 2]
+        assert await _versions(store) == [1, 2, 3]
         totals = await store.totals(Window(at - MIN, at + MIN), None)
         assert totals.get("requests") == 2 and totals.get("cost_nusd") == 30_000_000
+        assert totals.get("judge_nusd") == 0  # the column v3 added reads 0 for the old rows
         await store.set_budget("alice", L.BUDGET_PERIOD_DAILY, 0, 10**9)
         assert [b.caller for b in await store.budgets(None)] == ["alice"]
     finally:
         await store.close()
     again = await LedgerStore.open(settings)  # nothing left to do
     try:
-        assert await _versions(again) == [1, 2]
+        assert await _versions(again) == [1, 2, 3]
     finally:
         await again.close()
 
@@ -103,7 +123,7 @@ async def test_replicas_starting_together_migrate_once(pg_backend: Backend) -> N
     settings = pg_backend.settings()
     stores = await asyncio.gather(*(LedgerStore.open(settings) for _ in range(3)))
     try:
-        assert await _versions(stores[0]) == [1, 2]
+        assert await _versions(stores[0]) == [v.version for v in migrations.MIGRATIONS]
     finally:
         for store in stores:
             await store.close()

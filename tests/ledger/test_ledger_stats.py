@@ -218,6 +218,7 @@ def random_records(seed: int, n_requests: int, start: int, hours: int) -> list[L
                     model=rnd.choice(models[tier]), outcome=outcome, cost=rnd.randrange(0, 5000) / 1e7,
                     baseline=rnd.randrange(1000, 90000) / 1e7 if answered else 0.0,
                     classifier=rnd.randrange(0, 300) / 1e8 if a == 1 and not cache_hit else 0.0,
+                    judge=rnd.randrange(0, 200) / 1e8 if rnd.random() < 0.3 else 0.0,
                     input_tokens=rnd.randrange(1, 3000), output_tokens=rnd.randrange(0, 2000), final=answered,
                     total_ms=rnd.uniform(20, 20000) if answered else 0.0, cache_hit=cache_hit,
                     price_known=rnd.random() > 0.05,
