@@ -41,7 +41,8 @@ def _route(args: argparse.Namespace) -> None:
 def _print_totals(totals: ledger_pb2.Totals, label: str) -> None:
     print(
         f"{label}: {totals.requests} requests, spend ${totals.cost_usd:.6f}, baseline ${totals.baseline_cost_usd:.6f}, "
-        f"net savings ${totals.net_savings_usd:.6f} (classifier ${totals.classifier_cost_usd:.6f})",
+        f"net savings ${totals.net_savings_usd:.6f} (classifier ${totals.classifier_cost_usd:.6f}, "
+        f"judge ${totals.judge_cost_usd:.6f})",
         flush=True,
     )
 

@@ -27,6 +27,7 @@ from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
+from router_svc.judge import Judge
 from router_svc.pricing import PriceBook
 from router_svc.providers import Providers, Route
 from router_svc.settings import RouterSettings
@@ -167,6 +168,7 @@ class Outcome:
     content: str = ""
     finish_reason: str = ""
     simulated: bool = False
+    judge_problem: str = ""  # why the LLM judge gave no verdict on this answer, if it did not
 
 
 class Router:
@@ -182,6 +184,7 @@ class Router:
         cooldowns: Cooldowns,
         validators: Sequence[Validator] = DEFAULT_VALIDATORS,
         budgets: BudgetGate | None = None,
+        judge: Judge | None = None,
         acompletion: Callable[..., Any] | None = None,
     ) -> None:
         self._settings = settings
@@ -193,6 +196,7 @@ class Router:
         self._cooldowns = cooldowns
         self._validators = validators
         self._budgets = budgets
+        self._judge = judge
         self._acompletion = acompletion or litellm.acompletion
 
     def policy(self) -> Policy:
@@ -435,6 +439,8 @@ class Router:
                     request.expectations,
                     self._validators,
                 )
+                if reason is None and self._judge is not None and self._judge.grades(tier):
+                    reason = await self._judged(request, outcome, deadline)
                 if reason is None:
                     return outcome
                 escalate = self._settings.escalate_on_validation_failure and any(
@@ -453,6 +459,21 @@ class Router:
                 break  # the next tier up
         # Nothing passed validation: the last rejected answer is still better than an error.
         return rejected
+
+    async def _judged(self, request: RouteInput, outcome: Outcome, deadline: float | None) -> str | None:
+        """The LLM judge's reason to reject the answer, or None (passed, or no usable verdict)."""
+        assert self._judge is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                grade = await self._judge.grade(request.chat, outcome.content, request.pinned_prices)
+        except TimeoutError:
+            _raise_if_past(deadline)  # the client's deadline passed while the judge was grading
+            raise
+        outcome.attempt.judge_cost_usd = grade.cost_usd
+        if grade.passed is None:
+            outcome.judge_problem = grade.problem
+            return None
+        return None if grade.passed else "judge_rejected"
 
     def _affordable(self, request: RouteInput, choice: Choice, outcomes: list[Outcome]) -> bool:
         """With max_cost_usd, a fallback is tried only if what was spent plus its estimate still fits."""
@@ -723,6 +744,8 @@ class Router:
             response.usage.cost_usd += usage.cost_usd
             if not outcome.attempt.price_known and outcome.attempt.usage.input_tokens:
                 response.warnings.append(f"price_unknown:{outcome.attempt.model}")
+            if outcome.judge_problem:
+                response.warnings.append(f"judge_unavailable:{outcome.judge_problem}")
         if answer is not None:
             response.content = answer.content
             response.finish_reason = answer.finish_reason
@@ -774,6 +797,7 @@ class Router:
                 provider_ms=attempt.latency_ms,
                 cache_hit=verdict.source == common_pb2.CLASSIFIER_SOURCE_CACHE,
                 final=final,
+                judge_cost_usd=attempt.judge_cost_usd,
             )
             if number == 1:
                 record.classifier_cost_usd = verdict.overhead.cost_usd

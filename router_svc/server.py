@@ -18,10 +18,12 @@ import structlog
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
 from router_svc.idempotency import ResponseCache
+from router_svc.judge import Judge
 from router_svc.policy_source import PolicySource
 from router_svc.pricing import PriceSource
 from router_svc.providers import Providers
@@ -32,6 +34,7 @@ from router_svc.warmup import most_used_models, warm_up, warm_up_plan
 from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
+from service_kit.policy import TIER_BY_NAME
 from service_kit.validation import message_violations
 
 log = structlog.get_logger()
@@ -170,6 +173,18 @@ async def create_server(
         if settings.budgets_enabled
         else None
     )
+    judge = (
+        Judge(
+            model=settings.judge_model,
+            tiers=frozenset(TIER_BY_NAME[t] for t in settings.judge_tiers),
+            providers=providers,
+            timeout_seconds=settings.judge_timeout_seconds,
+            max_chars=settings.judge_max_chars,
+            acompletion=litellm.acompletion,
+        )
+        if settings.judge_model
+        else None
+    )
     router = Router(
         settings=settings,
         policy=policy.current,
@@ -179,6 +194,7 @@ async def create_server(
         usage_sink=sink,
         cooldowns=Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds),
         budgets=budgets,
+        judge=judge,
     )
     responses = ResponseCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
     server = service_server.new_server()

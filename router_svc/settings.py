@@ -12,6 +12,8 @@ from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from service_kit.policy import DEFAULT_POLICY_PATH
 from service_kit.settings import ServiceSettings
 
+TierName = Literal["simple", "moderate", "complex", "reasoning"]
+
 
 class RouterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_")
@@ -45,6 +47,13 @@ class RouterSettings(ServiceSettings):
     cooldown_seconds: float = Field(default=30.0, gt=0)
     # Escalate one tier up when a validator rejects the output.
     escalate_on_validation_failure: bool = True
+    # Optional LLM judge (router_svc/judge.py): a LiteLLM model name (e.g. "openai/gpt-5-nano") that
+    # grades the answers of judge_tiers after the rule-based validators; empty = no judge.
+    judge_model: str = ""
+    judge_tiers: list[TierName] = Field(default_factory=lambda: list[TierName](["simple", "moderate"]))
+    judge_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Request and answer are each cut to this many characters for the judge.
+    judge_max_chars: int = Field(default=8_000, ge=200)
     # Budgets (kept by the ledger): a caller's state is cached this long; the check fails open.
     budgets_enabled: bool = True
     budget_check_ttl_seconds: float = Field(default=2.0, gt=0)
