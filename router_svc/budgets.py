@@ -77,6 +77,13 @@ class BudgetGate:
             )
         return verdict
 
+    async def close(self) -> None:
+        """Cancel the background refreshes still in flight (when the router stops)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def note_spend(self, caller: str) -> None:
         """After spending, a caller under a budget may have crossed a limit: its state is refreshed
         `after_spend_seconds` later, once the reporter has delivered the spend to the ledger (it

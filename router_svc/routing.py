@@ -203,6 +203,10 @@ class Router:
         """The policy in force now."""
         return self._policy()
 
+    @property
+    def budgets(self) -> BudgetGate | None:
+        return self._budgets
+
     # ---- classification -------------------------------------------------------------------------
 
     async def decide(

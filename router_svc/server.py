@@ -228,6 +228,8 @@ async def _start_background(
     """Start what runs beside the server; each piece registers how it stops before it can fail."""
     running.closers.append(classifier.close)
     running.closers.append(ledger_channel.close)
+    if router.budgets is not None:
+        running.closers.append(router.budgets.close)  # before the channel closes (closers run reversed)
     watchers = [
         asyncio.create_task(policy.watch()),
         asyncio.create_task(prices.run()),
