@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from devstack.stack import Ports, Stack
 
@@ -26,20 +27,26 @@ PROMPTS = [f"{PROMPT} (ticket {n})" for n in range(10_000)]
 MODEL = "groq/openai/gpt-oss-20b"  # the cheapest simple-tier model, where Route sends most of these
 
 
-async def _bare_litellm(simulator_url: str, concurrency: int, total: int) -> list[float]:
+async def bare_call(simulator_url: str, prompt: str) -> Any:
+    """The baseline every router benchmark compares with: one `litellm.acompletion` to the simulator,
+    as an application calling LiteLLM directly makes it."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    return await litellm.acompletion(
+        model=f"openai/{MODEL}",
+        api_base=simulator_url,
+        api_key="simulated",
+        messages=[{"role": "user", "content": prompt}],
+        num_retries=0,
+    )
+
+
+async def _bare_litellm(simulator_url: str, concurrency: int, total: int) -> list[float]:
     counter = iter(PROMPTS)
 
     async def one() -> None:
-        await litellm.acompletion(
-            model=f"openai/{MODEL}",
-            api_base=simulator_url,
-            api_key="simulated",
-            messages=[{"role": "user", "content": next(counter)}],
-            num_retries=0,
-        )
+        await bare_call(simulator_url, next(counter))
 
     return await _load(one, concurrency, total)
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.router_bench import MODEL, PROMPTS, _load
+from benchmarks.router_bench import PROMPTS, _load, bare_call
 from devstack.stack import Ports, Stack
 
 CONCURRENCY, TOTAL = 32, int(os.environ.get("BENCH_PARTS_N", 1500))
@@ -51,7 +51,6 @@ async def _run(simulator_url: str, state: Path) -> None:
     from classifier_svc.strategies.heuristic import HeuristicStrategy
     from ledger_svc.client import LedgerReporter
     from llmroute.common.v1 import common_pb2
-    from router_svc._litellm import litellm
     from router_svc.classification import Classification
     from router_svc.cooldown import Cooldowns
     from router_svc.policy_source import PolicySource
@@ -65,12 +64,7 @@ async def _run(simulator_url: str, state: Path) -> None:
         simulator="always", simulator_url=simulator_url, classifier_mode="local", budgets_enabled=False
     )
     prompts = iter(PROMPTS * 100)
-    canned = await litellm.acompletion(
-        model=f"openai/{MODEL}",
-        api_base=simulator_url,
-        api_key="-",
-        messages=[{"role": "user", "content": "hi"}],
-    )
+    canned = await bare_call(simulator_url, "hi")
 
     async def canned_call(**kwargs: Any) -> Any:
         await asyncio.sleep(0)  # a provider call yields to the loop at least once
@@ -106,13 +100,7 @@ async def _run(simulator_url: str, state: Path) -> None:
         return one
 
     async def bare() -> None:
-        await litellm.acompletion(
-            model=f"openai/{MODEL}",
-            api_base=simulator_url,
-            api_key="simulated",
-            messages=[{"role": "user", "content": next(prompts)}],
-            num_retries=0,
-        )
+        await bare_call(simulator_url, next(prompts))
 
     loads = {
         "bare litellm": bare,
