@@ -17,8 +17,9 @@ from devstack.stack import ROOT, Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc import PROVIDER_KEYS, WARM_UP_CALLER
+from router_svc import WARM_UP_CALLER
 from service_kit.policy import NAME_BY_TIER
+from service_kit.providers import any_key
 
 WORKLOAD = Path(__file__).with_name("demo_workload.yaml")
 SOURCE_NAMES = {
@@ -41,7 +42,7 @@ def _stack(state: str, fresh: bool) -> Stack:
         "SIMULATOR_WEAK_MODEL_FAILURES": "true",
     }
     ports = Ports()
-    if not any(os.environ.get(key) for key in PROVIDER_KEYS.values()):
+    if not any_key(os.environ):
         # With no key, the cascade's LLM classifier talks to the simulator too, so the demo shows its
         # overhead charged against the savings, as it would be with a real cheap model.
         extra["CLASSIFIER_LLM_BASE_URL"] = f"http://127.0.0.1:{ports.simulator}/v1"

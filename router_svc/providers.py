@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router_svc import PROVIDER_KEYS
 from router_svc._litellm import litellm
 from service_kit.policy import ModelSpec
+from service_kit.providers import any_key, has_key
 
 # Providers that run locally and need no key.
 KEYLESS = frozenset({"ollama", "ollama_chat", "hosted_vllm", "lm_studio", "llamafile"})
@@ -37,8 +37,7 @@ class Providers:
     def __init__(self, mode: str, simulator_url: str, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self._simulator_url = simulator_url
-        any_key = any(self._environ.get(var) for var in PROVIDER_KEYS.values())
-        self.simulate_all = mode == "always" or (mode == "auto" and not any_key)
+        self.simulate_all = mode == "always" or (mode == "auto" and not any_key(self._environ))
 
     def resolve(self, spec: ModelSpec) -> Route | None:
         """The route for this model, or None when it has no credentials (the router skips it)."""
@@ -58,8 +57,6 @@ class Providers:
             if not key:
                 return None
             kwargs["api_key"] = key
-        elif provider not in KEYLESS and not spec.api_base:
-            key_var = PROVIDER_KEYS.get(provider)
-            if key_var is None or not self._environ.get(key_var):
-                return None
+        elif provider not in KEYLESS and not spec.api_base and not has_key(provider, self._environ):
+            return None
         return Route(provider, kwargs, simulated=False)

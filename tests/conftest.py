@@ -8,7 +8,7 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 # A guard against real provider calls: no key reaches the code under test, so the router's "auto"
 # mode sends every call to the simulator, and pydantic-ai refuses model requests it was not allowed.
-from router_svc import PROVIDER_KEYS
+from service_kit.providers import PROVIDER_KEYS
 
 for _key in PROVIDER_KEYS.values():
     os.environ.pop(_key, None)

@@ -11,8 +11,8 @@ import yaml
 from classifier_svc.settings import ClassifierSettings
 from devstack.stack import MODULES, Ports, Stack
 from ledger_svc.settings import LedgerSettings
-from router_svc import PROVIDER_KEYS
 from router_svc.settings import RouterSettings
+from service_kit.providers import PROVIDER_KEYS
 from simulator.settings import SimulatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -35,9 +35,10 @@ from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Overhead, Strategy, Verdict
 from llmroute.common.v1 import common_pb2
 from service_kit.policy import TIER_BY_NAME, Thresholds
+from service_kit.providers import has_key
 
 __all__ = [
-    "PROVIDER_KEY_ENV",
+    "LLM_PROVIDERS",
     "LLMAttempt",
     "LLMClassification",
     "LLMStrategy",
@@ -52,14 +53,9 @@ __all__ = [
 
 log = structlog.get_logger()
 
-# The environment variable each pydantic-ai provider reads its key from (the installed extras).
-PROVIDER_KEY_ENV: dict[str, tuple[str, ...]] = {
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "openai": ("OPENAI_API_KEY",),
-    "openai-chat": ("OPENAI_API_KEY",),
-    "openai-responses": ("OPENAI_API_KEY",),
-    "groq": ("GROQ_API_KEY",),
-}
+# The pydantic-ai providers whose clients are installed (pydantic-ai-slim's extras); their keys'
+# variables are in service_kit.providers, shared with the router.
+LLM_PROVIDERS = frozenset({"anthropic", "openai", "openai-chat", "openai-responses", "groq"})
 
 TierName = Literal["simple", "moderate", "complex", "reasoning"]
 CategoryName = Literal[
@@ -152,9 +148,7 @@ def llm_configured(settings: ClassifierSettings) -> bool:
     if settings.llm_base_url:
         return True
     provider, _ = parse_model_id(settings.llm_model)
-    if provider not in PROVIDER_KEY_ENV:
-        return False
-    return all(os.environ.get(name) for name in PROVIDER_KEY_ENV[provider])
+    return provider in LLM_PROVIDERS and has_key(provider, os.environ)
 
 
 def build_llm_model(settings: ClassifierSettings) -> Model:

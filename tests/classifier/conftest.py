@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from classifier_svc.strategies.llm import PROVIDER_KEY_ENV
+from service_kit.providers import PROVIDER_KEYS
 
 
 @pytest.fixture
@@ -15,6 +15,5 @@ def fresh_install_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CLASSIFIER_"):
             monkeypatch.delenv(name)
-    for names in PROVIDER_KEY_ENV.values():
-        for name in names:
-            monkeypatch.delenv(name, raising=False)
+    for name in PROVIDER_KEYS.values():
+        monkeypatch.delenv(name, raising=False)
