@@ -158,6 +158,23 @@ def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
             return (time.perf_counter() - started) * 1000
 
 
+def router_footprint(mode: str) -> tuple[float, int]:
+    """Seconds from the router's start to SERVING, and its resident memory (MB) then, with
+    ROUTER_CLASSIFIER_MODE=`mode` (the other services already up)."""
+    with (
+        tempfile.TemporaryDirectory() as state,
+        Stack(state_dir=Path(state), ports=Ports.free(), extra_env={"ROUTER_CLASSIFIER_MODE": mode}) as stack,
+    ):
+        stack.start(services=("simulator", "ledger", "classifier"))
+        started = time.perf_counter()
+        stack.start_one("router", stack.environments()["router"])
+        stack.wait_ready(("router",))
+        ready = time.perf_counter() - started
+        status = Path(f"/proc/{stack.processes['router'].pid}/status").read_text()
+        rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+        return ready, rss_kb // 1024
+
+
 def main() -> None:
     total_by_concurrency = {
         1: int(os.environ.get("BENCH_N1", 300)),
@@ -201,6 +218,10 @@ def main() -> None:
                 f"{routed['router_cpu_ms']:>6.2f} {routed['classifier_cpu_ms']:>8.2f} "
                 f"{routed['ledger_cpu_ms']:>6.2f} {routed['simulator_cpu_ms']:>6.2f}"
             )
+    print("\nThe router with the learned classifier in process (default) or asking classifier_svc:")
+    for mode in ("local_first", "remote"):
+        ready, rss_mb = router_footprint(mode)
+        print(f"  {mode:<12} start to SERVING {ready:5.2f} s   resident memory {rss_mb} MB")
     cold, warm = first_route_ms(warm_up=False), first_route_ms(warm_up=True)
     print("\nFirst Route after start, simulator connect delay 200 ms per new connection:")
     print(f"  without warm-up {cold:8.1f} ms\n  with warm-up    {warm:8.1f} ms   ({cold / warm:.1f}x faster)")
