@@ -142,6 +142,17 @@ def test_bad_input_gets_invalid_argument_with_field_details(stack: Stack) -> Non
     assert violations == [{"field": "messages[0].content", "description": "must not be empty"}]
 
 
+def test_the_classifier_describes_its_llm_to_the_router(stack: Stack) -> None:
+    described = json.loads(
+        grpcurl(
+            f"127.0.0.1:{stack.ports.classifier}", "llmroute.classifier.v1.ClassifierService/Describe"
+        ).stdout
+    )
+    assert described["strategy"] == "cascade" and described["llm_model"]
+    assert 0 < described["cascade_min_confidence"] <= 1
+    _wait_for_log(stack, "router", '"event": "classifier_described"')
+
+
 def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
     # Unlike anything the local model was trained on, so it is unsure and the classifier's LLM decides.
     unfamiliar = f"Qwxz vrrp tlkk mnbv zzzq ploff gnarf {SECRET_PROMPT_MARKER}"
