@@ -89,7 +89,7 @@ def _attempts(rnd: random.Random, request_id: str, at: int) -> list[dict[str, An
                 "classifier_nusd": 0 if a > 1 or cache_hit else 20_000, "price_map_version": "bench",
                 "price_known": True, "classify_ms": 3.0 if a == 1 else 0.0, "provider_ms": rnd.uniform(100, 3000),
                 "total_ms": rnd.lognormvariate(6.5, 0.8) if last else 0.0, "cache_hit": cache_hit, "final": last,
-                "received_ts": at + 5000,
+                "received_ts": at + 5000, "judge_nusd": 0,
             }
         )  # fmt: skip
         if outcome == C.ATTEMPT_OUTCOME_ESCALATED and tier < C.TIER_REASONING:

@@ -63,6 +63,7 @@ async def _run(simulator_url: str, state: Path) -> None:
     settings = RouterSettings(
         simulator="always", simulator_url=simulator_url, classifier_mode="local", budgets_enabled=False
     )
+    configure_logging("router_parts", "WARNING", True, False)
     prompts = iter(PROMPTS * 100)
     canned = await bare_call(simulator_url, "hi")
 

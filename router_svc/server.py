@@ -197,7 +197,7 @@ async def create_server(
         judge=judge,
     )
     responses = ResponseCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
-    server = service_server.new_server()
+    server = service_server.new_server(share_port=settings.workers > 1)
     router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, settings, responses), server)
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     try:
@@ -259,7 +259,19 @@ async def _start_background(
 
 
 def main() -> None:
-    service_server.run_service("router", RouterSettings(), create_server)
+    settings = RouterSettings()
+    if settings.workers == 1:
+        service_server.run_service("router", settings, create_server)
+    else:
+        service_server.run_workers(
+            "router", lambda i: worker_settings(settings, i), settings.workers, create_server
+        )
+
+
+def worker_settings(settings: RouterSettings, index: int) -> RouterSettings:
+    """Worker `index`'s settings: its own spool file (a spool has one writer)."""
+    spool = Path(settings.spool_path)
+    return settings.model_copy(update={"spool_path": spool.with_name(f"{spool.stem}-w{index}{spool.suffix}")})
 
 
 if __name__ == "__main__":

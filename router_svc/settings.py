@@ -19,6 +19,9 @@ class RouterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_")
 
     port: int = Field(default=50051, ge=0, le=65535)
+    # Processes serving Route on the port (one event loop, one core each); each has its own spool
+    # (spool_path with "-w<n>" added) and warm-up. 1: this process serves.
+    workers: int = Field(default=1, ge=1, le=64)
     policy_path: Path = DEFAULT_POLICY_PATH
     classifier_address: str = "127.0.0.1:50052"
     # Where classification runs (router_svc/classification.py): local_first (default) runs the learned

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +27,15 @@ log = structlog.get_logger()
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def new_server() -> grpc.aio.Server:
+def new_server(share_port: bool = False) -> grpc.aio.Server:
+    """A server with the shared interceptor. The port is exclusive (a second instance on it fails to
+    start) unless `share_port`: worker processes of one service then share it (SO_REUSEPORT)."""
     return grpc.aio.server(
         interceptors=[ServiceInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if share_port else 0),
         ],
     )
 
@@ -70,12 +76,19 @@ async def start(server: grpc.aio.Server, address: str, service_names: Iterable[s
     return RunningServer(server=server, port=port, health=health_servicer, service_names=names)
 
 
-async def serve_forever(running: RunningServer, grace: float) -> None:
-    """Block until SIGTERM or SIGINT, then shut down gracefully (NOT_SERVING first, then drain)."""
-    loop = asyncio.get_running_loop()
+def stop_requested() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT from now on (installed before start-up, so a signal during
+    warm-up stops the service cleanly instead of killing it)."""
     stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    return stopping
+
+
+async def serve_forever(running: RunningServer, grace: float, stopping: asyncio.Event | None = None) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully (NOT_SERVING first, then drain)."""
+    stopping = stopping or stop_requested()
     log.info("server_started", port=running.port)
     await stopping.wait()
     log.info("server_stopping", grace_seconds=grace)
@@ -87,12 +100,57 @@ def run_service(
     name: str,
     settings: ServiceSettings,
     create_server: Callable[[Any], Awaitable[RunningServer]],
+    worker: int | None = None,
 ) -> None:
     """A service's `main()`: configure logging, start, serve until SIGTERM or SIGINT."""
     configure_logging(name, settings.log_level, settings.log_json, settings.log_library_messages)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker)
 
     async def serve() -> None:
+        stopping = stop_requested()
         running = await create_server(settings)
-        await serve_forever(running, settings.grace_seconds)
+        await serve_forever(running, settings.grace_seconds, stopping)
 
     asyncio.run(serve())
+    # Stopped: a late signal (a worker's parent forwarding one more) must not turn exit 0 into a kill.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def run_workers(
+    name: str,
+    settings_of: Callable[[int], ServiceSettings],
+    count: int,
+    create_server: Callable[[Any], Awaitable[RunningServer]],
+) -> None:
+    """Run `count` processes of one service on one port (SO_REUSEPORT; the kernel spreads connections
+    over them): a Python process runs one event loop on one core, so this is how a service uses more
+    cores. Each worker gets `settings_of(index)`. This process only forwards SIGTERM, SIGINT and SIGHUP
+    and waits; when one worker exits, the others are stopped, and it exits with the first nonzero code."""
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=run_service, args=(name, settings_of(i), create_server, i), name=f"{name}-{i}")
+        for i in range(count)
+    ]
+    for worker in workers:
+        worker.start()
+
+    stopping = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    multiprocessing.connection.wait([w.sentinel for w in workers])
+    if not stopping:  # a worker ended on its own (crashed): stop the others, once
+        forward(signal.SIGTERM, None)
+    for worker in workers:
+        worker.join()
+    codes = [w.exitcode or 0 for w in workers]
+    sys.exit(next((code for code in codes if code), 0))
