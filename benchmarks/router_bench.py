@@ -9,6 +9,7 @@ noisy. Run: `python -m benchmarks.router_bench` (part of `make bench`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -51,25 +52,39 @@ async def _bare_litellm(simulator_url: str, concurrency: int, total: int) -> lis
     return await _load(one, concurrency, total)
 
 
-async def _route(router_address: str, concurrency: int, total: int) -> list[float]:
+async def _route(router_address: str, concurrency: int, total: int, connections: int = 1) -> list[float]:
     import grpc
 
     from llmroute.common.v1 import common_pb2
     from llmroute.router.v1 import router_pb2, router_pb2_grpc
 
-    async with grpc.aio.insecure_channel(router_address) as channel:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
-        counter = iter(PROMPTS)
+    # Each channel its own TCP connection (a local subchannel pool), requests spread round-robin.
+    channels = [
+        grpc.aio.insecure_channel(router_address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(connections)
+    ]
+    stubs = itertools.cycle([router_pb2_grpc.RouterServiceStub(channel) for channel in channels])
+    counter = iter(PROMPTS)
 
-        async def one() -> None:
-            request = router_pb2.RouteRequest(
-                messages=[common_pb2.ChatMessage(role="user", content=next(counter))], caller="bench"
-            )
-            await stub.Route(request, timeout=30)
-            # Route may pick another model of the tier than the bare loop's; with no model latency the
-            # simulator answers every model alike, so the comparison stays like for like.
+    async def one() -> None:
+        request = router_pb2.RouteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=next(counter))], caller="bench"
+        )
+        await next(stubs).Route(request, timeout=30)
+        # Route may pick another model of the tier than the bare loop's; with no model latency the
+        # simulator answers every model alike, so the comparison stays like for like.
 
+    try:
         return await _load(one, concurrency, total)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def _route_spread(router_address: str, concurrency: int, total: int) -> list[float]:
+    """Route over 8 connections: SO_REUSEPORT spreads connections, not requests, over router workers
+    (as many clients' connections would be spread)."""
+    return await _route(router_address, concurrency, total, connections=8)
 
 
 async def _load(one, concurrency: int, total: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -175,6 +190,38 @@ def router_footprint(mode: str) -> tuple[float, int]:
         return ready, rss_kb // 1024
 
 
+def _with_workers(total_by_concurrency: dict[int, int], workers: int) -> None:
+    """The same comparison with ROUTER_WORKERS processes serving Route: how the router uses more cores.
+    Not like for like (the bare loop stays one process), so it is reported apart from the target."""
+    with (
+        tempfile.TemporaryDirectory() as state,
+        Stack(
+            state_dir=Path(state),
+            ports=Ports.free(),
+            extra_env={
+                "SIMULATOR_LATENCY_SCALE": "0",
+                "SIMULATOR_LOG_LEVEL": "WARNING",
+                "ROUTER_WORKERS": str(workers),
+            },
+        ) as stack,
+    ):
+        stack.start()
+        simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
+        print(
+            f"\nThe same with ROUTER_WORKERS={workers} (router processes on one port, the Route client on 8 "
+            "connections; the bare loop is one process)"
+        )
+        print(f"{'concurrency':>11} {'bare rps':>9} {'Route rps':>9} {'ratio':>6}")
+        for concurrency, total in total_by_concurrency.items():
+            if concurrency == 1:
+                continue  # one request at a time uses one worker whatever their number: throughput only
+            bare = _client("bare_litellm", simulator_url, concurrency, total)
+            routed = _client("route_spread", f"127.0.0.1:{stack.ports.router}", concurrency, total)
+            print(
+                f"{concurrency:>11} {bare['rps']:>9.1f} {routed['rps']:>9.1f} {routed['rps'] / bare['rps']:>6.2f}"
+            )
+
+
 def main() -> None:
     total_by_concurrency = {
         1: int(os.environ.get("BENCH_N1", 300)),
@@ -218,6 +265,7 @@ def main() -> None:
                 f"{routed['router_cpu_ms']:>6.2f} {routed['classifier_cpu_ms']:>8.2f} "
                 f"{routed['ledger_cpu_ms']:>6.2f} {routed['simulator_cpu_ms']:>6.2f}"
             )
+    _with_workers(total_by_concurrency, workers=2)
     print("\nThe router with the learned classifier in process (default) or asking classifier_svc:")
     for mode in ("local_first", "remote"):
         ready, rss_mb = router_footprint(mode)
