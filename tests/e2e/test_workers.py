@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -47,3 +49,24 @@ def test_router_workers_share_the_port_and_stop_together(tmp_path: Path) -> None
         codes = stack.stop()
         log_tail = [line[:120] for line in stack.log_path("router").read_text().splitlines()[-8:]]
     assert codes["router"] == 0, log_tail
+
+
+def _worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def test_a_crashed_worker_stops_the_others_and_the_service_exits_with_an_error(tmp_path: Path) -> None:
+    env = {"SIMULATOR_LATENCY_SCALE": "0", "ROUTER_SIMULATOR": "always", "ROUTER_WORKERS": "2"}
+    with Stack(state_dir=tmp_path, ports=Ports.free(), extra_env=env) as stack:
+        stack.start()
+        router = stack.processes["router"]
+        workers = _worker_pids(router.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        # The orchestrator (compose, Kubernetes) sees the service fail and restarts it whole.
+        assert router.wait(timeout=30) != 0
+        assert (
+            not Path(f"/proc/{workers[1]}").exists()
+            or "zombie" in Path(f"/proc/{workers[1]}/status").read_text()
+        )
