@@ -66,7 +66,4 @@ def test_a_crashed_worker_stops_the_others_and_the_service_exits_with_an_error(t
         os.kill(workers[0], signal.SIGKILL)
         # The orchestrator (compose, Kubernetes) sees the service fail and restarts it whole.
         assert router.wait(timeout=30) != 0
-        assert (
-            not Path(f"/proc/{workers[1]}").exists()
-            or "zombie" in Path(f"/proc/{workers[1]}/status").read_text()
-        )
+        assert not Path(f"/proc/{workers[1]}").exists()  # the other worker was stopped and reaped
