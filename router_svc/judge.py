@@ -109,8 +109,9 @@ class Judge:
         return Grade(verdict == "pass", cost)
 
     def _exhibit(self, chat: list[dict[str, str]], answer: str) -> str:
-        """The conversation's turns and the answer, each cut to `max_chars` (latest turns kept)."""
-        turns = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in chat if m["role"] != "system")
+        """The conversation's turns (system instructions too: they often say what format is wanted)
+        and the answer, each cut to `max_chars` (the latest turns kept)."""
+        turns = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in chat)
         return (
             f"<request>\n{turns[-self._max_chars :]}\n</request>\n\n"
             f"<answer>\n{answer[: self._max_chars]}\n</answer>"

@@ -58,10 +58,12 @@ async def test_a_verdict_is_read_and_its_call_priced(content: str, passed: bool)
     grade = await _judge(acompletion).grade(CHAT, "5", PRICES)
     assert grade.passed is passed
     assert grade.cost_usd == pytest.approx(PRICES.cost(JUDGE, 300, 12).usd) and grade.cost_usd > 0
-    # The judge sees the request and the answer (not the system prompt), and must answer in the schema.
+    # The judge sees the whole request (system instructions too) and the answer, and answers in the schema.
     [call] = sent
     exhibit = call["messages"][1]["content"]
-    assert "What is 2+2?" in exhibit and "<answer>\n5\n</answer>" in exhibit and "be brief" not in exhibit
+    assert (
+        "What is 2+2?" in exhibit and "<answer>\n5\n</answer>" in exhibit and "[system]\nbe brief" in exhibit
+    )
     assert call["response_format"]["json_schema"]["schema"]["properties"]["verdict"]["enum"] == [
         "pass",
         "fail",
