@@ -9,6 +9,7 @@ noisy. Run: `python -m benchmarks.router_bench` (part of `make bench`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,17 @@ def _route_client(stack: Stack, concurrency: int, total: int) -> dict[str, float
     return result
 
 
+@contextlib.contextmanager
+def bench_stack(**env: str) -> Iterator[Stack]:
+    """Fresh services in a temporary folder (not started), the simulator quiet and without model latency."""
+    quiet = {"SIMULATOR_LATENCY_SCALE": "0", "SIMULATOR_LOG_LEVEL": "WARNING"}
+    with (
+        tempfile.TemporaryDirectory() as state,
+        Stack(state_dir=Path(state), ports=Ports.free(), extra_env={**quiet, **env}) as stack,
+    ):
+        yield stack
+
+
 def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
     """Latency of the first Route after start, with the simulator charging `connect_delay_ms` per new
     connection (as TCP + TLS set-up to a real provider does)."""
@@ -193,18 +206,7 @@ def router_footprint(mode: str) -> tuple[float, int]:
 def _with_workers(total_by_concurrency: dict[int, int], workers: int) -> None:
     """The same comparison with ROUTER_WORKERS processes serving Route: how the router uses more cores.
     Not like for like (the bare loop stays one process), so it is reported apart from the target."""
-    with (
-        tempfile.TemporaryDirectory() as state,
-        Stack(
-            state_dir=Path(state),
-            ports=Ports.free(),
-            extra_env={
-                "SIMULATOR_LATENCY_SCALE": "0",
-                "SIMULATOR_LOG_LEVEL": "WARNING",
-                "ROUTER_WORKERS": str(workers),
-            },
-        ) as stack,
-    ):
+    with bench_stack(ROUTER_WORKERS=str(workers)) as stack:
         stack.start()
         simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
         print(
@@ -229,14 +231,7 @@ def main() -> None:
     }
     # Services log at their defaults (INFO: one line per request); only the simulator, which is not
     # part of what is measured, is quiet.
-    with (
-        tempfile.TemporaryDirectory() as state,
-        Stack(
-            state_dir=Path(state),
-            ports=Ports.free(),
-            extra_env={"SIMULATOR_LATENCY_SCALE": "0", "SIMULATOR_LOG_LEVEL": "WARNING"},
-        ) as stack,
-    ):
+    with bench_stack() as stack:
         stack.start()
         simulator_url = f"http://127.0.0.1:{stack.ports.simulator}/v1"
         print(

@@ -18,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.router_bench import PROMPTS, _load, bare_call
-from devstack.stack import Ports, Stack
+from benchmarks.router_bench import PROMPTS, _load, bare_call, bench_stack
 
 CONCURRENCY, TOTAL = 32, int(os.environ.get("BENCH_PARTS_N", 1500))
 
@@ -123,21 +121,9 @@ async def _run(simulator_url: str, state: Path) -> None:
 
 
 def main() -> None:
-    import structlog
-
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(30)
-    )  # WARNING: no per-request lines
-    with (
-        tempfile.TemporaryDirectory() as state,
-        Stack(
-            state_dir=Path(state),
-            ports=Ports.free(),
-            extra_env={"SIMULATOR_LATENCY_SCALE": "0", "SIMULATOR_LOG_LEVEL": "WARNING"},
-        ) as stack,
-    ):
+    with bench_stack() as stack:
         stack.start(services=("simulator",))
-        asyncio.run(_run(f"http://127.0.0.1:{stack.ports.simulator}/v1", Path(state)))
+        asyncio.run(_run(f"http://127.0.0.1:{stack.ports.simulator}/v1", stack.state_dir))
 
 
 if __name__ == "__main__":
