@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import grpc
 import structlog
@@ -31,8 +30,6 @@ from router_svc.settings import RouterSettings
 from service_kit import metadata
 
 log = structlog.get_logger()
-
-Mode = Literal["local_first", "remote", "local"]
 
 
 class ClassifierClient:
@@ -80,7 +77,7 @@ class Classification:
 
     @classmethod
     def from_settings(cls, settings: RouterSettings) -> Classification:
-        mode: Mode = settings.classifier_mode
+        mode = settings.classifier_mode
         local = local_model(settings.classifier_artifact_dir) if mode != "remote" else None
         remote = ClassifierClient(settings.classifier_address) if mode != "local" else None
         return cls(

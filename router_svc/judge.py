@@ -21,6 +21,7 @@ import structlog
 
 from router_svc.pricing import PriceBook
 from router_svc.providers import Providers
+from router_svc.validators import strip_fences
 from service_kit.policy import ModelSpec
 
 log = structlog.get_logger()
@@ -119,11 +120,8 @@ class Judge:
 
 
 def _verdict(content: str) -> str | None:
-    text = content.strip()
-    if text.startswith("```"):
-        text = text.split("\n", 1)[1].rsplit("```", 1)[0] if "\n" in text else ""
     try:
-        value = json.loads(text)
+        value = json.loads(strip_fences(content))
     except ValueError:
         return None
     verdict = value.get("verdict") if isinstance(value, dict) else None

@@ -9,10 +9,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
-from service_kit.policy import DEFAULT_POLICY_PATH
+from service_kit.policy import DEFAULT_POLICY_PATH, TierName
 from service_kit.settings import ServiceSettings
-
-TierName = Literal["simple", "moderate", "complex", "reasoning"]
 
 
 class RouterSettings(ServiceSettings):

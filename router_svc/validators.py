@@ -56,7 +56,7 @@ def valid_json(answer: Answer, expect: Expectations) -> str | None:
     if not (expect.json_output or expect.json_schema):
         return None
     try:
-        value = json.loads(_strip_fences(answer.content))
+        value = json.loads(strip_fences(answer.content))
     except ValueError:
         return "invalid_json"
     if expect.json_schema is not None:
@@ -69,7 +69,8 @@ def valid_json(answer: Answer, expect: Expectations) -> str | None:
     return None
 
 
-def _strip_fences(text: str) -> str:
+def strip_fences(text: str) -> str:
+    """The text inside a Markdown code fence (models often wrap JSON in one), else the text stripped."""
     stripped = text.strip()
     if stripped.startswith("```"):
         stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""

@@ -7,7 +7,7 @@ file is rejected with a clear error and the previous policy stays in force.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llmroute.common.v1 import common_pb2
 
 TIER_NAMES = ("simple", "moderate", "complex", "reasoning")
+TierName = Literal["simple", "moderate", "complex", "reasoning"]
 TIER_BY_NAME = {
     "simple": common_pb2.TIER_SIMPLE,
     "moderate": common_pb2.TIER_MODERATE,

@@ -34,7 +34,7 @@ from pydantic_ai.settings import ModelSettings
 from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Overhead, Strategy, Verdict
 from llmroute.common.v1 import common_pb2
-from service_kit.policy import TIER_BY_NAME, Thresholds
+from service_kit.policy import TIER_BY_NAME, Thresholds, TierName
 from service_kit.providers import has_key
 
 __all__ = [
@@ -57,7 +57,6 @@ log = structlog.get_logger()
 # variables are in service_kit.providers, shared with the router.
 LLM_PROVIDERS = frozenset({"anthropic", "openai", "openai-chat", "openai-responses", "groq"})
 
-TierName = Literal["simple", "moderate", "complex", "reasoning"]
 CategoryName = Literal[
     "classification",
     "extraction",

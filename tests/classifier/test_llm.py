@@ -24,7 +24,6 @@ from classifier_svc.strategies.llm import (
     CategoryName,
     LLMStrategy,
     Price,
-    TierName,
     build_llm_model,
     is_llm_fallback,
     litellm_price,
@@ -32,7 +31,7 @@ from classifier_svc.strategies.llm import (
     render_conversation,
 )
 from llmroute.common.v1 import common_pb2
-from service_kit.policy import Thresholds
+from service_kit.policy import Thresholds, TierName
 
 PRICE = Price("test-model", input_usd_per_token=1e-6, output_usd_per_token=5e-6)
 PROMPT = "Prove that the halting problem is undecidable, the secret word is zanzibar."
