@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -252,22 +251,20 @@ def _random_embed(texts: list[str]) -> np.ndarray:
     return np.stack(rows)
 
 
-async def test_a_lookup_among_10k_entries_takes_well_under_a_millisecond() -> None:
+async def test_a_full_cache_serves_its_entries_and_evicts_one_per_new_request() -> None:
+    # How fast a lookup among 10,000 entries is: `python -m benchmarks.classifier_bench`.
     inner = Counting()
     cache = cached(inner, max_entries=10_000, embed=_random_embed)
     for i in range(10_000):
         await cache.classify(Conversation.user(f"request {i}"), skip_cache=True)
-    assert len(cache) == 10_000
+    assert len(cache) == 10_000 and inner.calls == 10_000
 
-    timings = []
+    stored = await cache.classify(Conversation.user("request 9876"))
+    assert inner.calls == 10_000 and stored.score == 9.877  # the 9,877th call's verdict, from the cache
+
     for i in range(30):
-        conversation = Conversation.user(f"a new request {i}")
-        started = time.perf_counter()
-        await cache.classify(conversation)  # embed, exact miss, similarity scan, inner call, store (evicting)
-        timings.append(time.perf_counter() - started)
-
-    # The best of 30 (the machine may be busy with other work): the scan itself is ~0.2 ms here.
-    assert min(timings) < 0.001
+        await cache.classify(Conversation.user(f"a new request {i}"))  # miss: inner call, store, evict
+    assert inner.calls == 10_030
     assert len(cache) == 10_000 and cache.stats.evictions == 30
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -147,20 +146,3 @@ def test_batch_and_single_predictions_agree(strategy: LearnedStrategy) -> None:
     batch = strategy.model.predict(emb, feats).score
     single = [strategy.classify_sync(Conversation.user(p)).score for p in prompts]
     np.testing.assert_allclose(batch, single, rtol=1e-6)
-
-
-def test_latency_p50_under_a_millisecond(strategy: LearnedStrategy) -> None:
-    conversation = Conversation.user(
-        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-        "How many clips did Natalia sell altogether in April and May?"
-    )
-    medians = []
-    # The best of three rounds, so that a burst of load from other processes does not decide.
-    for _ in range(3):
-        timings = []
-        for _ in range(100):
-            started = time.perf_counter()
-            strategy.classify_sync(conversation)
-            timings.append(time.perf_counter() - started)
-        medians.append(float(np.median(timings)))
-    assert min(medians) < 0.001
