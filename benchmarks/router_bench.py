@@ -1,9 +1,11 @@
 """Router overhead: Route over gRPC against a bare `litellm.acompletion` loop, same simulator, one run.
 
-Both loads run in their own client process against the same simulator process (no added latency),
-so what differs is exactly what the router adds: gRPC, classification (a second service), selection,
-validation and ledger reporting. Reported as ratios, because these 2-core machines are shared and
-noisy. Run: `python -m benchmarks.router_bench` (part of `make bench`).
+Every load runs in its own client process against the same simulator process (no added latency),
+so what differs is exactly what the router adds: gRPC, classification, selection, validation and
+ledger reporting. A passthrough server (`benchmarks.passthrough`: gRPC and the LiteLLM call, nothing
+else) is measured in the same run as the ceiling any router can reach here. Reported as ratios,
+because these 2-core machines are shared and noisy. Run: `python -m benchmarks.router_bench` (part
+of `make bench`).
 """
 
 from __future__ import annotations
