@@ -141,14 +141,21 @@ def _cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def _route_client(stack: Stack, concurrency: int, total: int) -> dict[str, float]:
-    """The Route load, plus each service process's CPU milliseconds per request during it."""
-    before = {name: _cpu_ms(p.pid) for name, p in stack.processes.items()}
-    result = _client("route", f"127.0.0.1:{stack.ports.router}", concurrency, total)
-    requests = total + min(20, total)
-    for name, process in stack.processes.items():
-        result[f"{name}_cpu_ms"] = (_cpu_ms(process.pid) - before[name]) / requests
+def _route_load(address: str, pids: dict[str, int], concurrency: int, total: int) -> dict[str, float]:
+    """The Route load against `address`, plus each named server process's CPU milliseconds per
+    request during it (`<name>_cpu_ms`)."""
+    before = {name: _cpu_ms(pid) for name, pid in pids.items()}
+    result = _client("route", address, concurrency, total)
+    requests = total + min(20, total)  # _load's warm-up calls included
+    for name, pid in pids.items():
+        result[f"{name}_cpu_ms"] = (_cpu_ms(pid) - before[name]) / requests
     return result
+
+
+def _route_client(stack: Stack, concurrency: int, total: int) -> dict[str, float]:
+    """The Route load on the stack's router, with every service process's CPU per request."""
+    pids = {name: process.pid for name, process in stack.processes.items()}
+    return _route_load(f"127.0.0.1:{stack.ports.router}", pids, concurrency, total)
 
 
 @contextlib.contextmanager
@@ -179,14 +186,6 @@ def passthrough_server(simulator_url: str) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def _passthrough_client(address: str, pid: int, concurrency: int, total: int) -> dict[str, float]:
-    """The Route load against the passthrough server, plus that server's CPU milliseconds per request."""
-    before = _cpu_ms(pid)
-    result = _client("route", address, concurrency, total)
-    result["server_cpu_ms"] = (_cpu_ms(pid) - before) / (total + min(20, total))
-    return result
 
 
 def first_route_ms(warm_up: bool, connect_delay_ms: int = 200) -> float:
@@ -269,7 +268,9 @@ def main() -> None:
         with passthrough_server(simulator_url) as (passthrough_address, passthrough_pid):
             for concurrency, total in total_by_concurrency.items():
                 bare = _client("bare_litellm", simulator_url, concurrency, total)
-                ceiling = _passthrough_client(passthrough_address, passthrough_pid, concurrency, total)
+                ceiling = _route_load(
+                    passthrough_address, {"passthrough": passthrough_pid}, concurrency, total
+                )
                 routed = _route_client(stack, concurrency, total)
                 rows.append((concurrency, bare, ceiling, routed))
         print(
@@ -295,7 +296,7 @@ def main() -> None:
         )
         for concurrency, bare, ceiling, routed in rows:
             print(
-                f"{concurrency:>11} {bare['client_cpu_ms']:>6.2f} {ceiling['server_cpu_ms']:>8.2f} "
+                f"{concurrency:>11} {bare['client_cpu_ms']:>6.2f} {ceiling['passthrough_cpu_ms']:>8.2f} "
                 f"{routed['client_cpu_ms']:>6.2f} {routed['router_cpu_ms']:>6.2f} "
                 f"{routed['classifier_cpu_ms']:>8.2f} {routed['ledger_cpu_ms']:>6.2f} "
                 f"{routed['simulator_cpu_ms']:>6.2f}"
