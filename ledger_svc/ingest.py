@@ -1,9 +1,10 @@
 """The ingest transaction: records, request states and hourly rollups, all or nothing.
 
-Per batch, inside one transaction:
-1. the batch's request states are created if new and locked, in request_id order (concurrent
-   batches touching the same requests queue up here, and cannot deadlock);
-2. the records already stored for those requests are read: under the lock nobody else can add
+A record's key is (request_id, caller, run_id, attempt); a request state's is its run,
+(request_id, caller, run_id). Per batch, inside one transaction:
+1. the batch's request states are created if new and locked, in key order (concurrent
+   batches touching the same runs queue up here, and cannot deadlock);
+2. the records already stored for those runs are read: under the lock nobody else can add
    any, so what is not there yet is new, and only new records count;
 3. new records are inserted; the hourly rollups are incremented (per attempt at the attempt's own
    hour and dimensions, per request at its home: attempt 1's); request states are updated.
@@ -42,11 +43,15 @@ from ledger_svc.schema import (
 from llmroute.common.v1 import common_pb2
 
 RollupKey = tuple[int, int, str, int, str]
+RunKey = tuple[str, str, str]  # (request_id, caller, run_id)
+RecordKey = tuple[str, str, str, int]  # (request_id, caller, run_id, attempt)
+RUN_KEY = ("request_id", "caller", "run_id")
+RECORD_KEY = (*RUN_KEY, "attempt")
 
 _ESCALATED = common_pb2.ATTEMPT_OUTCOME_ESCALATED
 RECORD_COLUMNS = tuple(c.name for c in usage_records.columns)
 STATE_COLUMNS = tuple(c.name for c in requests.columns)
-_STATE_UPDATED = tuple(c for c in STATE_COLUMNS if c != "request_id")
+_STATE_UPDATED = tuple(c for c in STATE_COLUMNS if c not in RUN_KEY)
 _N_ATTEMPT = len(ATTEMPT_COUNTERS)
 _SUMMED = (*ROLLUP_COUNTERS, *LATENCY_COLUMNS)  # what an upsert adds to a rollup row
 _N_LATENCY = len(ROLLUP_COUNTERS)  # where the histogram starts in a row's values
@@ -75,16 +80,14 @@ class Statements:
         def insert(table: sa.Table, columns: Sequence[str]) -> Any:
             return insert_for(dialect_name, table).values({c: sa.bindparam(c) for c in columns})
 
-        placeholder = ("request_id", "first_ts", "cache_hit", "attempt_count", "escalated")
+        placeholder = (*RUN_KEY, "first_ts", "cache_hit", "attempt_count", "escalated")
         self.new_requests = _Compiled(
-            insert(requests, placeholder).on_conflict_do_nothing(index_elements=["request_id"]),
+            insert(requests, placeholder).on_conflict_do_nothing(index_elements=list(RUN_KEY)),
             dialect,
             placeholder,
         )
         self.records = _Compiled(
-            insert(usage_records, RECORD_COLUMNS).on_conflict_do_nothing(
-                index_elements=["request_id", "attempt"]
-            ),
+            insert(usage_records, RECORD_COLUMNS).on_conflict_do_nothing(index_elements=list(RECORD_KEY)),
             dialect,
             RECORD_COLUMNS,
         )
@@ -92,7 +95,7 @@ class Statements:
         state = insert(requests, STATE_COLUMNS)
         self.update_requests = _Compiled(
             state.on_conflict_do_update(
-                index_elements=["request_id"], set_={c: state.excluded[c] for c in _STATE_UPDATED}
+                index_elements=list(RUN_KEY), set_={c: state.excluded[c] for c in _STATE_UPDATED}
             ),
             dialect,
             STATE_COLUMNS,
@@ -133,43 +136,50 @@ def _latency_counted(state: dict[str, Any]) -> bool:
     return state["home_ts"] is not None and state["lat_bucket"] is not None
 
 
-async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, Any]]) -> set[tuple[str, int]]:
-    """Store record rows (unique by request_id and attempt); returns the keys that were new."""
-    first_ts: dict[str, int] = {}
+def run_key(row: dict[str, Any]) -> RunKey:
+    return (row["request_id"], row["caller"], row["run_id"])
+
+
+def record_key(row: dict[str, Any]) -> RecordKey:
+    return (row["request_id"], row["caller"], row["run_id"], row["attempt"])
+
+
+async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, Any]]) -> set[RecordKey]:
+    """Store record rows (unique by record key); returns the keys that were new."""
+    first_ts: dict[RunKey, int] = {}
     for row in rows:
-        rid, ts = row["request_id"], row["ts"]
-        if rid not in first_ts or ts < first_ts[rid]:
-            first_ts[rid] = ts
-    ids = sorted(first_ts)
-    # 1. Create and lock the request states.
-    await statements.new_requests.run(conn, [(rid, first_ts[rid], False, 0, False) for rid in ids])
+        run, ts = run_key(row), row["ts"]
+        if run not in first_ts or ts < first_ts[run]:
+            first_ts[run] = ts
+    runs = sorted(first_ts)
+    ids = sorted({rid for rid, _, _ in runs})
+    # 1. Create and lock the request states (every run of these request ids: the index's prefix).
+    await statements.new_requests.run(conn, [(*run, first_ts[run], False, 0, False) for run in runs])
     states = {
-        row.request_id: dict(row._mapping)
+        (row.request_id, row.caller, row.run_id): dict(row._mapping)
         for row in await conn.execute(
             sa.select(requests)
             .where(requests.c.request_id.in_(ids))
-            .order_by(requests.c.request_id)
+            .order_by(requests.c.request_id, requests.c.caller, requests.c.run_id)
             .with_for_update()
         )
     }
     # 2. What is already stored (re-deliveries) does not count again.
     present = {
-        (rid, attempt)
-        for rid, attempt in await conn.execute(
-            sa.select(usage_records.c.request_id, usage_records.c.attempt).where(
-                usage_records.c.request_id.in_(ids)
-            )
+        tuple(found)
+        for found in await conn.execute(
+            sa.select(*(usage_records.c[c] for c in RECORD_KEY)).where(usage_records.c.request_id.in_(ids))
         )
     }
-    new_rows = [row for row in rows if (row["request_id"], row["attempt"]) not in present]
+    new_rows = [row for row in rows if record_key(row) not in present]
     if not new_rows:
         return set()
     # 3. Insert, roll up, update request states.
     await statements.records.run(conn, [tuple(row[c] for c in RECORD_COLUMNS) for row in new_rows])
     rollup: dict[RollupKey, list[int]] = defaultdict(lambda: [0] * len(_SUMMED))
-    by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_run: dict[RunKey, list[dict[str, Any]]] = defaultdict(list)
     for row in new_rows:
-        by_request[row["request_id"]].append(row)
+        by_run[run_key(row)].append(row)
         cost = row["cost_nusd"]
         counters = (
             1,
@@ -181,6 +191,8 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
             0 if row["final"] else cost,
             0 if row["price_known"] else 1,
             row["judge_nusd"],
+            row["reasoning_tokens"],
+            row["baseline_reasoning_nusd"],
         )
         for key in rollup_keys(
             row["ts"] // HOUR_US, row["caller"], row["model"], row["tier"], row["category"]
@@ -189,10 +201,10 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
             for i in range(_N_ATTEMPT):
                 values[i] += counters[i]
     updates = []
-    for rid, request_rows in by_request.items():
-        before = states[rid]
+    for run, run_rows in by_run.items():
+        before = states[run]
         after = dict(before)
-        for row in sorted(request_rows, key=lambda r: r["attempt"]):
+        for row in sorted(run_rows, key=lambda r: r["attempt"]):
             after["attempt_count"] += 1
             if row["ts"] < after["first_ts"]:
                 after["first_ts"] = row["ts"]
@@ -200,7 +212,6 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
                 after["escalated"] = True
             if row["attempt"] == 1:
                 after["home_ts"] = row["ts"]
-                after["caller"] = row["caller"]
                 after["model"] = row["model"]
                 after["tier"] = row["tier"]
                 after["category"] = row["category"]
@@ -211,14 +222,14 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
         updates.append(tuple(after[c] for c in STATE_COLUMNS))
         if after["home_ts"] is None:
             continue
-        keys = rollup_keys(
+        home = rollup_keys(
             after["home_ts"] // HOUR_US, after["caller"], after["model"], after["tier"], after["category"]
         )
         delta = [
             a - b for a, b in zip(_request_contribution(after), _request_contribution(before), strict=True)
         ]
         new_latency = _latency_counted(after) and not _latency_counted(before)
-        for key in keys:
+        for key in home:
             if any(delta):
                 values = rollup[key]
                 for i, value in enumerate(delta):
@@ -228,7 +239,7 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
     await statements.update_requests.run(conn, updates)
     # Sorted, so that concurrent batches lock shared rollup rows in the same order.
     await statements.rollups.run(conn, [(*key, *values) for key, values in sorted(rollup.items())])
-    return {(row["request_id"], row["attempt"]) for row in new_rows}
+    return {record_key(row) for row in new_rows}
 
 
 async def rebuild(conn: Any, statements: Statements, first_hour: int) -> None:

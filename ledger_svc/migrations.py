@@ -173,10 +173,115 @@ async def _v3(conn: AsyncConnection) -> None:
         await conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN judge_nusd BIGINT NOT NULL DEFAULT 0"))
 
 
+def _v4_tables() -> sa.MetaData:
+    """Records and request states keyed by run: (request_id, caller, run_id[, attempt])."""
+    md = sa.MetaData()
+    sa.Table(
+        "usage_records",
+        md,
+        sa.Column("request_id", sa.String(200), primary_key=True),
+        sa.Column("caller", sa.String(200), primary_key=True),
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("ts", sa.BigInteger, nullable=False),
+        sa.Column("category", sa.Integer, nullable=False),
+        sa.Column("tier", sa.Integer, nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("classifier_source", sa.Integer, nullable=False),
+        sa.Column("classifier_version", sa.Text, nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("provider", sa.String(200), nullable=False),
+        sa.Column("outcome", sa.Integer, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("input_tokens", sa.BigInteger, nullable=False),
+        sa.Column("output_tokens", sa.BigInteger, nullable=False),
+        sa.Column("cached_input_tokens", sa.BigInteger, nullable=False),
+        sa.Column("reasoning_tokens", sa.BigInteger, nullable=False),
+        sa.Column("cost_nusd", sa.BigInteger, nullable=False),
+        sa.Column("baseline_nusd", sa.BigInteger, nullable=False),
+        sa.Column("classifier_nusd", sa.BigInteger, nullable=False),
+        sa.Column("price_map_version", sa.Text, nullable=False),
+        sa.Column("price_known", sa.Boolean, nullable=False),
+        sa.Column("classify_ms", sa.Float, nullable=False),
+        sa.Column("provider_ms", sa.Float, nullable=False),
+        sa.Column("total_ms", sa.Float, nullable=False),
+        sa.Column("cache_hit", sa.Boolean, nullable=False),
+        sa.Column("final", sa.Boolean, nullable=False),
+        sa.Column("received_ts", sa.BigInteger, nullable=False),
+        sa.Column("judge_nusd", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("baseline_reasoning_nusd", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("policy_version", sa.String(64), nullable=False, server_default=""),
+        sa.Column("family", sa.String(64), nullable=False, server_default=""),
+    )
+    sa.Table(
+        "requests",
+        md,
+        sa.Column("request_id", sa.String(200), primary_key=True),
+        sa.Column("caller", sa.String(200), primary_key=True),
+        sa.Column("run_id", sa.String(64), primary_key=True),
+        sa.Column("first_ts", sa.BigInteger, nullable=False),
+        sa.Column("home_ts", sa.BigInteger, nullable=True),
+        sa.Column("model", sa.String(200), nullable=True),
+        sa.Column("tier", sa.Integer, nullable=True),
+        sa.Column("category", sa.Integer, nullable=True),
+        sa.Column("cache_hit", sa.Boolean, nullable=False),
+        sa.Column("attempt_count", sa.Integer, nullable=False),
+        sa.Column("escalated", sa.Boolean, nullable=False),
+        sa.Column("total_ms", sa.Float, nullable=True),
+        sa.Column("lat_bucket", sa.Integer, nullable=True),
+    )
+    return md
+
+
+async def _v4(conn: AsyncConnection) -> None:
+    """Rebuild the records and request states with the run in their keys (caller, run_id).
+
+    The old rows become run '' of their caller. A request state whose attempt 1 had not arrived has no
+    caller yet: it takes the caller of its records. Rollups gain the reasoning tokens and the
+    baseline's reasoning share; hours rolled up before this migration have 0 for both.
+    """
+    postgres = conn.dialect.name == "postgresql"
+    for index in ("ix_usage_records_ts", "ix_requests_home_ts"):
+        await conn.execute(sa.text(f"DROP INDEX {index}"))
+    for table in ("usage_records", "requests"):
+        await conn.execute(sa.text(f"ALTER TABLE {table} RENAME TO {table}_v3"))
+        if postgres:  # the primary key's index name would collide with the new table's
+            await conn.execute(sa.text(f"ALTER INDEX {table}_pkey RENAME TO {table}_v3_pkey"))
+    await _create(conn, _v4_tables())
+    old = (
+        "request_id, caller, attempt, ts, category, tier, score, classifier_source, classifier_version,"
+        " model, provider, outcome, error, input_tokens, output_tokens, cached_input_tokens,"
+        " reasoning_tokens, cost_nusd, baseline_nusd, classifier_nusd, price_map_version, price_known,"
+        " classify_ms, provider_ms, total_ms, cache_hit, final, received_ts, judge_nusd"
+    )
+    await conn.execute(
+        sa.text(f"INSERT INTO usage_records ({old}, run_id) SELECT {old}, '' FROM usage_records_v3")
+    )
+    states = (
+        "first_ts, home_ts, model, tier, category, cache_hit, attempt_count, escalated, total_ms, lat_bucket"
+    )
+    await conn.execute(
+        sa.text(
+            f"INSERT INTO requests (request_id, caller, run_id, {states}) SELECT q.request_id,"
+            " COALESCE(q.caller, (SELECT MIN(r.caller) FROM usage_records_v3 r WHERE r.request_id = q.request_id), ''),"
+            f" '', {', '.join('q.' + c.strip() for c in states.split(','))} FROM requests_v3 q"
+        )
+    )
+    for table in ("usage_records_v3", "requests_v3"):
+        await conn.execute(sa.text(f"DROP TABLE {table}"))
+    await conn.execute(sa.text("CREATE INDEX ix_usage_records_ts ON usage_records (ts)"))
+    await conn.execute(sa.text("CREATE INDEX ix_requests_home_ts ON requests (home_ts)"))
+    for column in ("reasoning_tokens", "baseline_reasoning_nusd"):
+        await conn.execute(sa.text(f"ALTER TABLE usage_hourly ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage records, request states, hourly rollups with latency histograms", _v1),
     Migration(2, "budgets, feedback and sender spool reports", _v2),
     Migration(3, "the LLM judge's cost per attempt and per rollup", _v3),
+    Migration(
+        4, "records and request states keyed by caller and run; baseline reasoning; policy version", _v4
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -77,12 +77,17 @@ def to_row(record: ledger_pb2.UsageRecord, received_us: int) -> dict[str, Any]:
         "final": record.final,
         "received_ts": received_us,
         "judge_nusd": to_nusd(record.judge_cost_usd),
+        "run_id": record.run_id,
+        "baseline_reasoning_nusd": to_nusd(usage.baseline_reasoning_cost_usd),
+        "policy_version": record.policy_version,
+        "family": record.family,
     }
 
 
 # Export columns, in order: the UsageRecord fields, flattened, with enums by name and money exact.
 EXPORT_COLUMNS = (
     "request_id",
+    "run_id",
     "attempt",
     "time",
     "caller",
@@ -110,12 +115,16 @@ EXPORT_COLUMNS = (
     "cache_hit",
     "final",
     "judge_cost_usd",
+    "baseline_reasoning_cost_usd",
+    "policy_version",
+    "family",
 )
 
 
 def export_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "request_id": row["request_id"],
+        "run_id": row["run_id"],
         "attempt": row["attempt"],
         "time": iso_us(row["ts"]),
         "caller": row["caller"],
@@ -143,10 +152,19 @@ def export_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
         "cache_hit": bool(row["cache_hit"]),
         "final": bool(row["final"]),
         "judge_cost_usd": int(row["judge_nusd"]),
+        "baseline_reasoning_cost_usd": int(row["baseline_reasoning_nusd"]),
+        "policy_version": row["policy_version"],
+        "family": row["family"],
     }
 
 
-_MONEY = ("cost_usd", "baseline_cost_usd", "classifier_cost_usd", "judge_cost_usd")
+_MONEY = (
+    "cost_usd",
+    "baseline_cost_usd",
+    "classifier_cost_usd",
+    "judge_cost_usd",
+    "baseline_reasoning_cost_usd",
+)
 
 
 def csv_header() -> str:

@@ -72,14 +72,16 @@ ledger_meta = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
 )
 
-# One row per provider attempt, as delivered. (request_id, attempt) is the idempotency key.
+# One row per provider attempt, as delivered. (request_id, caller, run_id, attempt) is the idempotency
+# key (migration 4): every distinct provider call has its own, a re-delivered record hits its own.
 usage_records = sa.Table(
     "usage_records",
     metadata,
     sa.Column("request_id", sa.String(200), primary_key=True),
+    sa.Column("caller", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("ts", sa.BigInteger, nullable=False),
-    sa.Column("caller", sa.String(200), nullable=False),
     sa.Column("category", sa.Integer, nullable=False),
     sa.Column("tier", sa.Integer, nullable=False),
     sa.Column("score", sa.Float, nullable=False),
@@ -105,18 +107,23 @@ usage_records = sa.Table(
     sa.Column("final", sa.Boolean, nullable=False),
     sa.Column("received_ts", sa.BigInteger, nullable=False),
     sa.Column("judge_nusd", sa.BigInteger, nullable=False, server_default="0"),  # migration 3
+    # Migration 4: the baseline's reasoning share, the policy version, the classifier's prompt family.
+    sa.Column("baseline_reasoning_nusd", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("policy_version", sa.String(64), nullable=False, server_default=""),
+    sa.Column("family", sa.String(64), nullable=False, server_default=""),
     sa.Index("ix_usage_records_ts", "ts"),
 )
 
-# One row per routed request: what its attempts so far say about it. The request's "home" is its
-# attempt 1 (time, caller, model, tier, category); request-level figures are counted there.
+# One row per run of a routed request: what its attempts so far say about it. The run's "home" is its
+# attempt 1 (time, model, tier, category); request-level figures are counted there.
 requests = sa.Table(
     "requests",
     metadata,
     sa.Column("request_id", sa.String(200), primary_key=True),
+    sa.Column("caller", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("first_ts", sa.BigInteger, nullable=False),
     sa.Column("home_ts", sa.BigInteger, nullable=True),
-    sa.Column("caller", sa.String(200), nullable=True),
     sa.Column("model", sa.String(200), nullable=True),
     sa.Column("tier", sa.Integer, nullable=True),
     sa.Column("category", sa.Integer, nullable=True),
@@ -141,12 +148,14 @@ ROLLUP_COUNTERS = (
     "failed_nusd",
     "unpriced_attempts",
     "judge_nusd",
+    "reasoning_tokens",
+    "baseline_reasoning_nusd",
     "requests",
     "escalated_requests",
     "fallback_requests",
     "cache_hits",
 )
-ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:9]
+ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:11]
 
 
 def attempt_sums(r: Any) -> list[Any]:
@@ -161,10 +170,12 @@ def attempt_sums(r: Any) -> list[Any]:
         sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
         sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
         sa.func.sum(r.judge_nusd),
+        sa.func.sum(r.reasoning_tokens),
+        sa.func.sum(r.baseline_reasoning_nusd),
     ]
 
 
-REQUEST_COUNTERS = ROLLUP_COUNTERS[9:]
+REQUEST_COUNTERS = ROLLUP_COUNTERS[11:]
 ROLLUP_KEY = ("dim", "per_caller", "caller", "hour", "key")
 
 usage_hourly = sa.Table(

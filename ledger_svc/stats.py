@@ -295,6 +295,8 @@ def totals_pb(agg: Aggregate) -> ledger_pb2.Totals:
         latency_p50_ms=percentile(agg.latency, 0.50),
         latency_p95_ms=percentile(agg.latency, 0.95),
         unpriced_attempts=g("unpriced_attempts"),
+        reasoning_tokens=g("reasoning_tokens"),
+        baseline_reasoning_cost_usd=to_usd(g("baseline_reasoning_nusd")),
     )
 
 

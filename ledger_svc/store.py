@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from ledger_svc import migrations
 from ledger_svc import stats as queries
 from ledger_svc.db import Engines, create_engines, ensure_schema, insert_for
-from ledger_svc.ingest import Statements, insert_batch, rebuild
+from ledger_svc.ingest import RecordKey, Statements, insert_batch, rebuild, record_key
 from ledger_svc.records import iso_us, to_row
 from ledger_svc.schema import (
     DIM_TOTAL,
@@ -251,7 +251,7 @@ class LedgerStore:
                 or 0
             )
             results: list[IngestResult | InvalidArgument | None] = []
-            owner: dict[tuple[str, int], int] = {}  # record key -> the first batch that carried it
+            owner: dict[RecordKey, int] = {}  # record key -> the first batch that carried it
             rows: list[dict[str, Any]] = []
             for position, batch in enumerate(group):
                 too_old = [
@@ -273,7 +273,7 @@ class LedgerStore:
                     continue
                 results.append(None)
                 for row in batch.rows:
-                    key = (row["request_id"], row["attempt"])
+                    key = record_key(row)
                     if key not in owner:
                         owner[key] = position
                         rows.append(row)
@@ -328,7 +328,13 @@ class LedgerStore:
         query = (
             sa.select(usage_records)
             .where(usage_records.c.ts >= window.since_us, usage_records.c.ts < window.until_us)
-            .order_by(usage_records.c.ts, usage_records.c.request_id, usage_records.c.attempt)
+            .order_by(
+                usage_records.c.ts,
+                usage_records.c.request_id,
+                usage_records.c.caller,
+                usage_records.c.run_id,
+                usage_records.c.attempt,
+            )
             .execution_options(yield_per=batch)
         )
         async with self._engines.read.connect() as conn, conn.begin():

@@ -14,6 +14,7 @@ from llmroute.ledger.v1 import ledger_pb2
 from service_kit.errors import InvalidArgument
 
 MAX_ID_CHARS = 200
+MAX_RUN_ID_CHARS = 64
 MAX_NOTE_CHARS = 10_000
 MAX_ATTEMPT = 10_000
 MAX_WINDOW_MINUTES = 10 * 366 * 24 * 60
@@ -71,6 +72,9 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
     p = f"records[{index}]"
     found: Violations = []
     found += _text(f"{p}.request_id", record.request_id, required=True)
+    found += _text(f"{p}.run_id", record.run_id, required=False, limit=MAX_RUN_ID_CHARS)
+    found += _text(f"{p}.policy_version", record.policy_version, required=False, limit=MAX_RUN_ID_CHARS)
+    found += _text(f"{p}.family", record.family, required=False, limit=MAX_RUN_ID_CHARS)
     if not 1 <= record.attempt <= MAX_ATTEMPT:
         found.append((f"{p}.attempt", f"must be between 1 and {MAX_ATTEMPT}; got {record.attempt}"))
     if not record.HasField("time") or record.time.seconds <= 0:
@@ -88,6 +92,7 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
     for field, value in (
         ("usage.cost_usd", record.usage.cost_usd),
         ("usage.baseline_cost_usd", record.usage.baseline_cost_usd),
+        ("usage.baseline_reasoning_cost_usd", record.usage.baseline_reasoning_cost_usd),
         ("classifier_cost_usd", record.classifier_cost_usd),
         ("judge_cost_usd", record.judge_cost_usd),
         ("classify_ms", record.classify_ms),

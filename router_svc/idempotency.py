@@ -1,17 +1,67 @@
-"""Route is idempotent by (caller, request_id): a retry gets the first answer instead of a second bill."""
+"""Route and RouteStream are idempotent by (caller, request_id), and a key is bound to its request.
+
+The contract (also in router.proto and the README):
+- the key is the caller's `request_id`; the `x-request-id` metadata is a tracing id and never a key;
+- a key is bound to the request it first came with (a digest of its messages and options) for
+  `ttl` seconds after its last run ends: the same key with a different request is refused with
+  ALREADY_EXISTS, never answered with another request's answer;
+- the same key and request while a run is in flight waits for that run; once a run has answered,
+  its response is replayed (`replayed` set) with no provider call;
+- a run that failed is not remembered: the next retry runs again, as a new run (its own `run_id`, so
+  the ledger keeps both runs' attempts). A run whose client went away is given up: a retry that was
+  waiting for it runs itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
+import grpc
+
+from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
+from service_kit.errors import DeadlineExceeded, ServiceError
 
 
-class ResponseCache:
-    """Finished responses for `ttl` seconds (bounded LRU), and in-flight calls shared by duplicates."""
+class IdempotencyKeyReused(ServiceError):
+    """The request id was already used by this caller for a different request."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class _Abandoned(Exception):
+    """The run's client went away before it finished: whoever waited for it runs instead."""
+
+
+def fingerprint(messages: Sequence[common_pb2.ChatMessage], options: router_pb2.RouteOptions) -> bytes:
+    """What a request id is bound to: a digest of the conversation and the options, as sent."""
+    canonical = router_pb2.RouteRequest(messages=messages, options=options)
+    return hashlib.sha256(canonical.SerializeToString(deterministic=True)).digest()
+
+
+def replayed(response: router_pb2.RouteResponse) -> router_pb2.RouteResponse:
+    copy = router_pb2.RouteResponse()
+    copy.CopyFrom(response)
+    copy.replayed = True
+    return copy
+
+
+@dataclass(slots=True)
+class _Entry:
+    fingerprint: bytes
+    expires: float
+    response: router_pb2.RouteResponse | None = None
+    running: asyncio.Future[router_pb2.RouteResponse] | None = None
+
+
+class IdempotencyCache:
+    """Per replica, in memory: bound keys with their finished response or in-flight run (bounded LRU)."""
 
     def __init__(
         self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic
@@ -19,46 +69,81 @@ class ResponseCache:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._clock = clock
-        self._done: OrderedDict[Hashable, tuple[float, router_pb2.RouteResponse]] = OrderedDict()
-        self._running: dict[Hashable, asyncio.Future[router_pb2.RouteResponse]] = {}
-        # How many times each key was routed and failed: a retry after a failure routes again, and
-        # its attempts must not reuse the ledger's (request_id, attempt) keys of the failed run.
-        self._failed_runs: OrderedDict[Hashable, int] = OrderedDict()
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
 
-    def failed_runs(self, key: Hashable) -> int:
-        return self._failed_runs.get(key, 0)
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0 and self._max > 0
 
-    async def get_or_run(
-        self, key: Hashable, run: Callable[[], Awaitable[router_pb2.RouteResponse]]
-    ) -> router_pb2.RouteResponse:
-        if self._max == 0 or self._ttl == 0:
-            return await run()
-        hit = self._done.get(key)
-        if hit is not None and hit[0] > self._clock():
-            self._done.move_to_end(key)
-            return hit[1]
-        running = self._running.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[router_pb2.RouteResponse] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
-            response = await run()
-        except BaseException as error:
-            # Failures are not remembered: a retry routes again. Waiters see the same error.
-            self._failed_runs[key] = self._failed_runs.get(key, 0) + 1
-            self._failed_runs.move_to_end(key)
-            while len(self._failed_runs) > max(self._max, 1):
-                self._failed_runs.popitem(last=False)
-            if not future.done():
-                future.set_exception(error if isinstance(error, Exception) else asyncio.CancelledError())
-                future.exception()  # mark retrieved: no "never retrieved" warning when nobody waits
-            raise
-        finally:
-            del self._running[key]
-        future.set_result(response)
-        self._done[key] = (self._clock() + self._ttl, response)
-        self._done.move_to_end(key)
-        while len(self._done) > self._max:
-            self._done.popitem(last=False)
-        return response
+    async def claim(self, key: Hashable, digest: bytes) -> router_pb2.RouteResponse | None:
+        """The response to replay for `key`, or None: then the caller owns a new run of it and must end
+        it with `finish` or `fail`. Raises IdempotencyKeyReused when `key` is bound to another request."""
+        if not self.enabled:
+            return None
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and entry.running is None and entry.expires <= self._clock():
+                del self._entries[key]
+                entry = None
+            if entry is None:
+                self._entries[key] = _Entry(digest, self._clock() + self._ttl, running=self._future())
+                self._evict()
+                return None
+            self._entries.move_to_end(key)
+            if entry.fingerprint != digest:
+                raise IdempotencyKeyReused(
+                    "this request_id was already used by this caller for a different request "
+                    "(messages or options differ); use a new request_id for a new request",
+                    metadata={"request_id": str(key[1]) if isinstance(key, tuple) else str(key)},
+                )
+            if entry.response is not None:
+                return replayed(entry.response)
+            if entry.running is None:  # its last run failed: this retry runs again
+                entry.running = self._future()
+                return None
+            try:
+                return replayed(await asyncio.shield(entry.running))
+            except _Abandoned:
+                continue  # the run was given up; the first waiter here takes it over
+
+    def finish(self, key: Hashable, response: router_pb2.RouteResponse) -> None:
+        """The owner's run answered: remember the response and hand it to whoever waits."""
+        entry = self._entries.get(key)
+        if entry is None or entry.running is None:
+            return
+        running, entry.running = entry.running, None
+        entry.response = response
+        entry.expires = self._clock() + self._ttl
+        if not running.done():
+            running.set_result(response)
+
+    def fail(self, key: Hashable, error: BaseException) -> None:
+        """The owner's run ended without an answer. Waiters get the same error, except when the owner's
+        client went away (cancelled, or its deadline passed): then a waiter runs it. Either way the next
+        retry runs again."""
+        entry = self._entries.get(key)
+        if entry is None or entry.running is None:
+            return  # finished already (a client that left after its answer) or evicted
+        running, entry.running = entry.running, None
+        entry.expires = self._clock() + self._ttl
+        if not running.done():
+            given_up = not isinstance(error, Exception) or isinstance(error, DeadlineExceeded)
+            running.set_exception(_Abandoned() if given_up else error)
+            running.exception()  # retrieved: no "never retrieved" warning when nobody waits
+
+    def _future(self) -> asyncio.Future[router_pb2.RouteResponse]:
+        return asyncio.get_running_loop().create_future()
+
+    def _evict(self) -> None:
+        """Oldest first, never a run in flight (its waiters and owner hold on to it)."""
+        excess = len(self._entries) - self._max
+        if excess <= 0:
+            return
+        victims = []
+        for key, entry in self._entries.items():
+            if entry.running is None:
+                victims.append(key)
+                if len(victims) == excess:
+                    break
+        for key in victims:
+            del self._entries[key]

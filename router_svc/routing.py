@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -86,8 +87,13 @@ class RouteInput:
     caller: str
     # True when the client chose the request id (so it may retry with it).
     client_request_id: bool = False
-    # The id the ledger records attempts under ("" = request_id); differs for a retry of a failed run.
-    ledger_request_id: str = ""
+    # What the request id is bound to: a digest of the messages and options (see router_svc.idempotency).
+    fingerprint: bytes = b""
+    # The id logs and the other services see (the client's x-request-id metadata, else request_id).
+    trace_id: str = ""
+    # This execution of the request, drawn when routing starts (see `pinned`); with caller and
+    # request_id it keys the ledger's records, so a run never collides with another's.
+    run_id: str = ""
     # The policy and prices this request is routed under, fixed when routing starts (see `pinned`), so a
     # reload or price refresh mid-request cannot mix versions within one request's records.
     policy: Policy | None = None
@@ -244,7 +250,9 @@ class Router:
             ), []
         timeout = _bounded(self._settings.classify_timeout_seconds, deadline)
         try:
-            verdict, warnings = await self._classifier.classify(request.messages, request.request_id, timeout)
+            verdict, warnings = await self._classifier.classify(
+                request.messages, request.trace_id or request.request_id, timeout
+            )
         except grpc.aio.AioRpcError as error:
             log.warning("classifier_unavailable", code=error.code().name, default_tier=policy.default_tier)
             return classifier_pb2.ClassifyResponse(
@@ -332,10 +340,15 @@ class Router:
     # ---- calling ----------------------------------------------------------------------------------
 
     def pinned(self, request: RouteInput) -> RouteInput:
-        """The request with the current policy and prices fixed for its whole run."""
-        if request.policy is not None and request.prices is not None:
+        """The request as one run: a run id, and the current policy and prices fixed for its duration."""
+        if request.policy is not None and request.prices is not None and request.run_id:
             return request
-        return dataclasses.replace(request, policy=self._policy(), prices=self._prices())
+        return dataclasses.replace(
+            request,
+            policy=request.policy or self._policy(),
+            prices=request.prices or self._prices(),
+            run_id=request.run_id or uuid.uuid4().hex,
+        )
 
     async def _begin(self, request: RouteInput, deadline: float | None) -> Run:
         started = time.perf_counter()
@@ -355,7 +368,9 @@ class Router:
         if verdict.overhead.cost_usd <= 0:
             return
         record = ledger_pb2.UsageRecord(
-            request_id=request.ledger_request_id or request.request_id,
+            request_id=request.request_id,
+            run_id=request.run_id,
+            policy_version=request.pinned_policy.version_id,
             attempt=1,
             caller=request.caller,
             category=verdict.category,
@@ -730,9 +745,11 @@ class Router:
     def _response(self, request: RouteInput, run: Run) -> router_pb2.RouteResponse:
         verdict, plan, outcomes, answer = run.verdict, run.plan, run.outcomes, run.answer
         if answer is not None:
-            answer.attempt.usage.baseline_cost_usd = self._baseline_cost(request, answer.attempt.usage)
+            usage = answer.attempt.usage
+            usage.baseline_cost_usd, usage.baseline_reasoning_cost_usd = self._baseline_cost(request, usage)
         response = router_pb2.RouteResponse(
             request_id=request.request_id,
+            run_id=request.run_id,
             classification=verdict,
             candidates=plan.explained,
             attempts=[o.attempt for o in outcomes],
@@ -757,6 +774,7 @@ class Router:
             response.tier = answer.attempt.tier
             response.simulated = answer.simulated
             response.usage.baseline_cost_usd = answer.attempt.usage.baseline_cost_usd
+            response.usage.baseline_reasoning_cost_usd = answer.attempt.usage.baseline_reasoning_cost_usd
             if answer.attempt.outcome != common_pb2.ATTEMPT_OUTCOME_OK:
                 response.warnings.append(f"output_rejected:{answer.attempt.error}")
         response.timings.classify_ms = run.classify_ms
@@ -764,12 +782,27 @@ class Router:
         response.timings.total_ms = (time.perf_counter() - run.started) * 1000
         return response
 
-    def _baseline_cost(self, request: RouteInput, usage: common_pb2.Usage) -> float:
-        """What the flagship baseline would have charged for the answering attempt's tokens."""
-        baseline = request.pinned_policy.baseline_model
-        return request.pinned_prices.cost(
-            baseline, usage.input_tokens, usage.output_tokens, usage.cached_input_tokens
+    def _baseline_cost(self, request: RouteInput, usage: common_pb2.Usage) -> tuple[float, float]:
+        """The counterfactual: what the baseline model would have charged for the same answer, and the
+        part of that for reasoning.
+
+        Input tokens (the cached ones at its cached rate) and the visible output tokens, at the
+        baseline's prices; the answering model's reasoning tokens only when the policy configures the
+        baseline to reason, since a baseline that does not reason would not have produced them.
+        """
+        policy = request.pinned_policy
+        visible = max(0, usage.output_tokens - usage.reasoning_tokens)
+        reasoning = usage.reasoning_tokens if policy.baseline_reasoning_effort else 0
+        prices = request.pinned_prices
+        total = prices.cost(
+            policy.baseline_model,
+            usage.input_tokens,
+            visible + reasoning,
+            usage.cached_input_tokens,
+            reasoning,
         ).usd
+        price = prices.price(policy.baseline_model)
+        return total, (reasoning * price.reasoning_per_token if price is not None else 0.0)
 
     def _records(
         self, request: RouteInput, run: Run, response: router_pb2.RouteResponse
@@ -782,7 +815,9 @@ class Router:
             attempt = outcome.attempt
             final = outcome is answer
             record = ledger_pb2.UsageRecord(
-                request_id=request.ledger_request_id or request.request_id,
+                request_id=request.request_id,
+                run_id=request.run_id,
+                policy_version=request.pinned_policy.version_id,
                 attempt=number,
                 time=now,
                 caller=request.caller,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
-from router_svc.idempotency import ResponseCache
+from router_svc.idempotency import IdempotencyCache, fingerprint
 from router_svc.judge import Judge
 from router_svc.policy_source import PolicySource
 from router_svc.pricing import PriceSource
@@ -51,8 +50,8 @@ def parse_request(
 ) -> RouteInput:
     """Validate a Route/RouteStream request; every problem becomes one field violation."""
     violations = message_violations(request.messages, settings.max_prompt_chars)
-    client_request_id = request.request_id or metadata.get(invocation_metadata, metadata.REQUEST_ID)
-    request_id = client_request_id or uuid.uuid4().hex
+    # Only the request's own field is an idempotency key; x-request-id metadata only traces.
+    request_id = request.request_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(request_id):
         violations.append(("request_id", "must be 1-128 characters of letters, digits and ._:-"))
     caller = request.caller or metadata.get(invocation_metadata, metadata.CALLER) or settings.default_caller
@@ -84,7 +83,9 @@ def parse_request(
     return RouteInput(
         messages=tuple(request.messages),
         request_id=request_id,
-        client_request_id=bool(client_request_id),
+        client_request_id=bool(request.request_id),
+        fingerprint=fingerprint(request.messages, options) if request.request_id else b"",
+        trace_id=metadata.get(invocation_metadata, metadata.REQUEST_ID) or request_id,
         caller=caller,
         max_output_tokens=max_output_tokens,
         temperature=temperature,
@@ -106,40 +107,63 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, router: Router, settings: RouterSettings, responses: ResponseCache) -> None:
+    def __init__(self, router: Router, settings: RouterSettings, idempotency: IdempotencyCache) -> None:
         self._router = router
         self._settings = settings
-        self._responses = responses
+        self._idempotency = idempotency
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
-        route_input = parse_request(request, context.invocation_metadata(), self._settings)
-        structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
-        if not route_input.client_request_id:
-            return await self._router.route(
-                route_input, _deadline(context)
-            )  # a generated id is never retried
+        route_input = _bound(parse_request(request, context.invocation_metadata(), self._settings))
+        if not route_input.client_request_id:  # a generated id is never retried
+            return await self._router.route(route_input, _deadline(context))
         key = (route_input.caller, route_input.request_id)
-
-        def run() -> Awaitable[router_pb2.RouteResponse]:
-            # A retry of a failed run is recorded under its own ledger id, so its attempts do not
-            # collide with the failed run's (request_id, attempt) keys.
-            retry = self._responses.failed_runs(key)
-            ledger_id = f"{route_input.request_id}~retry{retry}" if retry else route_input.request_id
-            return self._router.route(
-                dataclasses.replace(route_input, ledger_request_id=ledger_id), _deadline(context)
-            )
-
-        return await self._responses.get_or_run(key, run)
+        replay = await self._idempotency.claim(key, route_input.fingerprint)
+        if replay is not None:
+            log.info("route_replayed", run_id=replay.run_id)
+            return replay
+        try:
+            response = await self._router.route(route_input, _deadline(context))
+        except BaseException as error:
+            self._idempotency.fail(key, error)
+            raise
+        self._idempotency.finish(key, response)
+        return response
 
     async def RouteStream(
         self, request: router_pb2.RouteStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.RouteStreamResponse]:
-        route_input = parse_request(request, context.invocation_metadata(), self._settings)
-        structlog.contextvars.bind_contextvars(request_id=route_input.request_id, caller=route_input.caller)
-        async for event in self._router.route_stream(route_input, _deadline(context)):
-            yield event
+        route_input = _bound(parse_request(request, context.invocation_metadata(), self._settings))
+        stream = self._router.route_stream(route_input, _deadline(context))
+        if not route_input.client_request_id:
+            async for event in stream:
+                yield event
+            return
+        key = (route_input.caller, route_input.request_id)
+        replay = await self._idempotency.claim(key, route_input.fingerprint)
+        if replay is not None:
+            # A retried stream: the whole answer as one delta, then the first run's summary.
+            log.info("route_replayed", run_id=replay.run_id)
+            yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=replay.content))
+            yield router_pb2.RouteStreamResponse(summary=replay)
+            return
+        try:
+            async for event in stream:
+                if event.HasField("summary"):
+                    self._idempotency.finish(key, event.summary)  # before the client can go away
+                yield event
+        except BaseException as error:
+            self._idempotency.fail(key, error)  # no-op once finished
+            raise
+        self._idempotency.fail(key, RuntimeError("the stream ended without a summary"))
+
+
+def _bound(route_input: RouteInput) -> RouteInput:
+    structlog.contextvars.bind_contextvars(
+        request_id=route_input.request_id, trace_id=route_input.trace_id, caller=route_input.caller
+    )
+    return route_input
 
 
 def build_usage_sink(settings: RouterSettings) -> UsageSink:
@@ -196,9 +220,9 @@ async def create_server(
         budgets=budgets,
         judge=judge,
     )
-    responses = ResponseCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
+    idempotency = IdempotencyCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
     server = service_server.new_server(share_port=settings.workers > 1)
-    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, settings, responses), server)
+    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, settings, idempotency), server)
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     try:
         await _start_background(running, settings, sink, policy, prices, classifier, ledger_channel, router)

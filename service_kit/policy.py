@@ -6,6 +6,8 @@ file is rejected with a clear error and the previous policy stays in force.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +77,9 @@ class Policy(BaseModel):
 
     version: int = 1
     baseline_model: str = Field(min_length=1)
+    # Whether the baseline model reasons, and how hard: savings are measured against it, so its
+    # counterfactual cost includes reasoning tokens only when it is set (see docs/router.md#baseline).
+    baseline_reasoning_effort: Literal["low", "medium", "high"] | None = None
     default_tier: str = "moderate"
     thresholds: Thresholds
     tiers: dict[str, list[ModelSpec]]
@@ -101,6 +106,13 @@ class Policy(BaseModel):
 
     def candidates(self, tier: int) -> list[ModelSpec]:
         return self.tiers[NAME_BY_TIER[tier]]
+
+    @functools.cached_property
+    def version_id(self) -> str:
+        """`v<version>-<digest of the content>`: records carry it, so any edit (thresholds, models) is a
+        new version to compare before and after, even when nobody bumps `version`."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:10]
+        return f"v{self.version}-{digest}"
 
 
 def load_policy(path: str | Path) -> Policy:

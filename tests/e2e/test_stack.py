@@ -193,11 +193,8 @@ def test_sighup_reloads_the_policy_and_a_bad_one_keeps_the_old(stack: Stack) -> 
         ).stdout
     )
     tokens = reply["usage"]
-    expected = (
-        PriceBook.from_litellm()
-        .cost("gpt-4.1", int(tokens["input_tokens"]), int(tokens["output_tokens"]))
-        .usd
-    )
+    visible = int(tokens["output_tokens"]) - int(tokens.get("reasoning_tokens", 0))
+    expected = PriceBook.from_litellm().cost("gpt-4.1", int(tokens["input_tokens"]), visible).usd
     assert reply["usage"]["baseline_cost_usd"] == pytest.approx(expected, rel=1e-9)
 
 

@@ -50,9 +50,11 @@ def record(
     total_ms: float = 0.0,
     cache_hit: bool = False,
     price_known: bool = True,
+    run_id: str = "",
 ) -> ledger_pb2.UsageRecord:
     return ledger_pb2.UsageRecord(
         request_id=request_id,
+        run_id=run_id,
         attempt=attempt,
         time=ts(at),
         caller=caller,
@@ -147,13 +149,14 @@ def reference(
     records: Iterable[ledger_pb2.UsageRecord], since: int, until: int, dim: int = 0, caller: str | None = None
 ) -> dict[str, Expected]:
     """Per group: attempt figures from attempts in [since, until) by their own dimensions; request
-    figures from requests whose attempt 1 is in the window, by attempt 1's dimensions."""
+    figures from requests (runs) whose attempt 1 is in the window, by attempt 1's dimensions. A record
+    is identified by (request_id, caller, run_id, attempt), a run by the first three."""
     unique = {}
     for r in records:
-        unique.setdefault((r.request_id, r.attempt), r)
-    by_request: dict[str, list[ledger_pb2.UsageRecord]] = defaultdict(list)
+        unique.setdefault((r.request_id, r.caller, r.run_id, r.attempt), r)
+    by_request: dict[tuple[str, str, str], list[ledger_pb2.UsageRecord]] = defaultdict(list)
     for r in unique.values():
-        by_request[r.request_id].append(r)
+        by_request[(r.request_id, r.caller, r.run_id)].append(r)
     out: dict[str, Expected] = defaultdict(Expected)
     for r in unique.values():
         if not since <= _t(r) < until or (caller is not None and r.caller != caller):

@@ -133,7 +133,9 @@ async def test_export_jsonl_in_chunks(backend: Backend) -> None:
         empty, _ = await _export(
             ledger, L.ExportRecordsRequest(window=L.TimeWindow(last_minutes=1), format=L.EXPORT_FORMAT_CSV)
         )
-        assert empty.splitlines() == [empty.splitlines()[0]] and empty.startswith("request_id,attempt,time")
+        assert empty.splitlines() == [empty.splitlines()[0]] and empty.startswith(
+            "request_id,run_id,attempt,time"
+        )
     finally:
         await stop_ledger(ledger)
 

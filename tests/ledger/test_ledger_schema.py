@@ -65,17 +65,26 @@ async def test_migrating_an_existing_v1_database_keeps_its_records(backend: Back
 
     store = await LedgerStore.open(settings)  # migrates to the latest version
     try:
-        assert await _versions(store) == [1, 2, 3]
+        assert await _versions(store) == [1, 2, 3, 4]
         totals = await store.totals(Window(at - MIN, at + MIN), None)
         assert totals.get("requests") == 2 and totals.get("cost_nusd") == 30_000_000
         assert totals.get("judge_nusd") == 0  # the column v3 added reads 0 for the old rows
+        # Migration 4 keyed records by (request_id, caller, run_id, attempt): the old rows are run ''
+        # of their caller, so the same records delivered again are still duplicates...
+        again = await store.record_usage(olds)
+        assert (again.inserted, again.duplicates) == (0, 2)
+        # ...while another caller's record with the same request id is a call of its own.
+        other = record("v1-a", 1, at=at, cost=0.04, caller="bob")
+        assert (await store.record_usage([other])).inserted == 1
+        totals = await store.totals(Window(at - MIN, at + MIN), None)
+        assert totals.get("requests") == 3 and totals.get("cost_nusd") == 70_000_000
         await store.set_budget("alice", L.BUDGET_PERIOD_DAILY, 0, 10**9)
         assert [b.caller for b in await store.budgets(None)] == ["alice"]
     finally:
         await store.close()
     again = await LedgerStore.open(settings)  # nothing left to do
     try:
-        assert await _versions(again) == [1, 2, 3]
+        assert await _versions(again) == [1, 2, 3, 4]
     finally:
         await again.close()
 

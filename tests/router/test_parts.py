@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from pathlib import Path
 
@@ -10,10 +9,8 @@ import pytest
 import yaml
 
 from llmroute.common.v1 import common_pb2
-from llmroute.router.v1 import router_pb2
 from router_svc._litellm import litellm
 from router_svc.cooldown import Cooldowns
-from router_svc.idempotency import ResponseCache
 from router_svc.policy_source import PolicySource
 from router_svc.pricing import PriceBook
 from router_svc.providers import Providers
@@ -145,24 +142,6 @@ def test_thresholds_cut_scores_into_tiers_and_shift_under_budget_pressure() -> N
     assert thresholds.tier_for(0.0) == common_pb2.TIER_SIMPLE
     assert thresholds.tier_for(thresholds.reasoning) == common_pb2.TIER_REASONING
     assert thresholds.tier_for(thresholds.complex, shift=0.01) == common_pb2.TIER_MODERATE
-
-
-async def test_response_cache_runs_duplicates_once_and_expires() -> None:
-    now = [0.0]
-    cache = ResponseCache(ttl_seconds=5, max_entries=2, clock=lambda: now[0])
-    calls = 0
-
-    async def run() -> router_pb2.RouteResponse:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(0.01)
-        return router_pb2.RouteResponse(request_id=str(calls))
-
-    first, second = await asyncio.gather(cache.get_or_run("k", run), cache.get_or_run("k", run))
-    assert calls == 1 and first == second
-    assert (await cache.get_or_run("k", run)).request_id == "1"
-    now[0] = 6
-    assert (await cache.get_or_run("k", run)).request_id == "2"
 
 
 async def test_price_refresh_from_a_file_replaces_the_map_and_a_bad_file_keeps_it(tmp_path: Path) -> None:

@@ -47,12 +47,13 @@ async def test_routes_a_simple_prompt_to_the_cheapest_simple_model_and_prices_it
         response.model, usage.input_tokens, usage.output_tokens, 0, usage.reasoning_tokens
     ).usd
     assert math.isclose(usage.cost_usd, expected, rel_tol=1e-9)
+    # The baseline (configured without reasoning) is priced for the input and the visible output only.
     baseline = load_policy(router.settings.policy_path).baseline_model
+    visible = usage.output_tokens - usage.reasoning_tokens
     assert math.isclose(
-        usage.baseline_cost_usd,
-        prices.cost(baseline, usage.input_tokens, usage.output_tokens).usd,
-        rel_tol=1e-9,
+        usage.baseline_cost_usd, prices.cost(baseline, usage.input_tokens, visible).usd, rel_tol=1e-9
     )
+    assert usage.baseline_reasoning_cost_usd == 0
     assert usage.baseline_cost_usd > usage.cost_usd > 0
     assert response.timings.total_ms >= response.timings.provider_ms > 0
     # One ledger record, the answering attempt, with the same money.
@@ -150,8 +151,10 @@ async def test_same_request_id_is_routed_once(router) -> None:
     req.request_id = "order-42"
     first = await router.stub.Route(req)
     second = await router.stub.Route(req)
-    assert first == second
-    assert [r.request_id for r in router.sink.records] == ["order-42"]
+    assert not first.replayed and second.replayed
+    second.replayed = False
+    assert first == second  # the first run's answer and accounting, byte for byte
+    assert [(r.request_id, r.run_id) for r in router.sink.records] == [("order-42", first.run_id)]
 
 
 async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
@@ -267,18 +270,20 @@ async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_fa
     retried.request_id = "invoice-7"
     with pytest.raises(grpc.aio.AioRpcError):
         await router.stub.Route(retried)
-    failed_keys = {(r.request_id, r.attempt) for r in router.sink.records}
+    failed_keys = [(r.request_id, r.attempt) for r in router.sink.records]
     async with httpx.AsyncClient() as client:
         await client.delete(router.simulator_url.removesuffix("/v1") + "/_sim/faults")
 
     response = await router.stub.Route(retried)
 
-    assert response.request_id == "invoice-7"
+    assert response.request_id == "invoice-7" and not response.replayed
     new = router.sink.records[len(failed_keys) :]
-    assert new and not failed_keys & {(r.request_id, r.attempt) for r in new}
-    assert {request_id for request_id, _ in failed_keys} == {"invoice-7"} and new[
-        0
-    ].request_id == "invoice-7~retry1"
+    assert {r.request_id for r in router.sink.records} == {"invoice-7"}
+    # The retry is a run of its own: its records cannot collide with the failed run's.
+    failed_runs = {r.run_id for r in router.sink.records[: len(failed_keys)]}
+    assert len(failed_runs) == 1 and {r.run_id for r in new} == {response.run_id} != failed_runs
+    keys = [(r.caller, r.request_id, r.run_id, r.attempt) for r in router.sink.records]
+    assert len(keys) == len(set(keys))
 
 
 async def test_a_refused_request_still_accounts_for_a_paid_classification(
