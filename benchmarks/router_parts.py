@@ -66,6 +66,7 @@ async def _run(simulator_url: str, state: Path) -> None:
     canned = await bare_call(simulator_url, "hi")
 
     async def canned_call(**kwargs: Any) -> Any:
+        kwargs["logger_fn"]({})  # as LiteLLM does just before it sends the request
         await asyncio.sleep(0)  # a provider call yields to the loop at least once
         return canned
 

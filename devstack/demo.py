@@ -122,7 +122,15 @@ def _summary(
         f"  spend               ${t.cost_usd:.6f}   (the Route responses above: ${routed_cost:.6f}; the rest is the"
     )
     print(f"                      router's warm-up calls at start, caller {WARM_UP_CALLER})")
-    print(f"  flagship baseline   ${t.baseline_cost_usd:.6f}   (every prompt on the policy's baseline model)")
+    print(f"  flagship baseline   ${t.baseline_cost_usd:.6f}   (every answer on the policy's baseline model)")
+    reasoning_share = (
+        t.baseline_reasoning_cost_usd / t.baseline_cost_usd * 100 if t.baseline_cost_usd else 0.0
+    )
+    print(
+        f"    of which reasoning ${t.baseline_reasoning_cost_usd:.6f}   ({reasoning_share:.1f}%; the routed models reasoned"
+        f" {t.reasoning_tokens} of their {t.output_tokens} output tokens,"
+    )
+    print("                      counted for the baseline only if the policy sets baseline_reasoning_effort)")
     print(f"  gross savings       ${t.gross_savings_usd:.6f}   ({share:.1f}% of the baseline)")
     print(
         f"  classifier cost     ${t.classifier_cost_usd:.6f}   (the LLM classifier, asked when the local model was unsure)"

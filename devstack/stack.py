@@ -58,6 +58,8 @@ class Stack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Extra processes of a service (a second router...): name → (service, port).
+    replicas: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def environments(self) -> dict[str, dict[str, str]]:
         """Per-service environment, as docker-compose.yml declares it (tests check the two agree)."""
@@ -89,14 +91,33 @@ class Stack:
             self.start_one(name, envs[name])
         self.wait_ready(services, timeout)
 
-    def start_one(self, name: str, service_env: Mapping[str, str]) -> None:
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **service_env, **self.extra_env}
+    def start_replica(self, service: str, name: str, env: Mapping[str, str], timeout: float = 90) -> int:
+        """One more process of `service` on a port of its own, its environment plus `env` (which
+        must give it its own state, a spool path for a router); returns the port."""
+        port = free_port()
+        prefix = {"router": "ROUTER", "ledger": "LEDGER", "classifier": "CLASSIFIER"}[service]
+        self.replicas[name] = (service, port)
+        self.start_one(name, self.environments()[service], {f"{prefix}_PORT": str(port), **env})
+        self.wait_ready((name,), timeout)
+        return port
+
+    def start_one(
+        self, name: str, service_env: Mapping[str, str], overrides: Mapping[str, str] | None = None
+    ) -> None:
+        env = {
+            **os.environ,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            **service_env,
+            **self.extra_env,
+            **(overrides or {}),
+        }
+        module = MODULES[self.replicas[name][0] if name in self.replicas else name]
         log_dir = self.log_dir or self.state_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         with (log_dir / f"{name}.log").open("ab") as out:
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop the services in order.
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", MODULES[name]],
+                [sys.executable, "-m", module],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -127,7 +148,7 @@ class Stack:
                     return bool(reply.status == 200)
             except OSError:
                 return False
-        port = getattr(self.ports, name)
+        port = self.replicas[name][1] if name in self.replicas else getattr(self.ports, name)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(

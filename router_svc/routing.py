@@ -529,11 +529,14 @@ class Router:
             await asyncio.sleep(backoff)
         return None
 
-    def _call_kwargs(self, request: RouteInput, choice: Choice, deadline: float | None) -> dict[str, Any]:
+    def _call_kwargs(
+        self, request: RouteInput, choice: Choice, deadline: float | None, dispatch: _Dispatch
+    ) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             **choice.route.kwargs,
             **choice.spec.params,
             "messages": request.chat,
+            "logger_fn": dispatch,
             # Constant on purpose: LiteLLM caches its HTTP clients by their parameters, timeout included,
             # so a per-request value would build a new client and a new connection for every call.
             # The request's deadline is enforced around the call instead (`asyncio.timeout_at`).
@@ -561,22 +564,29 @@ class Router:
         """One provider call, appended to `outcomes`. Returns it and whether a failure is worth retrying."""
         _raise_if_past(deadline)
         attempt = router_pb2.Attempt(
-            model=choice.spec.model, provider=choice.route.provider, tier=choice.tier
+            model=choice.spec.model,
+            provider=choice.route.provider,
+            tier=choice.tier,
+            price_known=choice.price_known,
         )
         outcome = Outcome(attempt, simulated=choice.route.simulated)
         outcomes.append(outcome)
+        dispatch = _Dispatch()
+        kwargs = self._call_kwargs(request, choice, deadline, dispatch)  # our bugs are not provider errors
         started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._acompletion(**self._call_kwargs(request, choice, deadline))
+                response = await self._acompletion(**kwargs)
         except asyncio.CancelledError:
             # The caller went away: the provider call is cancelled with us; charge the prompt it was sent.
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
             attempt.latency_ms = (time.perf_counter() - started) * 1000
             self._charge_estimate(attempt, request)
             self._cooldowns.release(choice.spec.model)
+            dispatch.forget_if_unsent(outcome, outcomes)
             raise
         except Exception as error:
+            dispatch.forget_if_unsent(outcome, outcomes)
             attempt.latency_ms = (time.perf_counter() - started) * 1000
             if isinstance(error, TimeoutError | litellm.Timeout):
                 self._charge_estimate(attempt, request)  # the prompt was sent: charged as on cancel
@@ -676,16 +686,20 @@ class Router:
     ) -> AsyncGenerator[str, None]:
         """Yield deltas of one streamed call; append its outcome. Raises if it fails after the first delta."""
         attempt = router_pb2.Attempt(
-            model=choice.spec.model, provider=choice.route.provider, tier=choice.tier
+            model=choice.spec.model,
+            provider=choice.route.provider,
+            tier=choice.tier,
+            price_known=choice.price_known,
         )
         outcome = Outcome(attempt, simulated=choice.route.simulated)
         outcomes.append(outcome)
         parts: list[str] = []
         usage = None
+        dispatch = _Dispatch()
+        kwargs = self._call_kwargs(request, choice, deadline, dispatch)
         started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
-                kwargs = self._call_kwargs(request, choice, deadline)
                 stream = await self._acompletion(
                     **kwargs, stream=True, stream_options={"include_usage": True}
                 )
@@ -704,8 +718,10 @@ class Router:
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED
             self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
             self._cooldowns.release(choice.spec.model)
+            dispatch.forget_if_unsent(outcome, outcomes)
             raise
         except Exception as error:
+            dispatch.forget_if_unsent(outcome, outcomes)
             attempt.outcome = (
                 common_pb2.ATTEMPT_OUTCOME_TIMEOUT
                 if isinstance(error, litellm.Timeout | TimeoutError)
@@ -716,7 +732,10 @@ class Router:
                 self._cooldowns.failure(choice.spec.model)
             else:
                 self._cooldowns.release(choice.spec.model)
-            self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
+            if parts or isinstance(error, TimeoutError | litellm.Timeout):
+                # The prompt was processed (and part of an answer generated): charged as on cancel.
+                # An error before any output (a 5xx, a refused request) is not billed, as in Route.
+                self._charge_estimate(attempt, request, _rough_tokens("".join(parts)))
             log.warning(
                 "provider_stream_error",
                 model=choice.spec.model,
@@ -845,6 +864,29 @@ class Router:
                 record.total_ms = response.timings.total_ms
             records.append(record)
         return records
+
+
+class _Dispatch:
+    """Whether LiteLLM handed one call to the provider's client: its `logger_fn`, run by LiteLLM's
+    pre-call hook just before the HTTP request goes out. A call that failed or was cancelled before
+    that reached no provider: it is not an attempt, is not charged and makes no ledger record."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def __call__(self, _details: object) -> None:
+        self.sent = True
+
+    def forget_if_unsent(self, outcome: Outcome, outcomes: list[Outcome]) -> None:
+        if self.sent:
+            return
+        for index, listed in enumerate(outcomes):
+            if listed is outcome:
+                del outcomes[index]
+                log.info("provider_call_not_sent", model=outcome.attempt.model)
+                return
 
 
 def _all_failed(outcomes: list[Outcome]) -> Unavailable:
