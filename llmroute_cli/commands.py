@@ -25,15 +25,18 @@ def _route(args: argparse.Namespace) -> None:
             router_pb2.RouteRequest(
                 messages=[common_pb2.ChatMessage(role="user", content=args.prompt)],
                 caller=args.caller,
+                request_id=args.request_id,
                 options=options,
             ),
             timeout=args.timeout,
         )
     print(reply.content)
     usage = reply.usage
+    replayed = " · replayed, not charged again" if reply.replayed else ""
     print(
         f"\n[{common_pb2.Tier.Name(reply.tier)} · {reply.model} · ${usage.cost_usd:.6f} "
-        f"(baseline ${usage.baseline_cost_usd:.6f}) · {reply.timings.total_ms:.0f} ms]",
+        f"(baseline ${usage.baseline_cost_usd:.6f}) · {reply.timings.total_ms:.0f} ms · "
+        f"request {reply.request_id} run {reply.run_id}{replayed}]",
         file=sys.stderr,
     )
 
@@ -98,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("prompt")
     route.add_argument("--caller", default="cli")
     route.add_argument("--max-output-tokens", type=int)
+    route.add_argument("--request-id", default="", help="idempotency key (a retry with it is replayed)")
     route.add_argument("--timeout", type=float, default=120)
     route.set_defaults(run=_route)
 
