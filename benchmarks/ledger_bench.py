@@ -89,7 +89,8 @@ def _attempts(rnd: random.Random, request_id: str, at: int) -> list[dict[str, An
                 "classifier_nusd": 0 if a > 1 or cache_hit else 20_000, "price_map_version": "bench",
                 "price_known": True, "classify_ms": 3.0 if a == 1 else 0.0, "provider_ms": rnd.uniform(100, 3000),
                 "total_ms": rnd.lognormvariate(6.5, 0.8) if last else 0.0, "cache_hit": cache_hit, "final": last,
-                "received_ts": at + 5000, "judge_nusd": 0,
+                "received_ts": at + 5000, "judge_nusd": 0, "run_id": f"run-{request_id}",
+                "baseline_reasoning_nusd": 0, "policy_version": "v1-bench", "family": "open",
             }
         )  # fmt: skip
         if outcome == C.ATTEMPT_OUTCOME_ESCALATED and tier < C.TIER_REASONING:
@@ -100,7 +101,7 @@ def _attempts(rnd: random.Random, request_id: str, at: int) -> list[dict[str, An
 def _request_state(rows: list[dict[str, Any]]) -> dict[str, Any]:
     first, final = rows[0], rows[-1]
     return {
-        "request_id": first["request_id"], "first_ts": first["ts"], "home_ts": first["ts"],
+        "request_id": first["request_id"], "run_id": first["run_id"], "first_ts": first["ts"], "home_ts": first["ts"],
         "caller": first["caller"], "model": first["model"], "tier": first["tier"], "category": first["category"],
         "cache_hit": first["cache_hit"], "attempt_count": len(rows),
         "escalated": any(r["outcome"] == C.ATTEMPT_OUTCOME_ESCALATED for r in rows),
@@ -142,7 +143,7 @@ def ingest_batches(n: int, batch: int, end_us: int) -> list[L.RecordUsageRequest
                               cost_usd=row["cost_nusd"] / 1e9, baseline_cost_usd=row["baseline_nusd"] / 1e9),
                 classifier_cost_usd=row["classifier_nusd"] / 1e9, price_map_version="bench", price_known=True,
                 classify_ms=row["classify_ms"], provider_ms=row["provider_ms"], total_ms=row["total_ms"],
-                cache_hit=row["cache_hit"], final=row["final"],
+                cache_hit=row["cache_hit"], final=row["final"], run_id=row["run_id"],
             )  # fmt: skip
             r.time.FromMicroseconds(row["ts"])
             out.append(r)

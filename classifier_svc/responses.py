@@ -24,4 +24,5 @@ def classify_response(verdict: Verdict, tier: int, latency_ms: float) -> classif
         ),
         overhead_model=verdict.overhead.model,
         latency_ms=latency_ms,
+        family=verdict.family,
     )

@@ -845,6 +845,7 @@ class Router:
                 score=verdict.score,
                 classifier_source=verdict.source,
                 classifier_version=verdict.version,
+                family=verdict.family,
                 model=attempt.model,
                 provider=attempt.provider,
                 outcome=attempt.outcome,

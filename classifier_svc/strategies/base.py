@@ -72,6 +72,8 @@ class Verdict:
     source: int = common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
     version: str = ""
     overhead: Overhead = field(default_factory=Overhead)
+    # The prompt family the score was computed for ("multiple_choice", "open"); "" when none.
+    family: str = ""
 
 
 class Strategy(Protocol):

@@ -384,6 +384,7 @@ class LearnedStrategy:
             rationale=rationale,
             source=common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL,
             version=self.version,
+            family=FAMILIES[family],
         )
 
 
