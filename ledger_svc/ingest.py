@@ -28,6 +28,7 @@ from ledger_svc.schema import (
     ATTEMPT_COUNTERS,
     DIM_CATEGORY,
     DIM_MODEL,
+    DIM_POLICY,
     DIM_TIER,
     DIM_TOTAL,
     HOUR_US,
@@ -111,18 +112,22 @@ class Statements:
         )
 
 
-def rollup_keys(hour: int, caller: str, model: str, tier: int, category: int) -> tuple[RollupKey, ...]:
+def rollup_keys(
+    hour: int, caller: str, model: str, tier: int, category: int, policy: str | None
+) -> tuple[RollupKey, ...]:
     """The rollup rows one record (or request) adds to: each dimension, for all callers and per caller."""
-    tier_key, category_key = str(tier), str(category)
+    tier_key, category_key, policy_key = str(tier), str(category), policy or ""
     return (
         (DIM_TOTAL, 0, "", hour, ""),
         (DIM_MODEL, 0, "", hour, model),
         (DIM_TIER, 0, "", hour, tier_key),
         (DIM_CATEGORY, 0, "", hour, category_key),
+        (DIM_POLICY, 0, "", hour, policy_key),
         (DIM_TOTAL, 1, caller, hour, ""),
         (DIM_MODEL, 1, caller, hour, model),
         (DIM_TIER, 1, caller, hour, tier_key),
         (DIM_CATEGORY, 1, caller, hour, category_key),
+        (DIM_POLICY, 1, caller, hour, policy_key),
     )
 
 
@@ -179,7 +184,9 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
     rollup: dict[RollupKey, list[int]] = defaultdict(lambda: [0] * len(_SUMMED))
     by_run: dict[RunKey, list[dict[str, Any]]] = defaultdict(list)
     for row in new_rows:
-        by_run[run_key(row)].append(row)
+        explored = bool(row["exploration"])
+        if not explored:  # exploration attempts are never part of the run's answer
+            by_run[run_key(row)].append(row)
         cost = row["cost_nusd"]
         counters = (
             1,
@@ -188,14 +195,21 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
             cost,
             row["baseline_nusd"],
             row["classifier_nusd"],
-            0 if row["final"] else cost,
+            0 if row["final"] or explored else cost,
             0 if row["price_known"] else 1,
             row["judge_nusd"],
             row["reasoning_tokens"],
             row["baseline_reasoning_nusd"],
+            cost + row["judge_nusd"] if explored else 0,
+            1 if explored else 0,
         )
         for key in rollup_keys(
-            row["ts"] // HOUR_US, row["caller"], row["model"], row["tier"], row["category"]
+            row["ts"] // HOUR_US,
+            row["caller"],
+            row["model"],
+            row["tier"],
+            row["category"],
+            row["policy_version"],
         ):
             values = rollup[key]
             for i in range(_N_ATTEMPT):
@@ -216,6 +230,7 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
                 after["tier"] = row["tier"]
                 after["category"] = row["category"]
                 after["cache_hit"] = row["cache_hit"]
+                after["policy_version"] = row["policy_version"]
             if row["final"] and after["lat_bucket"] is None:  # the first answer wins
                 after["total_ms"] = row["total_ms"]
                 after["lat_bucket"] = latency_bucket(row["total_ms"])
@@ -223,7 +238,12 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
         if after["home_ts"] is None:
             continue
         home = rollup_keys(
-            after["home_ts"] // HOUR_US, after["caller"], after["model"], after["tier"], after["category"]
+            after["home_ts"] // HOUR_US,
+            after["caller"],
+            after["model"],
+            after["tier"],
+            after["category"],
+            after["policy_version"],
         )
         delta = [
             a - b for a, b in zip(_request_contribution(after), _request_contribution(before), strict=True)
@@ -251,15 +271,15 @@ async def rebuild(conn: Any, statements: Statements, first_hour: int) -> None:
     r, q = usage_records.c, requests.c
     rollup: dict[RollupKey, list[int]] = defaultdict(lambda: [0] * len(_SUMMED))
     hour = r.ts // HOUR_US
-    cells = (r.caller, hour, r.model, r.tier, r.category)
+    cells = (r.caller, hour, r.model, r.tier, r.category, r.policy_version)
     attempts = sa.select(*cells, *attempt_sums(r)).where(r.ts >= first_hour * HOUR_US).group_by(*cells)
-    for caller, h, model, tier, category, *counters in await conn.execute(attempts):
-        for key in rollup_keys(h, caller, model, tier, category):
+    for caller, h, model, tier, category, policy, *counters in await conn.execute(attempts):
+        for key in rollup_keys(h, caller, model, tier, category, policy):
             values = rollup[key]
             for i in range(_N_ATTEMPT):
                 values[i] += int(counters[i])
     home_hour = q.home_ts // HOUR_US
-    home_cells = (q.caller, home_hour, q.model, q.tier, q.category, q.lat_bucket)
+    home_cells = (q.caller, home_hour, q.model, q.tier, q.category, q.policy_version, q.lat_bucket)
     per_request = (
         sa.select(
             *home_cells,
@@ -271,8 +291,8 @@ async def rebuild(conn: Any, statements: Statements, first_hour: int) -> None:
         .where(q.home_ts >= first_hour * HOUR_US)
         .group_by(*home_cells)
     )
-    for caller, h, model, tier, category, bucket, *counters in await conn.execute(per_request):
-        for key in rollup_keys(h, caller, model, tier, category):
+    for caller, h, model, tier, category, policy, bucket, *counters in await conn.execute(per_request):
+        for key in rollup_keys(h, caller, model, tier, category, policy):
             values = rollup[key]
             for i, value in enumerate(counters):
                 values[_N_ATTEMPT + i] += int(value)

@@ -275,6 +275,22 @@ async def _v4(conn: AsyncConnection) -> None:
         await conn.execute(sa.text(f"ALTER TABLE usage_hourly ADD COLUMN {column} BIGINT NOT NULL DEFAULT 0"))
 
 
+async def _v5(conn: AsyncConnection) -> None:
+    """The feedback loop: exploration attempts, judge verdicts, the run of a feedback row, and the
+    policy version as a rollup dimension (its rows start with this migration)."""
+    statements = (
+        "ALTER TABLE usage_records ADD COLUMN exploration BOOLEAN NOT NULL DEFAULT false",
+        "ALTER TABLE usage_records ADD COLUMN judge_verdict SMALLINT NOT NULL DEFAULT 0",
+        "ALTER TABLE requests ADD COLUMN policy_version VARCHAR(64)",
+        "ALTER TABLE usage_hourly ADD COLUMN exploration_nusd BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_hourly ADD COLUMN exploration_attempts BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE feedback ADD COLUMN caller VARCHAR(200) NOT NULL DEFAULT ''",
+        "ALTER TABLE feedback ADD COLUMN run_id VARCHAR(64) NOT NULL DEFAULT ''",
+    )
+    for statement in statements:
+        await conn.execute(sa.text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage records, request states, hourly rollups with latency histograms", _v1),
     Migration(2, "budgets, feedback and sender spool reports", _v2),
@@ -282,6 +298,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         4, "records and request states keyed by caller and run; baseline reasoning; policy version", _v4
     ),
+    Migration(5, "the feedback loop: exploration, judge verdicts, feedback runs, policy rollups", _v5),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -81,6 +81,8 @@ def to_row(record: ledger_pb2.UsageRecord, received_us: int) -> dict[str, Any]:
         "baseline_reasoning_nusd": to_nusd(usage.baseline_reasoning_cost_usd),
         "policy_version": record.policy_version,
         "family": record.family,
+        "exploration": record.exploration,
+        "judge_verdict": int(record.judge_verdict),
     }
 
 
@@ -118,6 +120,8 @@ EXPORT_COLUMNS = (
     "baseline_reasoning_cost_usd",
     "policy_version",
     "family",
+    "exploration",
+    "judge_verdict",
 )
 
 
@@ -155,6 +159,8 @@ def export_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
         "baseline_reasoning_cost_usd": int(row["baseline_reasoning_nusd"]),
         "policy_version": row["policy_version"],
         "family": row["family"],
+        "exploration": bool(row["exploration"]),
+        "judge_verdict": enum_name(common_pb2.JudgeVerdict, row["judge_verdict"]),
     }
 
 
@@ -177,7 +183,7 @@ def csv_line(row: Mapping[Any, Any]) -> str:
     fields = export_fields(row)
     for name in _MONEY:
         fields[name] = usd_text(fields[name])
-    for name in ("price_known", "cache_hit", "final"):
+    for name in ("price_known", "cache_hit", "final", "exploration"):
         fields[name] = "true" if fields[name] else "false"
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow([fields[c] for c in EXPORT_COLUMNS])

@@ -24,6 +24,7 @@ DIM_TOTAL = 0
 DIM_MODEL = 1
 DIM_TIER = 2
 DIM_CATEGORY = 4
+DIM_POLICY = 6  # the policy version (migration 5)
 
 # Request latency histograms live in the rollup rows, one integer column per bucket, so they cost no
 # extra rows to write or read. Bucket 0 holds [0, 10) ms; bucket b in 1..126 holds
@@ -111,6 +112,9 @@ usage_records = sa.Table(
     sa.Column("baseline_reasoning_nusd", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("policy_version", sa.String(64), nullable=False, server_default=""),
     sa.Column("family", sa.String(64), nullable=False, server_default=""),
+    # Migration 5: exploration attempts and the judge's verdicts, the feedback loop's evidence.
+    sa.Column("exploration", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("judge_verdict", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Index("ix_usage_records_ts", "ts"),
 )
 
@@ -132,6 +136,7 @@ requests = sa.Table(
     sa.Column("escalated", sa.Boolean, nullable=False),
     sa.Column("total_ms", sa.Float, nullable=True),
     sa.Column("lat_bucket", sa.Integer, nullable=True),
+    sa.Column("policy_version", sa.String(64), nullable=True),  # migration 5: the home's
     sa.Index("ix_requests_home_ts", "home_ts"),
 )
 
@@ -150,16 +155,19 @@ ROLLUP_COUNTERS = (
     "judge_nusd",
     "reasoning_tokens",
     "baseline_reasoning_nusd",
+    "exploration_nusd",
+    "exploration_attempts",
     "requests",
     "escalated_requests",
     "fallback_requests",
     "cache_hits",
 )
-ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:11]
+ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:13]
 
 
 def attempt_sums(r: Any) -> list[Any]:
     """SQL aggregates of raw attempt rows (`usage_records.c`), in the order of ATTEMPT_COUNTERS."""
+    explored = r.exploration == sa.true()
     return [
         sa.func.count(),
         sa.func.sum(r.input_tokens),
@@ -167,15 +175,17 @@ def attempt_sums(r: Any) -> list[Any]:
         sa.func.sum(r.cost_nusd),
         sa.func.sum(r.baseline_nusd),
         sa.func.sum(r.classifier_nusd),
-        sa.func.sum(sa.case((r.final == sa.false(), r.cost_nusd), else_=0)),
+        sa.func.sum(sa.case((sa.and_(r.final == sa.false(), ~explored), r.cost_nusd), else_=0)),
         sa.func.sum(sa.case((r.price_known == sa.false(), 1), else_=0)),
         sa.func.sum(r.judge_nusd),
         sa.func.sum(r.reasoning_tokens),
         sa.func.sum(r.baseline_reasoning_nusd),
+        sa.func.sum(sa.case((explored, r.cost_nusd + r.judge_nusd), else_=0)),
+        sa.func.sum(sa.case((explored, 1), else_=0)),
     ]
 
 
-REQUEST_COUNTERS = ROLLUP_COUNTERS[11:]
+REQUEST_COUNTERS = ROLLUP_COUNTERS[13:]
 ROLLUP_KEY = ("dim", "per_caller", "caller", "hour", "key")
 
 usage_hourly = sa.Table(
@@ -213,6 +223,9 @@ feedback = sa.Table(
     sa.Column("needed_tier", sa.SmallInteger, nullable=False),
     sa.Column("note", sa.Text, nullable=False),
     sa.Column("created_ts", sa.BigInteger, nullable=False),
+    # Migration 5: the run the verdict is about.
+    sa.Column("caller", sa.String(200), nullable=False, server_default=""),
+    sa.Column("run_id", sa.String(64), nullable=False, server_default=""),
     sa.Index("ix_feedback_request_id", "request_id"),
 )
 

@@ -15,6 +15,7 @@ import structlog
 from google.protobuf import timestamp_pb2
 from sqlalchemy import exc as sa_exc
 
+from ledger_svc import outcomes
 from ledger_svc import records as conv
 from ledger_svc import stats as st
 from ledger_svc import validation as v
@@ -240,12 +241,49 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def RecordFeedback(
         self, request: ledger_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.RecordFeedbackResponse:
-        v.raise_if(v.feedback_violations(request))
-        await self._store.record_feedback(
-            request.request_id, request.verdict, request.needed_tier, request.note
+        caller = request.caller or metadata.get(context.invocation_metadata(), metadata.CALLER)
+        v.raise_if(v.feedback_violations(request, caller))
+        run_id = await self._store.record_feedback(
+            caller, request.request_id, request.run_id, request.verdict, request.needed_tier, request.note
         )
-        log.info("feedback_recorded", verdict=ledger_pb2.FeedbackVerdict.Name(request.verdict))
-        return ledger_pb2.RecordFeedbackResponse(stored=True)
+        log.info("feedback_recorded", verdict=ledger_pb2.FeedbackVerdict.Name(request.verdict), run_id=run_id)
+        return ledger_pb2.RecordFeedbackResponse(stored=True, run_id=run_id)
+
+    @_database_errors
+    async def GetFeedbackStats(
+        self, request: ledger_pb2.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GetFeedbackStatsResponse:
+        window, violations = v.resolve_window(request.window, v.now_us())
+        violations += v.feedback_group_by_violations(request.group_by)
+        violations += v.caller_violations("caller", request.caller)
+        v.raise_if(violations)
+        assert window is not None
+        report = outcomes.Report(list(request.group_by) or list(v.DEFAULT_FEEDBACK_GROUP_BY))
+        async for batch in self._store.outcome_runs(window, request.caller or None):
+            report.add(batch)
+        return ledger_pb2.GetFeedbackStatsResponse(
+            totals=report.totals_pb(),
+            breakdowns=report.breakdowns_pb(),
+            window=ledger_pb2.TimeWindow(
+                since=_timestamp(window.since_us), until=_timestamp(window.until_us)
+            ),
+        )
+
+    @_database_errors_stream
+    async def ExportOutcomes(
+        self, request: ledger_pb2.ExportOutcomesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ledger_pb2.ExportOutcomesResponse]:
+        window, violations = v.resolve_window(request.window, v.now_us())
+        violations += v.caller_violations("caller", request.caller)
+        v.raise_if(violations)
+        assert window is not None
+        exported = 0
+        async for batch in self._store.outcome_runs(
+            window, request.caller or None, request.with_evidence_only
+        ):
+            exported += len(batch)
+            yield ledger_pb2.ExportOutcomesResponse(outcomes=[run.to_pb() for run in batch])
+        log.info("outcomes_exported", runs=exported)
 
 
 async def create_server(

@@ -23,6 +23,7 @@ from ledger_svc.records import enum_name, iso_hour, to_usd
 from ledger_svc.schema import (
     DIM_CATEGORY,
     DIM_MODEL,
+    DIM_POLICY,
     DIM_TIER,
     DIM_TOTAL,
     HOUR_US,
@@ -138,6 +139,8 @@ def _key_exprs(dim: int) -> tuple[int, Any, Any, Any]:
         return DIM_TIER, h.key, sa.cast(r.tier, sa.String), sa.cast(q.tier, sa.String)
     if dim == ledger_pb2.GROUP_BY_CATEGORY:
         return DIM_CATEGORY, h.key, sa.cast(r.category, sa.String), sa.cast(q.category, sa.String)
+    if dim == ledger_pb2.GROUP_BY_POLICY_VERSION:
+        return DIM_POLICY, h.key, r.policy_version, sa.func.coalesce(q.policy_version, "")
     raise ValueError(f"unknown dimension {dim}")
 
 
@@ -297,6 +300,8 @@ def totals_pb(agg: Aggregate) -> ledger_pb2.Totals:
         unpriced_attempts=g("unpriced_attempts"),
         reasoning_tokens=g("reasoning_tokens"),
         baseline_reasoning_cost_usd=to_usd(g("baseline_reasoning_nusd")),
+        exploration_cost_usd=to_usd(g("exploration_nusd")),
+        exploration_attempts=g("exploration_attempts"),
     )
 
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import DBAPIError
 
-from ledger_svc import migrations
+from ledger_svc import migrations, outcomes
 from ledger_svc import stats as queries
 from ledger_svc.db import Engines, create_engines, ensure_schema, insert_for
 from ledger_svc.ingest import RecordKey, Statements, insert_batch, rebuild, record_key
@@ -39,7 +39,7 @@ from ledger_svc.schema import (
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.validation import Window, now_us
 from llmroute.ledger.v1 import ledger_pb2
-from service_kit.errors import InvalidArgument
+from service_kit.errors import InvalidArgument, NotFound
 
 log = structlog.get_logger()
 
@@ -382,10 +382,13 @@ class LedgerStore:
         return found
 
     async def _spent(self, conn: Any, caller: str, first_hour: int, end_hour: int) -> int:
-        """Provider, classifier and judge spend (nano-dollars) in [first_hour, end_hour), from the rollups."""
+        """Provider, classifier and judge spend (nano-dollars) in [first_hour, end_hour), from the rollups.
+        A caller's budget does not pay for exploration (the router's choice, capped on its own); the
+        global budget, all spend, does."""
         h = usage_hourly.c
+        spend = h.cost_nusd + h.classifier_nusd + h.judge_nusd - (h.exploration_nusd if caller else 0)
         value = await conn.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(h.cost_nusd + h.classifier_nusd + h.judge_nusd), 0)).where(
+            sa.select(sa.func.coalesce(sa.func.sum(spend), 0)).where(
                 h.dim == DIM_TOTAL,
                 h.per_caller == (1 if caller else 0),
                 h.caller == caller,
@@ -397,17 +400,48 @@ class LedgerStore:
 
     # ---- feedback -----------------------------------------------------------------------------
 
-    async def record_feedback(self, request_id: str, verdict: int, needed_tier: int, note: str) -> None:
+    async def record_feedback(
+        self, caller: str, request_id: str, run_id: str, verdict: int, needed_tier: int, note: str
+    ) -> str:
+        """Store a verdict against one run of the caller's request (its latest answered run when
+        `run_id` is empty); returns the run. NotFound when the ledger has no such run (yet)."""
+        r = usage_records.c
         async with self._engines.write.begin() as conn:
+            where = [r.request_id == request_id, r.caller == caller, r.exploration == sa.false()]
+            if run_id:
+                where.append(r.run_id == run_id)
+            else:
+                where.append(r.final == sa.true())
+            found = await conn.scalar(sa.select(r.run_id).where(*where).order_by(r.ts.desc()).limit(1))
+            if found is None:
+                raise NotFound(
+                    "no routed run of this request for this caller in the ledger (records reach it "
+                    "within seconds of the answer: retry shortly)",
+                    reason="REQUEST_NOT_FOUND",
+                    metadata={"request_id": request_id, "caller": caller, "run_id": run_id},
+                )
             await conn.execute(
                 feedback.insert().values(
                     request_id=request_id,
+                    caller=caller,
+                    run_id=found,
                     verdict=verdict,
                     needed_tier=needed_tier,
                     note=note,
                     created_ts=self._now(),
                 )
             )
+        return str(found)
+
+    async def outcome_runs(
+        self, window: Window, caller: str | None, with_evidence_only: bool = False
+    ) -> AsyncIterator[list[outcomes.Run]]:
+        """The window's routed runs with the evidence on the tier each needed, in batches."""
+        async with self._engines.read.connect() as conn, conn.begin():
+            async for batch in outcomes.runs(
+                conn, window.since_us, window.until_us, caller, with_evidence_only
+            ):
+                yield batch
 
     async def feedback_for(self, request_id: str) -> list[dict[str, Any]]:
         async with self._engines.read.connect() as conn, conn.begin():

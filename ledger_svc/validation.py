@@ -198,8 +198,12 @@ def budget_violations(budget: ledger_pb2.Budget) -> Violations:
     return found
 
 
-def feedback_violations(request: ledger_pb2.RecordFeedbackRequest) -> Violations:
+def feedback_violations(request: ledger_pb2.RecordFeedbackRequest, caller: str) -> Violations:
     found = _text("request_id", request.request_id, required=True)
+    found += caller_violations("caller", caller)
+    if not caller:
+        found.append(("caller", "is required (the field or the x-caller metadata): whose request it is"))
+    found += _text("run_id", request.run_id, required=False, limit=MAX_RUN_ID_CHARS)
     verdicts = set(ledger_pb2.FeedbackVerdict.values()) - {ledger_pb2.FEEDBACK_VERDICT_UNSPECIFIED}
     if request.verdict not in verdicts:
         found.append(("verdict", "must be FEEDBACK_VERDICT_GOOD, _BAD or _OVERKILL"))
@@ -226,6 +230,28 @@ def watch_violations(request: ledger_pb2.WatchSpendRequest) -> Violations:
             ("last_minutes", f"must be between 0 and {MAX_WINDOW_MINUTES}; got {request.last_minutes}")
         )
     found += caller_violations("caller", request.caller)
+    return found
+
+
+DEFAULT_FEEDBACK_GROUP_BY = (
+    ledger_pb2.FEEDBACK_GROUP_BY_CATEGORY,
+    ledger_pb2.FEEDBACK_GROUP_BY_TIER,
+    ledger_pb2.FEEDBACK_GROUP_BY_CALLER,
+    ledger_pb2.FEEDBACK_GROUP_BY_SCORE_BAND,
+)
+
+
+def feedback_group_by_violations(group_by: Iterable[int]) -> Violations:
+    found: Violations = []
+    known = set(ledger_pb2.FeedbackGroupBy.values()) - {ledger_pb2.FEEDBACK_GROUP_BY_UNSPECIFIED}
+    seen: set[int] = set()
+    for i, dim in enumerate(group_by):
+        if dim not in known:
+            names = ", ".join(ledger_pb2.FeedbackGroupBy.Name(v) for v in sorted(known))
+            found.append((f"group_by[{i}]", f"unknown dimension {dim}; expected one of {names}"))
+        elif dim in seen:
+            found.append((f"group_by[{i}]", f"{ledger_pb2.FeedbackGroupBy.Name(dim)} is requested twice"))
+        seen.add(dim)
     return found
 
 

@@ -51,8 +51,10 @@ def record(
     cache_hit: bool = False,
     price_known: bool = True,
     run_id: str = "",
+    **fields: object,
 ) -> ledger_pb2.UsageRecord:
-    return ledger_pb2.UsageRecord(
+    """A record; `fields` sets any other UsageRecord field (exploration, judge_verdict, score...)."""
+    built = ledger_pb2.UsageRecord(
         request_id=request_id,
         run_id=run_id,
         attempt=attempt,
@@ -77,6 +79,9 @@ def record(
         cache_hit=cache_hit,
         final=final,
     )
+    for name, value in fields.items():
+        setattr(built, name, value)
+    return built
 
 
 @dataclass

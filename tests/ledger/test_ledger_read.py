@@ -286,30 +286,51 @@ async def test_bad_budget_reads(ledger: Ledger) -> None:
 # ---- Feedback -----------------------------------------------------------------------------------
 
 
-async def test_feedback_is_stored(ledger: Ledger) -> None:
+async def test_feedback_is_stored_against_the_callers_latest_answered_run(ledger: Ledger) -> None:
+    at = now_us() - 60_000_000
+    runs = [
+        record("r1", 1, at=at, caller="alice", run_id="run-a", final=True),
+        record("r1", 1, at=at + 1000, caller="alice", run_id="run-b", final=True),
+        record("r1", 1, at=at, caller="bob", run_id="run-c", final=True),
+    ]
+    await ledger.stub.RecordUsage(L.RecordUsageRequest(records=runs))
     reply = await ledger.stub.RecordFeedback(
         L.RecordFeedbackRequest(
             request_id="r1",
+            caller="alice",
             verdict=L.FEEDBACK_VERDICT_BAD,
             needed_tier=C.TIER_COMPLEX,
             note="missed the edge case",
         )
     )
-    assert reply.stored
+    assert reply.stored and reply.run_id == "run-b"  # the latest answered run of alice's r1
     await ledger.stub.RecordFeedback(
-        L.RecordFeedbackRequest(request_id="r1", verdict=L.FEEDBACK_VERDICT_GOOD)
+        L.RecordFeedbackRequest(request_id="r1", run_id="run-a", verdict=L.FEEDBACK_VERDICT_GOOD),
+        metadata=(("x-caller", "alice"),),
     )
     stored = await ledger.store.feedback_for("r1")
-    assert [(f["verdict"], f["needed_tier"], f["note"]) for f in stored] == [
-        (L.FEEDBACK_VERDICT_BAD, C.TIER_COMPLEX, "missed the edge case"),
-        (L.FEEDBACK_VERDICT_GOOD, C.TIER_UNSPECIFIED, ""),
+    assert [(f["caller"], f["run_id"], f["verdict"], f["needed_tier"], f["note"]) for f in stored] == [
+        ("alice", "run-b", L.FEEDBACK_VERDICT_BAD, C.TIER_COMPLEX, "missed the edge case"),
+        ("alice", "run-a", L.FEEDBACK_VERDICT_GOOD, C.TIER_UNSPECIFIED, ""),
     ]
+    # A run that is not the caller's, or not there at all, is NOT_FOUND, and nothing is stored.
+    for caller, run_id in (("carol", ""), ("bob", "run-a"), ("alice", "run-z")):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await ledger.stub.RecordFeedback(
+                L.RecordFeedbackRequest(
+                    request_id="r1", caller=caller, run_id=run_id, verdict=L.FEEDBACK_VERDICT_GOOD
+                )
+            )
+        found = details(raised.value)
+        assert found.code == grpc.StatusCode.NOT_FOUND and found.reason == "REQUEST_NOT_FOUND"
+    assert len(await ledger.store.feedback_for("r1")) == 2
 
 
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        (L.RecordFeedbackRequest(verdict=L.FEEDBACK_VERDICT_GOOD), "request_id"),
+        (L.RecordFeedbackRequest(verdict=L.FEEDBACK_VERDICT_GOOD, caller="a"), "request_id"),
+        (L.RecordFeedbackRequest(request_id="r", verdict=L.FEEDBACK_VERDICT_GOOD), "caller"),
         (L.RecordFeedbackRequest(request_id="r"), "verdict"),
         (L.RecordFeedbackRequest(request_id="r", verdict=12), "verdict"),  # type: ignore[arg-type]
         (
