@@ -44,6 +44,7 @@ __all__ = [
     "LearnedStrategy",
     "Prediction",
     "artifact_version",
+    "encode_prompts",
     "encode_turns",
 ]
 
@@ -79,18 +80,33 @@ def artifact_version(arrays: Mapping[str, np.ndarray]) -> str:
 
 
 def encode_turns(turns: Sequence[str], embed: object | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The model's input for user turns given oldest first: (embedding, hand features)."""
+    """The model's input for user turns given oldest first: (embedding, hand features).
+
+    Identifiers are stripped first (``features.strip_identifiers``), so they change nothing.
+    """
+    texts = [hand.strip_identifiers(turn) for turn in turns]
+    vectors = _embed(texts, embed)
+    if len(texts) == 1:
+        return vectors[0], hand.prompt_features(texts[0])
+    return hand.combine_turns(vectors, np.stack([hand.prompt_features(text) for text in texts]))
+
+
+def encode_prompts(prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's inputs for single-turn prompts, as rows (training and evaluation, in batch)."""
+    texts = [hand.strip_identifiers(prompt) for prompt in prompts]
+    return _embed(texts, None), np.stack([hand.prompt_features(text) for text in texts])
+
+
+def _embed(texts: list[str], embed: object | None) -> np.ndarray:
     from classifier_svc import embeddings
 
     embed_fn = embed or embeddings.embed
     with np.errstate(invalid="ignore", divide="ignore"):
-        vectors = np.asarray(embed_fn(list(turns)), dtype=np.float32)  # type: ignore[operator]
+        vectors = np.asarray(embed_fn(texts), dtype=np.float32)  # type: ignore[operator]
     if not np.isfinite(vectors).all():
         # An empty or all-unknown text has no tokens: WordLlama returns 0/0; use the zero vector.
         vectors = np.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
-    if len(turns) == 1:
-        return vectors[0], hand.prompt_features(turns[0])
-    return hand.combine_turns(vectors, np.stack([hand.prompt_features(turn) for turn in turns]))
+    return vectors
 
 
 def _design(z: np.ndarray, mc: np.ndarray) -> np.ndarray:

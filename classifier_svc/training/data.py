@@ -1,8 +1,12 @@
-"""The labelled data: routing outcomes (MMLU, GSM8K), the app prompt set, and the fixed held-out split.
+"""The labelled data: routing outcomes (MMLU, GSM8K, multimodel), the app prompts, and the fixed held-out split.
 
 The split is part of the contract: whole MMLU subjects and a part of GSM8K are held out, chosen by a
 seeded hash so that the choice never depends on library versions, row order or results. Training and
 model selection only ever see the ``train`` part; ``make eval-classifier`` reports on ``test``.
+
+The multimodel outcomes (LLMRouter, 14 tasks) were added later with a split of their own
+(``MULTIMODEL_SPLIT_SEED``), fixed before they were first trained on; the MMLU, GSM8K and app splits
+did not change, so their held-out numbers stay comparable.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,11 @@ __all__ = [
     "DIFFICULTY_TARGET",
     "GSM8K_TEST_FRACTION",
     "MMLU_TEST_FRACTION",
+    "MULTIMODEL_CHEAP_MODEL",
+    "MULTIMODEL_FILE",
+    "MULTIMODEL_SPLIT_SEED",
+    "MULTIMODEL_STRONG_MODEL",
+    "MULTIMODEL_TEST_FRACTION",
     "SPLIT_SEED",
     "STRONG_MODEL",
     "AppPrompt",
@@ -32,8 +42,10 @@ __all__ = [
     "load_app_prompts",
     "load_gsm8k",
     "load_mmlu",
+    "load_multimodel",
     "load_outcomes",
     "split_app_prompts",
+    "split_multimodel",
     "split_outcomes",
 ]
 
@@ -45,6 +57,14 @@ SPLIT_SEED = "llmroute-split-v1"
 MMLU_TEST_FRACTION = 0.30
 GSM8K_TEST_FRACTION = 0.30
 APP_TEST_FRACTION = 0.25
+
+# The multimodel outcomes: their own seed, so the split above is untouched.
+MULTIMODEL_FILE = "multimodel_outcomes.csv"
+MULTIMODEL_SPLIT_SEED = "llmroute-multimodel-split-v1"
+MULTIMODEL_TEST_FRACTION = 0.30
+# The pair the file names in its cheap_model / strong_model columns.
+MULTIMODEL_CHEAP_MODEL = "llama-3.1-8b-instruct"
+MULTIMODEL_STRONG_MODEL = "llama-3.1-nemotron-51b-instruct"
 
 DEFAULT_DATA_DIR = Path("/work/shared/data/routing")
 APP_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "app_prompts.jsonl"
@@ -60,13 +80,15 @@ def data_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One benchmark prompt and whether each model answered it correctly."""
+    """One benchmark prompt and how well each model answered it."""
 
-    dataset: str  # "mmlu" or "gsm8k"
-    group: str  # MMLU subject; for GSM8K the dataset name (rows are independent)
+    dataset: str  # "mmlu", "gsm8k" or "multimodel"
+    group: str  # MMLU subject; the multimodel task name; for GSM8K the dataset name (rows are independent)
     prompt: str
-    cheap_ok: bool
-    strong_ok: bool
+    # Whether the answer was right (MMLU, GSM8K), or the task's own metric in [0, 1] (multimodel:
+    # exact match, pass@1, F1, coverage), so a mean over prompts is the model's quality.
+    cheap_ok: float
+    strong_ok: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,14 +140,41 @@ def load_outcomes(directory: Path | None = None) -> list[Outcome]:
     return load_mmlu(directory) + load_gsm8k(directory)
 
 
-def _rank_key(text: str) -> str:
-    return hashlib.sha256(f"{SPLIT_SEED}:{text}".encode()).hexdigest()
+def _score(value: str) -> float:
+    score = float(value)
+    if not 0.0 <= score <= 1.0:
+        raise ValueError(f"expected a score in [0, 1], got {value!r}")
+    return score
 
 
-def _seeded_pick(keys: Iterable[str], fraction: float) -> set[str]:
+def load_multimodel(directory: Path | None = None) -> list[Outcome]:
+    """The LLMRouter outcomes: 14 tasks, the score of llama-3.1-8b (cheap) and nemotron-51b (strong)."""
+    path = (directory or data_dir()) / MULTIMODEL_FILE
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    pairs = {(row["cheap_model"], row["strong_model"]) for row in rows}
+    if pairs != {(MULTIMODEL_CHEAP_MODEL, MULTIMODEL_STRONG_MODEL)}:
+        raise ValueError(f"{path}: unexpected model pair(s) {sorted(pairs)}")
+    return [
+        Outcome(
+            "multimodel",
+            row["task_name"],
+            row["prompt"],
+            _score(row["cheap_score"]),
+            _score(row["strong_score"]),
+        )
+        for row in rows
+    ]
+
+
+def _rank_key(text: str, seed: str = SPLIT_SEED) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def _seeded_pick(keys: Iterable[str], fraction: float, seed: str = SPLIT_SEED) -> set[str]:
     unique = sorted(set(keys))
     k = round(fraction * len(unique))
-    return set(sorted(unique, key=_rank_key)[:k])
+    return set(sorted(unique, key=lambda key: _rank_key(key, seed))[:k])
 
 
 def heldout_subjects(subjects: Iterable[str]) -> list[str]:
@@ -142,6 +191,36 @@ def split_outcomes(outcomes: Sequence[Outcome]) -> tuple[list[Outcome], list[Out
     for outcome in outcomes:
         held = outcome.group in test_subjects if outcome.dataset == "mmlu" else outcome.prompt in test_gsm8k
         (test if held else train).append(outcome)
+    return train, test
+
+
+def _same_prompt_key(text: str) -> str:
+    """Words only, lower case, first 150 characters: MGSM repeats GSM8K problems with an instruction added."""
+    return " ".join(re.findall(r"\w+", text.lower()))[:150]
+
+
+def split_multimodel(
+    rows: Sequence[Outcome], routellm: Sequence[Outcome] = ()
+) -> tuple[list[Outcome], list[Outcome]]:
+    """(train, test) of the multimodel outcomes: within each task, 30% of the prompts by seeded hash.
+
+    Row level, like the data's own held-back test split (the same 14 tasks). A prompt that is also
+    in ``routellm`` (the MMLU and GSM8K outcomes; 117 MGSM rows repeat GSM8K problems) goes to the
+    side its RouteLLM copy is on, so no prompt is trained on in one file and tested in the other.
+    """
+    train_rll, test_rll = split_outcomes(routellm)
+    side = {_same_prompt_key(o.prompt): "train" for o in train_rll}
+    side |= {_same_prompt_key(o.prompt): "test" for o in test_rll}
+    test_prompts: set[str] = set()
+    for task in sorted({row.group for row in rows}):
+        prompts = [row.prompt for row in rows if row.group == task]
+        test_prompts |= _seeded_pick(prompts, MULTIMODEL_TEST_FRACTION, MULTIMODEL_SPLIT_SEED)
+    train: list[Outcome] = []
+    test: list[Outcome] = []
+    for row in rows:
+        forced = side.get(_same_prompt_key(row.prompt))
+        held = forced == "test" if forced else row.prompt in test_prompts
+        (test if held else train).append(row)
     return train, test
 
 
