@@ -15,7 +15,7 @@ from classifier_svc.strategies.base import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
-from service_kit.policy import Thresholds, load_policy
+from service_kit.policy import Policy, load_policy
 from service_kit.validation import message_violations
 
 log = structlog.get_logger()
@@ -27,12 +27,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     def __init__(
         self,
         strategy: Strategy,
-        thresholds: Thresholds,
+        policy: Policy,
         max_prompt_chars: int,
         description: classifier_pb2.DescribeResponse | None = None,
     ) -> None:
         self._strategy = strategy
-        self._thresholds = thresholds
+        self._policy = policy
         self._max_prompt_chars = max_prompt_chars
         self._description = description or classifier_pb2.DescribeResponse(strategy=strategy.name)
 
@@ -54,7 +54,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         else:
             verdict = await self._strategy.classify(conversation)
         latency_ms = (time.perf_counter() - started) * 1000
-        tier = self._thresholds.tier_for(verdict.score)
+        tier = self._policy.tier_for(verdict.score, verdict.family, verdict.category)
         log.debug(
             "classified",
             tier=tier,
@@ -71,7 +71,7 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     strategy = build_strategy(settings)
     server = service_server.new_server()
     classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(
-        ClassifierServicer(strategy, policy.thresholds, settings.max_prompt_chars, describe(settings)), server
+        ClassifierServicer(strategy, policy, settings.max_prompt_chars, describe(settings)), server
     )
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     started = time.perf_counter()

@@ -7,6 +7,9 @@ the answer like any validator (`judge_rejected`: escalation one tier up). The ju
 to the attempt it graded (`judge_cost_usd`, in the ledger as overhead against the savings). When the
 judge errors, times out or answers out of format, the answer stands with a `judge_unavailable`
 warning: a grading outage must not fail requests. Prompt and answer never reach the logs.
+
+It also compares two answers for exploration (router_svc/exploration.py): whether a cheaper tier's
+answer is as good as the routed one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ INSTRUCTIONS = (
     "the answer does what the request asks, completely and correctly as far as you can tell, and in "
     'the format it asks for; "fail" if it is wrong, incomplete, evasive, off-topic or in the wrong '
     "format. Add a reason of at most one sentence."
+)
+COMPARE_INSTRUCTIONS = (
+    "You compare two AI assistants' answers to the same request. The reference answer came from a "
+    'stronger model; the candidate from a cheaper one. Reply with a JSON object: verdict "pass" if '
+    "the candidate does what the request asks as well as the reference for the requester's purpose "
+    '(correct, complete, in the format asked; wording and length may differ); "fail" if it is '
+    "wrong, incomplete, evasive or clearly worse. Add a reason of at most one sentence."
 )
 VERDICT_SCHEMA = {
     "type": "object",
@@ -74,6 +84,20 @@ class Judge:
         return tier in self._tiers
 
     async def grade(self, chat: list[dict[str, str]], answer: str, prices: PriceBook) -> Grade:
+        """Whether `answer` does what the request asks."""
+        return await self._ask(INSTRUCTIONS, self._exhibit(chat, answer), prices)
+
+    async def compare(
+        self, chat: list[dict[str, str]], reference: str, candidate: str, prices: PriceBook
+    ) -> Grade:
+        """Whether the cheaper tier's `candidate` is as good as the routed `reference` answer."""
+        exhibit = (
+            f"{self._request(chat)}\n\n<reference_answer>\n{reference[: self._max_chars]}\n</reference_answer>"
+            f"\n\n<candidate_answer>\n{candidate[: self._max_chars]}\n</candidate_answer>"
+        )
+        return await self._ask(COMPARE_INSTRUCTIONS, exhibit, prices)
+
+    async def _ask(self, instructions: str, exhibit: str, prices: PriceBook) -> Grade:
         route = self._providers.resolve(ModelSpec(model=self.model))
         if route is None:
             return Grade(None, problem="no_credentials")
@@ -82,8 +106,8 @@ class Judge:
                 response = await self._acompletion(
                     **route.kwargs,
                     messages=[
-                        {"role": "system", "content": INSTRUCTIONS},
-                        {"role": "user", "content": self._exhibit(chat, answer)},
+                        {"role": "system", "content": instructions},
+                        {"role": "user", "content": exhibit},
                     ],
                     response_format={
                         "type": "json_schema",
@@ -109,14 +133,14 @@ class Judge:
             return Grade(None, cost, problem="unparseable_verdict")
         return Grade(verdict == "pass", cost)
 
-    def _exhibit(self, chat: list[dict[str, str]], answer: str) -> str:
-        """The conversation's turns (system instructions too: they often say what format is wanted)
-        and the answer, each cut to `max_chars` (the latest turns kept)."""
+    def _request(self, chat: list[dict[str, str]]) -> str:
+        """The conversation's turns (system instructions too: they often say what format is wanted),
+        cut to `max_chars` (the latest turns kept)."""
         turns = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in chat)
-        return (
-            f"<request>\n{turns[-self._max_chars :]}\n</request>\n\n"
-            f"<answer>\n{answer[: self._max_chars]}\n</answer>"
-        )
+        return f"<request>\n{turns[-self._max_chars :]}\n</request>"
+
+    def _exhibit(self, chat: list[dict[str, str]], answer: str) -> str:
+        return f"{self._request(chat)}\n\n<answer>\n{answer[: self._max_chars]}\n</answer>"
 
 
 def _verdict(content: str) -> str | None:

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import grpc
 import structlog
-from google.protobuf import timestamp_pb2
 
 from llmroute.classifier.v1 import classifier_pb2
 from llmroute.common.v1 import common_pb2
@@ -28,6 +27,7 @@ from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
+from router_svc.exploration import Explorer
 from router_svc.judge import Judge
 from router_svc.pricing import PriceBook
 from router_svc.providers import Providers, Route
@@ -40,7 +40,7 @@ from service_kit.errors import (
     ServiceError,
     Unavailable,
 )
-from service_kit.policy import NAME_BY_TIER, TIER_BY_NAME, ModelSpec, Policy
+from service_kit.policy import NAME_BY_TIER, TIER_BY_NAME, ModelSpec, Policy, category_name
 
 log = structlog.get_logger()
 
@@ -191,6 +191,7 @@ class Router:
         validators: Sequence[Validator] = DEFAULT_VALIDATORS,
         budgets: BudgetGate | None = None,
         judge: Judge | None = None,
+        explorer: Explorer | None = None,
         acompletion: Callable[..., Any] | None = None,
     ) -> None:
         self._settings = settings
@@ -203,6 +204,7 @@ class Router:
         self._validators = validators
         self._budgets = budgets
         self._judge = judge
+        self._explorer = explorer
         self._acompletion = acompletion or litellm.acompletion
 
     def policy(self) -> Policy:
@@ -212,6 +214,11 @@ class Router:
     @property
     def budgets(self) -> BudgetGate | None:
         return self._budgets
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Let background explorations finish (then cancel them): their records reach the spool."""
+        if self._explorer is not None:
+            await self._explorer.drain(timeout)
 
     # ---- classification -------------------------------------------------------------------------
 
@@ -229,8 +236,8 @@ class Router:
             raise
         verdict, warnings = await classifying
         if budget.state == ledger_pb2.BUDGET_STATE_SOFT_LIMIT and verdict.source in _SCORED_SOURCES:
-            verdict.tier = request.pinned_policy.thresholds.tier_for(
-                verdict.score, shift=self._settings.budget_soft_limit_shift
+            verdict.tier = request.pinned_policy.tier_for(
+                verdict.score, verdict.family, verdict.category, shift=self._settings.budget_soft_limit_shift
             )
             warnings.append("budget_soft_limit")
         return verdict, warnings
@@ -261,7 +268,7 @@ class Router:
                 rationale=f"classifier unavailable ({error.code().name}); policy default tier",
             ), [f"classifier_unavailable:{error.code().name}"]
         # The router's policy is authoritative for the cut points (the classifier may run another version).
-        verdict.tier = policy.thresholds.tier_for(verdict.score)
+        verdict.tier = policy.tier_for(verdict.score, verdict.family, verdict.category)
         return verdict, warnings
 
     # ---- selection --------------------------------------------------------------------------------
@@ -270,7 +277,7 @@ class Router:
         request = self.pinned(request)
         policy = request.pinned_policy
         output_estimate = request.max_output_tokens or policy.output_token_estimates.get(
-            common_pb2.Category.Name(category).removeprefix("CATEGORY_").lower(), DEFAULT_OUTPUT_ESTIMATE
+            category_name(category), DEFAULT_OUTPUT_ESTIMATE
         )
         token_counts: dict[int, int] = {}  # one count per tokenizer, not per candidate
 
@@ -406,6 +413,7 @@ class Router:
             response = self._settle(request, run)
         if run.answer is None:
             raise _all_failed(run.outcomes)
+        self._maybe_explore(request, run)
         log.info(
             "route_completed",
             model=response.model,
@@ -489,6 +497,7 @@ class Router:
             _raise_if_past(deadline)  # the client's deadline passed while the judge was grading
             raise
         outcome.attempt.judge_cost_usd = grade.cost_usd
+        outcome.attempt.judge_verdict = _judge_verdict(grade.passed)  # type: ignore[assignment]
         if grade.passed is None:
             outcome.judge_problem = grade.problem
             return None
@@ -679,6 +688,7 @@ class Router:
             response = self._settle(request, run)
         if run.answer is None:
             raise _all_failed(outcomes)
+        self._maybe_explore(request, run)
         yield router_pb2.RouteStreamResponse(summary=response)
 
     async def _stream_once(
@@ -826,45 +836,133 @@ class Router:
     def _records(
         self, request: RouteInput, run: Run, response: router_pb2.RouteResponse
     ) -> list[ledger_pb2.UsageRecord]:
-        verdict, outcomes, answer = run.verdict, run.outcomes, run.answer
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
+        outcomes, answer = run.outcomes, run.answer
         records = []
         for number, outcome in enumerate(outcomes, start=1):
-            attempt = outcome.attempt
             final = outcome is answer
-            record = ledger_pb2.UsageRecord(
-                request_id=request.request_id,
-                run_id=request.run_id,
-                policy_version=request.pinned_policy.version_id,
-                attempt=number,
-                time=now,
-                caller=request.caller,
-                category=verdict.category,
-                tier=attempt.tier,
-                score=verdict.score,
-                classifier_source=verdict.source,
-                classifier_version=verdict.version,
-                family=verdict.family,
-                model=attempt.model,
-                provider=attempt.provider,
-                outcome=attempt.outcome,
-                error=attempt.error,
-                usage=attempt.usage,
-                price_map_version=request.pinned_prices.version,
-                price_known=attempt.price_known,
-                provider_ms=attempt.latency_ms,
-                cache_hit=verdict.source == common_pb2.CLASSIFIER_SOURCE_CACHE,
-                final=final,
-                judge_cost_usd=attempt.judge_cost_usd,
-            )
+            record = _record(request, run.verdict, outcome, number, final=final)
             if number == 1:
-                record.classifier_cost_usd = verdict.overhead.cost_usd
+                record.classifier_cost_usd = run.verdict.overhead.cost_usd
                 record.classify_ms = response.timings.classify_ms
             if final or number == len(outcomes):
                 record.total_ms = response.timings.total_ms
             records.append(record)
         return records
+
+    # ---- exploration ------------------------------------------------------------------------------
+
+    def _maybe_explore(self, request: RouteInput, run: Run) -> None:
+        """Answer a sampled share of requests again with the next tier down, in the background, and
+        let the judge compare (router_svc/exploration.py)."""
+        explorer, judge, answer = self._explorer, self._judge, run.answer
+        if explorer is None or judge is None or answer is None or not explorer.sampled():
+            return
+        tier = answer.attempt.tier
+        if (
+            answer.attempt.outcome != common_pb2.ATTEMPT_OUTCOME_OK
+            or run.verdict.source not in _SCORED_SOURCES  # forced, or the classifier's default
+            or tier != run.plan.tiers[0]  # escalated: the tier below it failed already
+            or tier == TIERS_IN_ORDER[0]
+        ):
+            return
+        lower = TIERS_IN_ORDER[TIERS_IN_ORDER.index(tier) - 1]
+        choices = self.plan(request, lower, run.verdict.category).choices(lower)
+        if not choices:
+            return
+        choice = choices[0]
+        exhibit_tokens = (sum(len(m["content"]) for m in request.chat) + 2 * len(answer.content)) // 4 + 300
+        reserved = choice.estimated_cost_usd + request.pinned_prices.cost(judge.model, exhibit_tokens, 60).usd
+        if not explorer.budget.reserve(reserved):
+            log.info(
+                "exploration_skipped", reason="daily_budget", spent_usd=round(explorer.budget.spent_usd, 6)
+            )
+            return
+        explorer.start(self._explore(request, run, choice, reserved))
+
+    async def _explore(self, request: RouteInput, run: Run, choice: Choice, reserved: float) -> None:
+        assert self._explorer is not None and self._judge is not None and run.answer is not None
+        outcomes: list[Outcome] = []
+        deadline = asyncio.get_running_loop().time() + self._settings.exploration_timeout_seconds
+        try:
+            outcome, _ = await self._call_once(request, choice, deadline, outcomes)
+            attempt = outcome.attempt
+            if attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
+                problem = first_failure(
+                    Answer(outcome.content, outcome.finish_reason, attempt.usage.output_tokens),
+                    request.expectations,
+                    self._validators,
+                )
+                if problem is not None:  # fails the rule-based checks: not good enough, no judge needed
+                    attempt.judge_verdict, attempt.error = common_pb2.JUDGE_VERDICT_FAIL, problem
+                else:
+                    grade = await self._judge.compare(
+                        request.chat, run.answer.content, outcome.content, request.pinned_prices
+                    )
+                    attempt.judge_cost_usd = grade.cost_usd
+                    attempt.judge_verdict = _judge_verdict(grade.passed)
+        except ServiceError as error:  # the exploration's own deadline
+            log.info("exploration_failed", reason=error.reason)
+        finally:
+            spent = sum(o.attempt.usage.cost_usd + o.attempt.judge_cost_usd for o in outcomes)
+            self._explorer.budget.settle(reserved, spent)
+            records = [
+                _record(request, run.verdict, o, 1001 + i, final=False, exploration=True)
+                for i, o in enumerate(outcomes)
+            ]
+            self._usage_sink.submit(records)
+            log.info(
+                "exploration_done",
+                tier=NAME_BY_TIER.get(choice.tier),
+                model=choice.spec.model,
+                verdict=[common_pb2.JudgeVerdict.Name(o.attempt.judge_verdict) for o in outcomes],
+                cost_usd=spent,
+            )
+
+
+def _judge_verdict(passed: bool | None) -> int:
+    if passed is None:
+        return common_pb2.JUDGE_VERDICT_UNAVAILABLE
+    return common_pb2.JUDGE_VERDICT_PASS if passed else common_pb2.JUDGE_VERDICT_FAIL
+
+
+def _record(
+    request: RouteInput,
+    verdict: classifier_pb2.ClassifyResponse,
+    outcome: Outcome,
+    number: int,
+    *,
+    final: bool,
+    exploration: bool = False,
+) -> ledger_pb2.UsageRecord:
+    attempt = outcome.attempt
+    record = ledger_pb2.UsageRecord(
+        request_id=request.request_id,
+        run_id=request.run_id,
+        policy_version=request.pinned_policy.version_id,
+        attempt=number,
+        caller=request.caller,
+        category=verdict.category,
+        tier=attempt.tier,
+        score=verdict.score,
+        classifier_source=verdict.source,
+        classifier_version=verdict.version,
+        family=verdict.family,
+        model=attempt.model,
+        provider=attempt.provider,
+        outcome=attempt.outcome,
+        error=attempt.error,
+        usage=attempt.usage,
+        price_map_version=request.pinned_prices.version,
+        price_known=attempt.price_known,
+        provider_ms=attempt.latency_ms,
+        cache_hit=verdict.source == common_pb2.CLASSIFIER_SOURCE_CACHE,
+        final=final,
+        judge_cost_usd=attempt.judge_cost_usd,
+        judge_verdict=attempt.judge_verdict,
+        exploration=exploration,
+    )
+    record.time.GetCurrentTime()
+    return record
 
 
 class _Dispatch:

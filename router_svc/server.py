@@ -21,6 +21,7 @@ from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
 from router_svc.cooldown import Cooldowns
+from router_svc.exploration import ExplorationBudget, Explorer
 from router_svc.idempotency import IdempotencyCache, fingerprint
 from router_svc.judge import Judge
 from router_svc.policy_source import PolicySource
@@ -209,6 +210,15 @@ async def create_server(
         if settings.judge_model
         else None
     )
+    explorer = None
+    if settings.exploration_rate > 0:
+        if judge is None:
+            log.warning("exploration_off", reason="ROUTER_EXPLORATION_RATE needs ROUTER_JUDGE_MODEL")
+        else:
+            budget = ExplorationBudget(
+                settings.exploration_daily_budget_usd, ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
+            )
+            explorer = Explorer(settings.exploration_rate, budget)
     router = Router(
         settings=settings,
         policy=policy.current,
@@ -219,6 +229,7 @@ async def create_server(
         cooldowns=Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds),
         budgets=budgets,
         judge=judge,
+        explorer=explorer,
     )
     idempotency = IdempotencyCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
     server = service_server.new_server(share_port=settings.workers > 1)
@@ -268,6 +279,7 @@ async def _start_background(
     close = getattr(sink, "close", None)
     if close is not None:
         running.closers.append(close)
+    running.closers.append(router.close)  # before the sink closes: explorations' records go to it
     start = getattr(sink, "start", None)
     if start is not None:
         await start()

@@ -55,6 +55,12 @@ class RouterSettings(ServiceSettings):
     judge_timeout_seconds: float = Field(default=10.0, gt=0)
     # Request and answer are each cut to this many characters for the judge.
     judge_max_chars: int = Field(default=8_000, ge=200)
+    # Exploration (router_svc/exploration.py): this share of answered requests is also answered by the
+    # next tier down, in the background, and the judge (required) compares the two answers: the
+    # evidence that a cheaper tier would have done. Off by default; capped per UTC day in dollars.
+    exploration_rate: float = Field(default=0.0, ge=0, le=1)
+    exploration_daily_budget_usd: float = Field(default=1.0, ge=0)
+    exploration_timeout_seconds: float = Field(default=60.0, gt=0)
     # Budgets (kept by the ledger): a caller's state is cached this long; the check fails open.
     budgets_enabled: bool = True
     budget_check_ttl_seconds: float = Field(default=2.0, gt=0)

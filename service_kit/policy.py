@@ -72,6 +72,33 @@ class Thresholds(BaseModel):
         return common_pb2.TIER_SIMPLE
 
 
+def category_name(category: int) -> str:
+    """A Category as the policy names it: CATEGORY_CODE -> "code" ("" for unknown values)."""
+    try:
+        return str(common_pb2.Category.Name(category)).removeprefix("CATEGORY_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return ""
+
+
+class Offsets(BaseModel):
+    """Added to the score before the thresholds cut it, per prompt family (the classifier's, e.g.
+    "open", "multiple_choice") and per category ("code", "extraction"...): positive routes up. Fitted
+    by `llmroute tune` where the outcomes support them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: dict[str, float] = Field(default_factory=dict)
+    category: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("family", "category")
+    @classmethod
+    def _bounded(cls, values: dict[str, float]) -> dict[str, float]:
+        for key, value in values.items():
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(f"offset {key}: {value} is outside [-1, 1]")
+        return values
+
+
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -82,6 +109,7 @@ class Policy(BaseModel):
     baseline_reasoning_effort: Literal["low", "medium", "high"] | None = None
     default_tier: str = "moderate"
     thresholds: Thresholds
+    offsets: Offsets = Field(default_factory=Offsets)
     tiers: dict[str, list[ModelSpec]]
     # Expected output tokens per category, when the request sets no max_output_tokens.
     output_token_estimates: dict[str, int] = Field(default_factory=dict)
@@ -106,6 +134,14 @@ class Policy(BaseModel):
 
     def candidates(self, tier: int) -> list[ModelSpec]:
         return self.tiers[NAME_BY_TIER[tier]]
+
+    def tier_for(self, score: float, family: str = "", category: int = 0, shift: float = 0.0) -> int:
+        """The tier for a classification: its score plus the family's and the category's offsets, cut
+        by the thresholds (raised by `shift` under budget pressure)."""
+        offset = self.offsets.family.get(family, 0.0) + self.offsets.category.get(
+            category_name(category), 0.0
+        )
+        return self.thresholds.tier_for(score + offset, shift)
 
     @functools.cached_property
     def version_id(self) -> str:
