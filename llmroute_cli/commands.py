@@ -1,4 +1,5 @@
-"""`llmroute route|stats|budget`: a small client over the router's and the ledger's gRPC APIs."""
+"""`llmroute route|stats|budget|feedback|report|tune`: a small client over the router's and the
+ledger's gRPC APIs, and the feedback loop's tuner."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from google.protobuf import json_format
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from llmroute_cli import loop
 
 PERIODS = {"daily": ledger_pb2.BUDGET_PERIOD_DAILY, "monthly": ledger_pb2.BUDGET_PERIOD_MONTHLY}
 
@@ -120,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument("--hard", type=float, default=0.0, help="US dollars")
     budget.add_argument("--admin-token", default="")
     budget.set_defaults(run=_budget)
+
+    loop.add_commands(commands)
     return root
 
 
