@@ -96,16 +96,8 @@ def test_the_cut_points_are_the_best_monotone_assignment() -> None:
         prefix = np.concatenate([np.zeros((4, 1)), np.cumsum(value, axis=1)], axis=1)
         n = len(traffic.scores)
 
-        def total(i: int, j: int, k: int) -> float:
-            return float(
-                prefix[0, i]
-                + prefix[1, j]
-                - prefix[1, i]
-                + prefix[2, k]
-                - prefix[2, j]
-                + prefix[3, n]
-                - prefix[3, k]
-            )
+        def total(i: int, j: int, k: int, p: np.ndarray = prefix, n: int = n) -> float:
+            return float(p[0, i] + p[1, j] - p[1, i] + p[2, k] - p[2, j] + p[3, n] - p[3, k])
 
         best = min(total(i, j, k) for i in range(n + 1) for j in range(i, n + 1) for k in range(j, n + 1))
         assert total(*cuts) == pytest.approx(best, rel=1e-12, abs=1e-15)
