@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -331,30 +331,65 @@ class Target:
 
 def optimise(model: Model, traffic: Traffic, target: Target, current: Thresholds) -> tuple[Plan, float]:
     """The cheapest thresholds meeting a quality target (or the best quality within a strong share or
-    a budget), and the price of quality λ they were found at."""
+    a budget), and the price of quality λ they were found at.
+
+    The price search only reaches assignments on the lower convex hull of (cost, quality); where the
+    target falls between two of them (bins whose trade-off is alike switch together), the cut points
+    are then moved one boundary at a time from the assignment that meets the target toward the
+    cheaper one that does not, as far as the target allows."""
     fixed: list[float | None] = [
         getattr(current, name) if model.fallback[k] else None
         for k, name in enumerate(("moderate", "complex", "reasoning"))
     ]
 
-    def plan_at(price: float) -> Plan:
-        return evaluate(model, traffic, thresholds_of(traffic, assign(model, traffic, price, fixed)))
+    def cuts_at(price: float) -> tuple[int, int, int]:
+        return assign(model, traffic, price, fixed)
+
+    def plan_of(cuts: Sequence[int]) -> Plan:
+        return evaluate(model, traffic, thresholds_of(traffic, (cuts[0], cuts[1], cuts[2])))
 
     low, high = 0.0, float(model.costs.max() * 1e5 + 1.0)
     if target.quality is not None:  # the smallest price that reaches the quality
-        if not target.met(plan_at(high)):
-            return plan_at(high), high
+        if not target.met(plan_of(cuts_at(high))):
+            return plan_of(cuts_at(high)), high
         for _ in range(50):
             middle = (low + high) / 2
-            low, high = (low, middle) if target.met(plan_at(middle)) else (middle, high)
-        return plan_at(high), high
+            low, high = (low, middle) if target.met(plan_of(cuts_at(middle))) else (middle, high)
+        return plan_of(_refine(cuts_at(high), cuts_at(low), target, plan_of)), high
     # A strong share or a budget: the largest price (the best quality) that stays within it.
-    if not target.met(plan_at(low)):
-        return plan_at(low), low
+    if not target.met(plan_of(cuts_at(low))):
+        return plan_of(cuts_at(low)), low
     for _ in range(50):
         middle = (low + high) / 2
-        low, high = (middle, high) if target.met(plan_at(middle)) else (low, middle)
-    return plan_at(low), low
+        low, high = (middle, high) if target.met(plan_of(cuts_at(middle))) else (low, middle)
+    return plan_of(cuts_at(low)), low
+
+
+def _refine(
+    meets: tuple[int, int, int],
+    cheaper: tuple[int, int, int],
+    target: Target,
+    plan_of: Callable[[Sequence[int]], Plan],
+) -> tuple[int, int, int]:
+    cuts = list(meets)
+    for k in sorted(range(3), key=lambda k: -abs(cheaper[k] - meets[k])):
+        lo, hi = sorted((cuts[k], cheaper[k]))
+        toward = 1 if cheaper[k] > cuts[k] else -1
+        best = cuts[k]
+        while lo <= hi:  # the furthest position toward the cheaper cut that still meets the target
+            middle = (lo + hi) // 2
+            trial = list(cuts)
+            trial[k] = middle
+            if trial != sorted(trial):
+                (hi, lo) = (middle - 1, lo) if toward > 0 else (hi, middle + 1)
+                continue
+            if target.met(plan_of(trial)):
+                best = middle
+                lo, hi = (middle + 1, hi) if toward > 0 else (lo, middle - 1)
+            else:
+                lo, hi = (lo, middle - 1) if toward > 0 else (middle + 1, hi)
+        cuts[k] = best
+    return cuts[0], cuts[1], cuts[2]
 
 
 def fit_offsets(

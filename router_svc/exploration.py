@@ -1,8 +1,10 @@
 """Exploration: the only evidence that a cheaper tier would have done.
 
 A configured share of answered requests (`ROUTER_EXPLORATION_RATE`, off by default) is answered again,
-in the background, by the cheapest eligible model of the next tier down, and the LLM judge compares
-the two answers. The caller always has the routed answer already; the exploration call and its grading
+in the background, by the cheapest eligible model of the next tier down from the tier it was routed
+to, and the LLM judge compares the two answers (the one the caller got is the reference). Sampled
+requests are explored whatever became of their answer (rejected or escalated ones too), so the
+explored ones are a fair sample of the tier's traffic. The caller always has the routed answer already; the exploration call and its grading
 are recorded as exploration attempts of the same run (numbered from 1001, `exploration=true`, the
 judge's verdict on the cheaper answer), which the ledger counts as exploration spend: its own line in
 GetStats, not charged to the caller's budget.

@@ -83,14 +83,17 @@ class Judge:
     def grades(self, tier: int) -> bool:
         return tier in self._tiers
 
-    async def grade(self, chat: list[dict[str, str]], answer: str, prices: PriceBook) -> Grade:
-        """Whether `answer` does what the request asks."""
+    async def grade(
+        self, chat: list[dict[str, str]], answer: str, prices: PriceBook, *, tier: int = 0
+    ) -> Grade:
+        """Whether `answer` (from a model of `tier`) does what the request asks."""
         return await self._ask(INSTRUCTIONS, self._exhibit(chat, answer), prices)
 
     async def compare(
-        self, chat: list[dict[str, str]], reference: str, candidate: str, prices: PriceBook
+        self, chat: list[dict[str, str]], reference: str, candidate: str, prices: PriceBook, *, tier: int = 0
     ) -> Grade:
-        """Whether the cheaper tier's `candidate` is as good as the routed `reference` answer."""
+        """Whether the cheaper tier's `candidate` (from a model of `tier`) is as good as the routed
+        `reference` answer."""
         exhibit = (
             f"{self._request(chat)}\n\n<reference_answer>\n{reference[: self._max_chars]}\n</reference_answer>"
             f"\n\n<candidate_answer>\n{candidate[: self._max_chars]}\n</candidate_answer>"

@@ -492,7 +492,9 @@ class Router:
         assert self._judge is not None
         try:
             async with asyncio.timeout_at(deadline):
-                grade = await self._judge.grade(request.chat, outcome.content, request.pinned_prices)
+                grade = await self._judge.grade(
+                    request.chat, outcome.content, request.pinned_prices, tier=outcome.attempt.tier
+                )
         except TimeoutError:
             _raise_if_past(deadline)  # the client's deadline passed while the judge was grading
             raise
@@ -857,15 +859,12 @@ class Router:
         explorer, judge, answer = self._explorer, self._judge, run.answer
         if explorer is None or judge is None or answer is None or not explorer.sampled():
             return
-        tier = answer.attempt.tier
-        if (
-            answer.attempt.outcome != common_pb2.ATTEMPT_OUTCOME_OK
-            or run.verdict.source not in _SCORED_SOURCES  # forced, or the classifier's default
-            or tier != run.plan.tiers[0]  # escalated: the tier below it failed already
-            or tier == TIERS_IN_ORDER[0]
-        ):
-            return
-        lower = TIERS_IN_ORDER[TIERS_IN_ORDER.index(tier) - 1]
+        # Every sampled request routed above the cheapest tier, whatever became of its answer (one
+        # rejected or escalated included: leaving those out would hide the cheaper tier's failures).
+        routed = run.plan.tiers[0]
+        if run.verdict.source not in _SCORED_SOURCES or routed == TIERS_IN_ORDER[0]:
+            return  # forced or the classifier's default; or nothing cheaper
+        lower = TIERS_IN_ORDER[TIERS_IN_ORDER.index(routed) - 1]
         choices = self.plan(request, lower, run.verdict.category).choices(lower)
         if not choices:
             return
@@ -896,7 +895,11 @@ class Router:
                     attempt.judge_verdict, attempt.error = common_pb2.JUDGE_VERDICT_FAIL, problem
                 else:
                     grade = await self._judge.compare(
-                        request.chat, run.answer.content, outcome.content, request.pinned_prices
+                        request.chat,
+                        run.answer.content,
+                        outcome.content,
+                        request.pinned_prices,
+                        tier=choice.tier,
                     )
                     attempt.judge_cost_usd = grade.cost_usd
                     attempt.judge_verdict = _judge_verdict(grade.passed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import re
 import signal
 import uuid
@@ -179,8 +180,10 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
 
 
 async def create_server(
-    settings: RouterSettings, usage_sink: UsageSink | None = None
+    settings: RouterSettings, usage_sink: UsageSink | None = None, judge: Judge | None = None
 ) -> service_server.RunningServer:
+    """The router, serving. `usage_sink` and `judge` replace the ledger reporter and the LLM judge the
+    settings would build (tests and `make replay` pass their own)."""
     policy = PolicySource(settings.policy_path)
     prices = PriceSource(
         settings.price_overrides_path, settings.price_refresh_from, settings.price_refresh_seconds
@@ -198,7 +201,7 @@ async def create_server(
         if settings.budgets_enabled
         else None
     )
-    judge = (
+    judge = judge or (
         Judge(
             model=settings.judge_model,
             tiers=frozenset(TIER_BY_NAME[t] for t in settings.judge_tiers),
@@ -218,7 +221,12 @@ async def create_server(
             budget = ExplorationBudget(
                 settings.exploration_daily_budget_usd, ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
             )
-            explorer = Explorer(settings.exploration_rate, budget)
+            draw = (
+                random.Random(settings.exploration_seed).random
+                if settings.exploration_seed is not None
+                else random.random
+            )
+            explorer = Explorer(settings.exploration_rate, budget, draw)
     router = Router(
         settings=settings,
         policy=policy.current,

@@ -61,6 +61,8 @@ class RouterSettings(ServiceSettings):
     exploration_rate: float = Field(default=0.0, ge=0, le=1)
     exploration_daily_budget_usd: float = Field(default=1.0, ge=0)
     exploration_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Seed of the exploration draw, for reproducible replays and tests; unset: a fresh random one.
+    exploration_seed: int | None = None
     # Budgets (kept by the ledger): a caller's state is cached this long; the check fails open.
     budgets_enabled: bool = True
     budget_check_ttl_seconds: float = Field(default=2.0, gt=0)

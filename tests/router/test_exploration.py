@@ -110,7 +110,7 @@ async def test_the_caller_never_waits_for_exploration(exploring: RouterHarness) 
     assert len(await explorations(exploring.sink, 1)) == 1
 
 
-async def test_nothing_cheaper_forced_or_escalated_is_not_explored(exploring: RouterHarness) -> None:
+async def test_nothing_cheaper_or_forced_is_not_explored(exploring: RouterHarness) -> None:
     simple = await exploring.stub.Route(route(SIMPLE_PROMPT))
     forced = await exploring.stub.Route(route(MODERATE_PROMPT, force_tier=common_pb2.TIER_MODERATE))
     assert simple.tier == common_pb2.TIER_SIMPLE and forced.tier == common_pb2.TIER_MODERATE
