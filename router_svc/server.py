@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import re
@@ -18,6 +17,7 @@ import structlog
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc import schemas
 from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
@@ -36,7 +36,7 @@ from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import TIER_BY_NAME
-from service_kit.validation import message_violations
+from service_kit.validation import bounded, message_violations
 
 log = structlog.get_logger()
 
@@ -51,7 +51,9 @@ def parse_request(
     settings: RouterSettings,
 ) -> RouteInput:
     """Validate a Route/RouteStream request; every problem becomes one field violation."""
-    violations = message_violations(request.messages, settings.max_prompt_chars)
+    violations = message_violations(
+        request.messages, settings.max_prompt_chars, max_messages=settings.max_messages
+    )
     # Only the request's own field is an idempotency key; x-request-id metadata only traces.
     request_id = request.request_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(request_id):
@@ -61,8 +63,13 @@ def parse_request(
         violations.append(("caller", "must be 1-128 characters of letters, digits and ._:@/-"))
     options = request.options
     max_output_tokens = options.max_output_tokens if options.HasField("max_output_tokens") else None
-    if max_output_tokens is not None and max_output_tokens <= 0:
-        violations.append(("options.max_output_tokens", "must be a positive number of tokens"))
+    if max_output_tokens is not None and not 0 < max_output_tokens <= settings.max_output_tokens:
+        violations.append(
+            (
+                "options.max_output_tokens",
+                f"must be a number of tokens between 1 and {settings.max_output_tokens}",
+            )
+        )
     temperature = options.temperature if options.HasField("temperature") else None
     if temperature is not None and not (math.isfinite(temperature) and 0 <= temperature <= 2):
         violations.append(("options.temperature", "must be a number between 0 and 2"))
@@ -71,17 +78,16 @@ def parse_request(
         violations.append(("options.max_cost_usd", "must be a non-negative number of US dollars"))
     if options.force_tier not in common_pb2.Tier.values():
         violations.append(("options.force_tier", f"unknown tier {options.force_tier}"))
+    if len(options.force_model) > 200:
+        violations.append(("options.force_model", "is longer than 200 characters"))
     schema = None
     if options.json_schema:
         try:
-            schema = json.loads(options.json_schema)
-        except ValueError:
-            violations.append(("options.json_schema", "must be a JSON Schema document (JSON text)"))
-        else:
-            if not isinstance(schema, dict):
-                violations.append(("options.json_schema", "must be a JSON object"))
+            schema = schemas.parse(options.json_schema, settings.max_json_schema_bytes)
+        except schemas.SchemaProblem as problem:
+            violations.append(("options.json_schema", str(problem)))
     if violations:
-        raise InvalidArgument(violations)
+        raise InvalidArgument(bounded(violations))
     return RouteInput(
         messages=tuple(request.messages),
         request_id=request_id,

@@ -76,6 +76,11 @@ class RouterSettings(ServiceSettings):
     warm_up_from_ledger_top: int = Field(default=4, ge=0)
     warm_up_timeout_seconds: float = Field(default=10.0, gt=0)
     max_prompt_chars: int = Field(default=400_000, ge=1)
+    # Limits checked before anything is paid for (INVALID_ARGUMENT): messages per request, the
+    # max_output_tokens a caller may ask for, and the size of options.json_schema (router_svc/schemas.py).
+    max_messages: int = Field(default=1000, ge=1)
+    max_output_tokens: int = Field(default=128_000, ge=1)
+    max_json_schema_bytes: int = Field(default=64 * 1024, ge=64)
     default_caller: str = "anonymous"
     # Local JSON/YAML file of {model: {input_cost_per_token: ..., output_cost_per_token: ...}} overrides.
     price_overrides_path: Path | None = None

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import jsonschema
+from router_svc import schemas
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +60,10 @@ def valid_json(answer: Answer, expect: Expectations) -> str | None:
     except ValueError:
         return "invalid_json"
     if expect.json_schema is not None:
-        try:
-            jsonschema.validate(value, expect.json_schema)
-        except jsonschema.ValidationError as error:
-            # The path and the failed keyword only: the message would quote the model's output.
-            where = "/".join(map(str, error.absolute_path)) or "$"
-            return f"schema_mismatch:{where}:{error.validator}"
+        # The path and the failed keyword only: the message would quote the model's output.
+        problem = schemas.mismatch(value, expect.json_schema)
+        if problem is not None:
+            return f"schema_mismatch:{problem}"
     return None
 
 

@@ -1,0 +1,122 @@
+"""The caller's JSON Schema (`options.json_schema`): checked when the request arrives, never used to fetch
+anything, and applied to answers with regular expressions under a time limit.
+
+A schema is refused with INVALID_ARGUMENT, before anything is paid for, when it is larger than
+`ROUTER_MAX_JSON_SCHEMA_BYTES`, nested deeper than `MAX_DEPTH`, not a JSON object, not a valid JSON
+Schema of its declared draft (`check_schema`), or refers (`$ref`) outside itself: the router never
+retrieves a reference. Answers are validated with `pattern` and `patternProperties` matched by the
+`regex` module with a time limit (`PATTERN_SECONDS`), so a catastrophic pattern (`^(a+)+$`) costs
+at most that long and rejects the answer instead of blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import referencing
+import referencing.exceptions
+import regex
+
+MAX_DEPTH = 32
+PATTERN_SECONDS = 0.05
+_REF_KEYS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+class SchemaProblem(ValueError):
+    """Why a caller's schema is refused (a field violation's description)."""
+
+
+def parse(text: str, max_bytes: int) -> dict[str, Any]:
+    size = len(text.encode())
+    if size > max_bytes:
+        raise SchemaProblem(f"is {size} bytes; at most {max_bytes}")
+    try:
+        schema = json.loads(text)
+    except RecursionError:
+        raise SchemaProblem(f"is nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError:
+        raise SchemaProblem("must be a JSON Schema document (JSON text)") from None
+    if not isinstance(schema, dict):
+        raise SchemaProblem("must be a JSON object")
+    for depth, node in _walk(schema):
+        if depth > MAX_DEPTH:
+            raise SchemaProblem(f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            for key in _REF_KEYS:
+                ref = node.get(key)
+                if isinstance(ref, str) and not ref.startswith("#"):
+                    raise SchemaProblem(
+                        f"{key} {ref[:80]!r} points outside the schema; references are never fetched"
+                    )
+    try:
+        _validator_class(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        where = "/".join(map(str, error.absolute_path)) or "$"
+        raise SchemaProblem(f"is not a valid JSON Schema at {where}: {error.message[:200]}") from None
+    return schema
+
+
+def mismatch(value: Any, schema: dict[str, Any]) -> str | None:
+    """None when `value` matches; else where and which keyword failed (never the value itself)."""
+    validator = _validator_class(schema)(schema, registry=_NO_RETRIEVAL)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(map(str, error.absolute_path)) or "$"
+    return f"{where}:{error.validator}"
+
+
+def _walk(root: Any) -> Iterator[tuple[int, Any]]:
+    stack: list[tuple[int, Any]] = [(1, root)]
+    while stack:
+        depth, node = stack.pop()
+        yield depth, node
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((depth + 1, child) for child in children if isinstance(child, dict | list))
+
+
+def _refuse(uri: str) -> referencing.Resource[Any]:
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+_NO_RETRIEVAL: referencing.Registry[Any] = referencing.Registry(retrieve=_refuse)  # type: ignore[call-arg]
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _matches(pattern, instance):
+        yield jsonschema.ValidationError(f"does not match the pattern {pattern[:80]!r} (or took too long)")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _matches(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _matches(pattern: str, text: str) -> bool:
+    try:
+        return regex.search(pattern, text, timeout=PATTERN_SECONDS) is not None
+    except (TimeoutError, regex.error):
+        return False
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _validator_class(schema: dict[str, Any]) -> Any:
+    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    if base not in _CLASSES:
+        _CLASSES[base] = jsonschema.validators.extend(
+            base, {"pattern": _pattern, "patternProperties": _pattern_properties}
+        )
+    return _CLASSES[base]
