@@ -183,7 +183,8 @@ _ID_CORE = "|".join(
         r"[A-Z]{1,6}[-_]?\d{4,}(?:[-_/][A-Z0-9]+)*\b",  # INV-20931, A-48213, PO-2026-0042
         r"(?=[A-Z0-9]{8,}\b)(?=(?:[A-Z]*\d){4})(?=\d*[A-Z])[A-Z0-9]+\b",  # 01HZX3K8Q2VF
         r"[a-z]{2,10}_(?:[a-z]{2,10}_)?(?=[A-Za-z]*\d[A-Za-z]*\d)[A-Za-z0-9]{8,}\b",  # req_8f3k2j9x7q
-        r"\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,5}(?![\w.])|\(?\d{3}\)?[ .-]\d{3}[.-]\d{4}\b",  # phone
+        # phone numbers: +1 415-555-0199, +44 20 7946 0958, (415) 555-0199
+        r"\+\d{1,3}(?:[ .-]?(?:\(\d{1,5}\)|\d{1,5})){2,5}(?![\w.])|(?:\(\d{3}\)|\d{3})[ .-]\d{3}[.-]\d{4}\b",
         r"\d{2,}(?:-\d{2,}){2,}\b|\d{4}(?:[ -]\d{4}){3}\b",  # 123-45-6789, card numbers
         r"(?<![\d.,])\d{7,}(?![\d]|[.,]\d)",  # long digit runs
     )
@@ -224,8 +225,9 @@ def strip_identifiers(text: str) -> str:
     """The text without identifiers, their labels, and the brackets and separators left around them.
 
     A mention alone on its line drops the line; one at the start of a line drops with the separator
-    after it ("Ticket 99120: ..."); one before punctuation or the end drops with the separator before
-    it; one inside a sentence becomes a space. Surrounding whitespace is stripped.
+    after it ("Ticket 99120: ..."); one before the end of a sentence drops with the separator before
+    it ("..., ticket 99120."); one inside a sentence becomes a space. Brackets holding only mentions
+    go with them. Surrounding whitespace is stripped.
     """
     text = text.strip()
     groups: list[list[int]] = []
@@ -241,8 +243,10 @@ def strip_identifiers(text: str) -> str:
     last = 0
     for start, end in groups:
         left, right = _widen(text, start, end, last)
-        if left > last and right < n and text[left - 1] in "([{<" and text[right] in ")]}>":
-            left, right = _widen(text, left - 1, right + 1, last)
+        bracketed = left > last and right < n and text[left - 1] in "([{<" and text[right] in ")]}>"
+        if bracketed:
+            end = right + 1
+            left, right = _widen(text, left - 1, end, last)
         line_start = left == 0 or text[left - 1] == "\n"
         after = right + 1 if right < n and text[right] in ".,;" else right
         while after < n and text[after] in _BLANK:
@@ -257,10 +261,14 @@ def strip_identifiers(text: str) -> str:
             while right < n and text[right] in ",;:.·|-" + _BLANK:
                 right += 1
         elif right == n or text[right] in ".!?,;:)]}\n":
-            if left > last and text[left - 1] in ",;:":
+            # "..., ticket 99120." drops its comma; "x; (ref 7)" and "x: 99120" at the end keep theirs.
+            ends_sentence = right < n and text[right] in ".!?)]}"
+            if ends_sentence and not bracketed and left > last and text[left - 1] in ",;:":
                 left, _ = _widen(text, left - 1, left - 1, last)
         else:
-            replacement = " "
+            # Inside a sentence: the spaces after it stay, or one space if it had none on either side.
+            replacement = "" if left < start or end < right else " "
+            right = end
         out.append(text[last:left])
         out.append(replacement)
         last = right

@@ -56,10 +56,12 @@ SCHEMA_VERSION = 1
 COMPONENTS = ("ridge_features", "boosted_features", "ridge_embedding")
 FAMILIES = ("open", "multiple_choice")
 _MC = hand.FEATURE_NAMES.index("is_multiple_choice")
-# Characters from the start and from the end of a prompt that the category rules read: the
-# instruction is almost always there, and the rules cost about a microsecond per 3 characters.
-_CATEGORY_HEAD = 200
-_CATEGORY_TAIL = 100
+# Characters from the start and from the end of a prompt that the embedding and the category rules
+# read: the instruction is almost always there. A long pasted document with an easy instruction then
+# embeds like the instruction (its length is in the hand features), and the rules, which cost about a
+# microsecond per 3 characters, stay fast.
+WINDOW_HEAD = 200
+WINDOW_TAIL = 100
 
 
 class ArtifactError(RuntimeError):
@@ -82,10 +84,11 @@ def artifact_version(arrays: Mapping[str, np.ndarray]) -> str:
 def encode_turns(turns: Sequence[str], embed: object | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The model's input for user turns given oldest first: (embedding, hand features).
 
-    Identifiers are stripped first (``features.strip_identifiers``), so they change nothing.
+    Identifiers are stripped first (``features.strip_identifiers``), so they change nothing. The hand
+    features read the whole turn; the embedding reads its ``window``.
     """
     texts = [hand.strip_identifiers(turn) for turn in turns]
-    vectors = _embed(texts, embed)
+    vectors = _embed([window(text) for text in texts], embed)
     if len(texts) == 1:
         return vectors[0], hand.prompt_features(texts[0])
     return hand.combine_turns(vectors, np.stack([hand.prompt_features(text) for text in texts]))
@@ -94,7 +97,8 @@ def encode_turns(turns: Sequence[str], embed: object | None = None) -> tuple[np.
 def encode_prompts(prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """The model's inputs for single-turn prompts, as rows (training and evaluation, in batch)."""
     texts = [hand.strip_identifiers(prompt) for prompt in prompts]
-    return _embed(texts, None), np.stack([hand.prompt_features(text) for text in texts])
+    vectors = _embed([window(text) for text in texts], None)
+    return vectors, np.stack([hand.prompt_features(text) for text in texts])
 
 
 def _embed(texts: list[str], embed: object | None) -> np.ndarray:
@@ -383,10 +387,10 @@ class LearnedStrategy:
         turns = hand.user_turns([(m.role, m.content) for m in conversation.messages])
         emb, feats = encode_turns(turns, self._embed)
         score, confidence, familiarity, family = model.predict_one(emb, feats)
-        category = detect_category(_category_window(turns[-1]))
+        category = detect_category(window(turns[-1]))
         if category in (common_pb2.CATEGORY_CHAT, common_pb2.CATEGORY_QUESTION_ANSWERING) and len(turns) > 1:
             # A bare follow-up ("and for all 50 states?") belongs to the thread's task.
-            category = detect_category("\n".join(_category_window(t) for t in turns))
+            category = detect_category("\n".join(window(t) for t in turns))
         signals = ", ".join(f"{name}{'+' if c > 0 else '-'}" for name, c in model.top_signals(feats))
         rationale = (
             f"learned: p(cheap fails)={score:.2f}, {FAMILIES[family]} prompt, {len(turns)} user turn(s), "
@@ -404,11 +408,12 @@ class LearnedStrategy:
         )
 
 
-def _category_window(text: str) -> str:
-    """The start and the end of a prompt: where the instruction is; keeps the keyword rules fast."""
-    if len(text) <= _CATEGORY_HEAD + _CATEGORY_TAIL:
+def window(text: str) -> str:
+    """The start and the end of a prompt (``WINDOW_HEAD`` and ``WINDOW_TAIL`` characters): where the
+    instruction is."""
+    if len(text) <= WINDOW_HEAD + WINDOW_TAIL:
         return text
-    return text[:_CATEGORY_HEAD] + "\n" + text[-_CATEGORY_TAIL:]
+    return text[:WINDOW_HEAD] + "\n" + text[-WINDOW_TAIL:]
 
 
 def read_model_card(artifact_dir: str | Path) -> dict[str, object]:

@@ -32,19 +32,25 @@ __all__ = [
     "MULTIMODEL_SPLIT_SEED",
     "MULTIMODEL_STRONG_MODEL",
     "MULTIMODEL_TEST_FRACTION",
+    "OUTCOMES_SPLIT_SEED",
+    "OUTCOMES_TEST_FRACTION",
     "SPLIT_SEED",
     "STRONG_MODEL",
     "AppPrompt",
+    "DeploymentOutcome",
     "Outcome",
     "data_dir",
     "file_digest",
     "heldout_subjects",
     "load_app_prompts",
+    "load_deployment_outcomes",
     "load_gsm8k",
     "load_mmlu",
     "load_multimodel",
     "load_outcomes",
+    "outcome_held_out",
     "split_app_prompts",
+    "split_deployment_outcomes",
     "split_multimodel",
     "split_outcomes",
 ]
@@ -66,11 +72,19 @@ MULTIMODEL_TEST_FRACTION = 0.30
 MULTIMODEL_CHEAP_MODEL = "llama-3.1-8b-instruct"
 MULTIMODEL_STRONG_MODEL = "llama-3.1-nemotron-51b-instruct"
 
+# Outcomes of routed requests (``train --outcomes``): a part is held out by a hash of the request id.
+OUTCOMES_SPLIT_SEED = "llmroute-outcomes-split-v1"
+OUTCOMES_TEST_FRACTION = 0.25
+
 DEFAULT_DATA_DIR = Path("/work/shared/data/routing")
 APP_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "app_prompts.jsonl"
 
-# App prompts carry a hand-assigned tier; the head learns it as a soft "cheap model fails" target.
-DIFFICULTY_TARGET = {"simple": 0.05, "moderate": 0.30, "complex": 0.65, "reasoning": 0.90}
+# App prompts carry a hand-assigned tier; the head learns it as a soft target: P(the cheapest tier
+# fails where the strong one succeeds). Simple and moderate are set so that sending exactly the complex
+# and reasoning prompts of this file to the strong tiers keeps 95% of the strong quality, which is what
+# the rubric's tiers mean under a 95% target (109 x 0.03 + 86 x 0.12 = 13.6, 5% of 267 prompts). The
+# first values (0.05 / 0.30) needed half of this file on the strong side (132 of 267 prompts) for 95%.
+DIFFICULTY_TARGET = {"simple": 0.03, "moderate": 0.12, "complex": 0.65, "reasoning": 0.90}
 
 
 def data_dir() -> Path:
@@ -252,3 +266,81 @@ def split_app_prompts(prompts: Sequence[AppPrompt]) -> tuple[list[AppPrompt], li
     """(train, test): 25% of the app prompts by seeded hash of their id."""
     test_ids = _seeded_pick((p.id for p in prompts), APP_TEST_FRACTION)
     return [p for p in prompts if p.id not in test_ids], [p for p in prompts if p.id in test_ids]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentOutcome:
+    """A routed request whose outcome is known: was the cheapest tier's answer adequate?"""
+
+    id: str
+    messages: tuple[tuple[str, str], ...]  # (role, content), oldest first
+    cheap_ok: bool
+    weight: float = 1.0
+
+
+def _outcome_row(raw: object, where: str) -> DeploymentOutcome:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    rid, messages, cheap_ok = raw.get("id"), raw.get("messages"), raw.get("cheap_ok")
+    weight = raw.get("weight", 1.0)
+    if not isinstance(rid, str) or not rid:
+        raise ValueError(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list")
+    pairs = []
+    for message in messages:
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise ValueError(f"{where}: every message needs a string 'role' and 'content'")
+        pairs.append((message["role"], message["content"]))
+    if not isinstance(cheap_ok, bool):
+        raise ValueError(f"{where}: 'cheap_ok' must be true or false")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
+        raise ValueError(f"{where}: 'weight' must be a positive number")
+    return DeploymentOutcome(rid, tuple(pairs), cheap_ok, float(weight))
+
+
+def load_deployment_outcomes(paths: Iterable[Path]) -> list[DeploymentOutcome]:
+    """Rows of JSON lines ``{"id", "messages": [{"role", "content"}], "cheap_ok": bool, "weight"?}``.
+
+    An id may appear only once over all the files: a request has one outcome.
+    """
+    rows: list[DeploymentOutcome] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        with Path(path).open() as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_number}"
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{where}: not JSON ({error.msg})") from error
+                row = _outcome_row(raw, where)
+                if row.id in seen:
+                    raise ValueError(f"{where}: outcome id {row.id!r} already given at {seen[row.id]}")
+                seen[row.id] = where
+                rows.append(row)
+    return rows
+
+
+def split_deployment_outcomes(
+    rows: Sequence[DeploymentOutcome],
+) -> tuple[list[DeploymentOutcome], list[DeploymentOutcome]]:
+    """(train, test): a request is held out when the hash of its id falls in the first 25% of the hash
+    range. Each id decides alone, so adding outcomes never moves a held-out request into training."""
+    train: list[DeploymentOutcome] = []
+    test: list[DeploymentOutcome] = []
+    for row in rows:
+        (test if outcome_held_out(row.id) else train).append(row)
+    return train, test
+
+
+def outcome_held_out(request_id: str) -> bool:
+    """Whether a deployment outcome with this id is held out (never trained on)."""
+    position = int(_rank_key(request_id, OUTCOMES_SPLIT_SEED)[:16], 16) / 16**16
+    return position < OUTCOMES_TEST_FRACTION

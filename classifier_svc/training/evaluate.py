@@ -41,13 +41,12 @@ from typing import Protocol
 
 import numpy as np
 
-from classifier_svc import embeddings
 from classifier_svc import features as hand
 from classifier_svc.factory import build_strategy
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR, ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Strategy, Verdict
 from classifier_svc.strategies.heuristic import HeuristicStrategy
-from classifier_svc.strategies.learned import DifficultyModel, LearnedStrategy, encode_turns
+from classifier_svc.strategies.learned import DifficultyModel, LearnedStrategy, encode_prompts, encode_turns
 from classifier_svc.training import cache_eval, data, metrics
 from llmroute.common.v1 import common_pb2
 from service_kit.logging import configure_logging
@@ -64,7 +63,7 @@ __all__ = [
 ]
 
 DEFAULT_PLOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "classifier_eval.png"
-DATASETS = ("mmlu", "gsm8k")
+DATASETS = ("mmlu", "gsm8k", "multimodel")
 DEFAULT_LLM_PER_DATASET = 150
 
 
@@ -228,22 +227,36 @@ class EvalSet:
 
     outcomes: list[data.Outcome]
     apps: list[data.AppPrompt]
+    deployed: list[data.DeploymentOutcome] = field(default_factory=list)
     conversations: list[Conversation] = field(init=False)
     dataset: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.conversations = [Conversation.user(o.prompt) for o in self.outcomes] + [
-            Conversation.of(*a.messages) for a in self.apps
-        ]
-        self.dataset = np.array([o.dataset for o in self.outcomes] + ["app"] * len(self.apps))
+        # Outcome-labelled rows first (benchmarks, then deployment outcomes), then the app prompts.
+        self.conversations = (
+            [Conversation.user(o.prompt) for o in self.outcomes]
+            + [Conversation.of(*r.messages) for r in self.deployed]
+            + [Conversation.of(*a.messages) for a in self.apps]
+        )
+        self.dataset = np.array(
+            [o.dataset for o in self.outcomes] + ["outcomes"] * len(self.deployed) + ["app"] * len(self.apps)
+        )
+
+    @property
+    def labelled(self) -> int:
+        """How many rows (the first ones) have model outcomes."""
+        return len(self.outcomes) + len(self.deployed)
 
     @property
     def cheap(self) -> np.ndarray:
-        return np.array([o.cheap_ok for o in self.outcomes], dtype=float)
+        return np.array(
+            [o.cheap_ok for o in self.outcomes] + [r.cheap_ok for r in self.deployed], dtype=float
+        )
 
     @property
     def strong(self) -> np.ndarray:
-        return np.array([o.strong_ok for o in self.outcomes], dtype=float)
+        # A deployment outcome assumes the strong tier's answer adequate.
+        return np.array([o.strong_ok for o in self.outcomes] + [1.0] * len(self.deployed), dtype=float)
 
     @property
     def app_target(self) -> np.ndarray:
@@ -343,27 +356,34 @@ def _layers(strategy: object) -> list[object]:
 
 
 def _result(name: str, scores: np.ndarray, latency: np.ndarray, eval_set: EvalSet) -> Result:
-    n = len(eval_set.outcomes)
-    bench = scores[:n]
+    n = eval_set.labelled
+    labelled = scores[:n]
     by_dataset = {}
-    for d in DATASETS:
+    for d in (*DATASETS, "outcomes"):
         rows = eval_set.dataset[:n] == d
         if rows.any():
-            by_dataset[d] = metrics.routing_report(bench[rows], eval_set.cheap[rows], eval_set.strong[rows])
+            by_dataset[d] = metrics.routing_report(
+                labelled[rows], eval_set.cheap[rows], eval_set.strong[rows]
+            )
     app = metrics.concordance(scores[n:], eval_set.app_target) if eval_set.apps else float("nan")
     return Result(name, scores, latency, by_dataset, app)
 
 
 def heldout_report(
-    model: DifficultyModel, outcomes: Sequence[data.Outcome], apps: Sequence[data.AppPrompt]
+    model: DifficultyModel,
+    outcomes: Sequence[data.Outcome],
+    apps: Sequence[data.AppPrompt],
+    deployed: Sequence[data.DeploymentOutcome] = (),
 ) -> dict[str, object]:
     """The held-out metrics of an artifact (batch scoring; the same numbers as the strategy's)."""
-    eval_set = EvalSet(list(outcomes), list(apps))
-    prompts = [o.prompt for o in outcomes]
-    emb = [np.nan_to_num(embeddings.embed(prompts))]
-    feats = [np.stack([hand.prompt_features(p) for p in prompts])]
-    for app in apps:
-        e, f = encode_turns(hand.user_turns(app.messages))
+    eval_set = EvalSet(list(outcomes), list(apps), list(deployed))
+    emb, feats = [], []
+    if outcomes:
+        prompt_emb, prompt_feats = encode_prompts([o.prompt for o in outcomes])
+        emb.append(prompt_emb)
+        feats.append(prompt_feats)
+    for messages in [r.messages for r in deployed] + [a.messages for a in apps]:
+        e, f = encode_turns(hand.user_turns(messages))
         emb.append(e[None, :])
         feats.append(f[None, :])
     scores = model.predict(np.concatenate(emb), np.concatenate(feats)).score

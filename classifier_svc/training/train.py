@@ -16,6 +16,7 @@ Steps, all seeded and single-process (the same inputs give the same weights and 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import itertools
 import json
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier_svc import embeddings
 from classifier_svc import features as hand
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.learned import (
@@ -38,8 +38,11 @@ from classifier_svc.strategies.learned import (
     FAMILIES,
     MODEL_CARD_FILE,
     SCHEMA_VERSION,
+    WINDOW_HEAD,
+    WINDOW_TAIL,
     DifficultyModel,
     artifact_version,
+    encode_prompts,
     encode_turns,
 )
 from classifier_svc.training import data, metrics
@@ -55,8 +58,18 @@ BOOSTING = {
     "subsample": 1.0,
     "random_state": 0,
 }
-# App prompts are few; this weight gives them a voice next to the benchmark rows.
-APP_WEIGHT = 1.5
+# Sample weight of a row, by source. App prompts are few; 1.5 gives them a voice next to the benchmark
+# rows. A deployment outcome's own "weight" multiplies its source's.
+SOURCE_WEIGHT = {"mmlu": 1.0, "gsm8k": 1.0, "multimodel": 1.0, "app": 1.5, "outcomes": 1.0}
+# Multiplies SOURCE_WEIGHT for one part of the head. The multimodel gains are those of one small pair
+# (llama-3.1-8b vs nemotron-51b) on benchmark tasks: in the hand-feature parts they blurred the
+# difficulty of application prompts (CV app concordance 0.85 -> 0.81); in the embedding part they
+# mostly teach which kinds of task gain (CV multimodel APGR 0.64 -> 0.68 at 0.5, 0.70 at 1).
+PART_SOURCE_WEIGHT: dict[str, dict[str, float]] = {
+    "ridge_features": {"multimodel": 0.0},
+    "boosted_features": {"multimodel": 0.0},
+    "ridge_embedding": {"multimodel": 0.5},
+}
 CV_REPEATS = 10
 CV_FRACTION = 0.30
 CV_SEED = 20240501
@@ -69,16 +82,16 @@ FAMILIAR_PERCENTILES = (2.0, 20.0)
 
 @dataclass(frozen=True)
 class Table:
-    """Model inputs and labels, one row per prompt (benchmark) or conversation (app)."""
+    """Model inputs and labels, one row per prompt (benchmark) or conversation (app, deployment)."""
 
     emb: np.ndarray  # (n, 256) float32
     feats: np.ndarray  # (n, d) float32
-    dataset: np.ndarray  # "mmlu" | "gsm8k" | "app"
-    group: np.ndarray  # MMLU subject, "gsm8k", or app category
-    cheap: np.ndarray  # P(cheap right): 0/1 for benchmarks, 1 - hand label for app prompts
-    strong: np.ndarray  # P(strong right): 0/1, or 1 for app prompts (assumed)
+    dataset: np.ndarray  # "mmlu" | "gsm8k" | "multimodel" | "app" | "outcomes"
+    group: np.ndarray  # MMLU subject, "gsm8k", multimodel task, app category, or "outcomes"
+    cheap: np.ndarray  # P(cheap right): 0/1 or the task's score; 1 - hand label for app prompts
+    strong: np.ndarray  # P(strong right): 0/1 or the task's score; 1 for app prompts and outcomes (assumed)
     weight: np.ndarray
-    key: np.ndarray  # prompt text or app id: what the CV splits hash on
+    key: np.ndarray  # prompt text, app id or request id: what the CV splits hash on
 
     def __len__(self) -> int:
         return int(self.emb.shape[0])
@@ -95,23 +108,41 @@ class Table:
         return Table(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
 
 
-def build_table(outcomes: Sequence[data.Outcome], apps: Sequence[data.AppPrompt]) -> Table:
+def build_table(
+    outcomes: Sequence[data.Outcome],
+    apps: Sequence[data.AppPrompt],
+    deployed: Sequence[data.DeploymentOutcome] = (),
+) -> Table:
     prompts = [o.prompt for o in outcomes]
-    emb = [np.nan_to_num(embeddings.embed(prompts))] if prompts else []
-    feats = [np.stack([hand.prompt_features(p) for p in prompts])] if prompts else []
-    for app in apps:
-        e, f = encode_turns(hand.user_turns(app.messages))
+    emb: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    if prompts:
+        prompt_emb, prompt_feats = encode_prompts(prompts)
+        emb.append(prompt_emb)
+        feats.append(prompt_feats)
+    for messages in [app.messages for app in apps] + [row.messages for row in deployed]:
+        e, f = encode_turns(hand.user_turns(messages))
         emb.append(e[None, :])
         feats.append(f[None, :])
     return Table(
         emb=np.concatenate(emb).astype(np.float32),
         feats=np.concatenate(feats).astype(np.float32),
-        dataset=np.array([o.dataset for o in outcomes] + ["app"] * len(apps)),
-        group=np.array([o.group for o in outcomes] + [a.category for a in apps]),
-        cheap=np.array([float(o.cheap_ok) for o in outcomes] + [1.0 - a.target for a in apps]),
-        strong=np.array([float(o.strong_ok) for o in outcomes] + [1.0] * len(apps)),
-        weight=np.array([1.0] * len(outcomes) + [APP_WEIGHT] * len(apps)),
-        key=np.array(prompts + [a.id for a in apps], dtype=object),
+        dataset=np.array([o.dataset for o in outcomes] + ["app"] * len(apps) + ["outcomes"] * len(deployed)),
+        group=np.array(
+            [o.group for o in outcomes] + [a.category for a in apps] + ["outcomes"] * len(deployed)
+        ),
+        cheap=np.array(
+            [float(o.cheap_ok) for o in outcomes]
+            + [1.0 - a.target for a in apps]
+            + [float(r.cheap_ok) for r in deployed]
+        ),
+        strong=np.array([float(o.strong_ok) for o in outcomes] + [1.0] * (len(apps) + len(deployed))),
+        weight=np.array(
+            [SOURCE_WEIGHT[o.dataset] for o in outcomes]
+            + [SOURCE_WEIGHT["app"]] * len(apps)
+            + [SOURCE_WEIGHT["outcomes"] * r.weight for r in deployed]
+        ),
+        key=np.array(prompts + [a.id for a in apps] + [r.id for r in deployed], dtype=object),
     )
 
 
@@ -160,6 +191,12 @@ def _export_trees(model: object, prefix: str) -> dict[str, np.ndarray]:
     }
 
 
+def part_weights(table: Table, part: str) -> np.ndarray:
+    """The sample weights one part of the head is fitted with (``PART_SOURCE_WEIGHT``)."""
+    factor = PART_SOURCE_WEIGHT.get(part, {})
+    return table.weight * np.array([factor.get(name, 1.0) for name in table.dataset])
+
+
 def fit_parts(table: Table) -> dict[str, np.ndarray]:
     """Fits the three parts on ``table`` and returns their arrays."""
     from sklearn.ensemble import GradientBoostingClassifier
@@ -180,8 +217,9 @@ def fit_parts(table: Table) -> dict[str, np.ndarray]:
     e = (emb - emb_mean) / emb_scale
     full = np.hstack([design, e * mcc, e * (1 - mcc)])
 
-    ridge_features = Ridge(alpha=RIDGE_FEATURES_ALPHA).fit(design, table.gain, sample_weight=table.weight)
-    ridge_embedding = Ridge(alpha=RIDGE_EMBEDDING_ALPHA).fit(full, table.gain, sample_weight=table.weight)
+    w_rf, w_boost, w_re = (part_weights(table, part) for part in COMPONENTS)
+    ridge_features = Ridge(alpha=RIDGE_FEATURES_ALPHA).fit(design, table.gain, sample_weight=w_rf)
+    ridge_embedding = Ridge(alpha=RIDGE_EMBEDDING_ALPHA).fit(full, table.gain, sample_weight=w_re)
     # Where a typical prompt of each family sits, so explanations compare a prompt with its own kind.
     family_mean = np.stack(
         [z[mc == f].mean(axis=0) if (mc == f).any() else np.zeros(z.shape[1]) for f in range(len(FAMILIES))]
@@ -198,8 +236,9 @@ def fit_parts(table: Table) -> dict[str, np.ndarray]:
         "re_coef": ridge_embedding.coef_,
         "re_intercept": np.array(float(ridge_embedding.intercept_)),
     }
+    fitted = w_boost > 0  # a row of weight 0 would still count towards the trees' leaf sizes
     for prefix, target in (("bs", table.strong), ("bc", table.cheap)):
-        x, y, w = _soft_binary(table.feats, target, table.weight)
+        x, y, w = _soft_binary(table.feats[fitted], target[fitted], w_boost[fitted])
         boosted = GradientBoostingClassifier(**BOOSTING).fit(x, y, sample_weight=w)  # type: ignore[arg-type]
         arrays.update(_export_trees(boosted, prefix))
     return arrays
@@ -222,7 +261,7 @@ def _with_defaults(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def cv_splits(table: Table, repeats: int = CV_REPEATS) -> list[np.ndarray]:
-    """Boolean masks of held-out rows: 30% of MMLU subjects, of GSM8K rows and of app prompts."""
+    """Boolean masks of held-out rows: 30% of MMLU subjects, and 30% of the rows of every other source."""
     masks = []
     for r in range(repeats):
         rng = np.random.default_rng(CV_SEED + r)
@@ -230,9 +269,11 @@ def cv_splits(table: Table, repeats: int = CV_REPEATS) -> list[np.ndarray]:
         subjects = np.array(sorted(set(table.group[table.dataset == "mmlu"])))
         chosen = set(rng.choice(subjects, size=round(CV_FRACTION * len(subjects)), replace=False))
         held |= (table.dataset == "mmlu") & np.isin(table.group, list(chosen))
-        for name in ("gsm8k", "app"):
+        # This order keeps the MMLU, GSM8K and app folds of the first version of this split.
+        for name in ("gsm8k", "app", "multimodel", "outcomes"):
             rows = np.flatnonzero(table.dataset == name)
-            held[rng.choice(rows, size=round(CV_FRACTION * len(rows)), replace=False)] = True
+            if rows.size:
+                held[rng.choice(rows, size=round(CV_FRACTION * len(rows)), replace=False)] = True
         masks.append(held)
     return masks
 
@@ -252,6 +293,8 @@ def _pooled_apgr(
     shares = []
     for run, score in zip(runs, scores, strict=True):
         rows = table.dataset[run.mask] == dataset
+        if not rows.any():
+            continue
         report = metrics.routing_report(
             score[rows], table.cheap[run.mask][rows], table.strong[run.mask][rows]
         )
@@ -259,7 +302,8 @@ def _pooled_apgr(
         num += report.apgr * gap
         den += gap
         shares.append(report.strong_share_at_95)
-    return {"apgr": num / den if den else float("nan"), "strong_share_at_95": float(np.mean(shares))}
+    share = float(np.mean(shares)) if shares else float("nan")
+    return {"apgr": num / den if den else float("nan"), "strong_share_at_95": share}
 
 
 def _app_concordance(runs: Sequence[CvRun], table: Table, scores: Sequence[np.ndarray]) -> float:
@@ -310,8 +354,14 @@ def choose_blend(table: Table, runs: Sequence[CvRun]) -> tuple[np.ndarray, dict[
             mmlu = _pooled_apgr(runs, table, scores, "mmlu")
             return {"objective": mmlu["apgr"], "mmlu_apgr": mmlu["apgr"]}
         gsm8k = _pooled_apgr(runs, table, scores, "gsm8k")
+        multimodel = _pooled_apgr(runs, table, scores, "multimodel")
         app = _app_concordance(runs, table, scores)
-        return {"objective": 0.5 * (gsm8k["apgr"] + app), "gsm8k_apgr": gsm8k["apgr"], "app_concordance": app}
+        return {
+            "objective": (gsm8k["apgr"] + multimodel["apgr"] + app) / 3,
+            "gsm8k_apgr": gsm8k["apgr"],
+            "multimodel_apgr": multimodel["apgr"],
+            "app_concordance": app,
+        }
 
     for family in range(len(FAMILIES)):
         best: tuple[float, Sequence[float], dict[str, float]] | None = None
@@ -345,7 +395,7 @@ def fit_calibration(table: Table, runs: Sequence[CvRun], blend: np.ndarray) -> n
 
 
 def fit_familiarity(table: Table) -> dict[str, np.ndarray]:
-    """Centroids of the training embeddings, each source (MMLU, GSM8K, app) weighted equally."""
+    """Centroids of the training embeddings, each source (MMLU, GSM8K, multimodel, app...) weighted equally."""
     from sklearn.cluster import KMeans
 
     weight = np.zeros(len(table))
@@ -385,7 +435,7 @@ def oof_calibration_set(
         "score": (total[seen] / count[seen]).astype(np.float32),
         "cheap": table.cheap[seen].astype(np.float32),
         "strong": table.strong[seen].astype(np.float32),
-        "dataset": table.dataset[seen].astype("U8"),
+        "dataset": table.dataset[seen].astype("U16"),
     }
 
 
@@ -420,14 +470,73 @@ def _count(table: Table, dataset: str) -> int:
     return int((table.dataset == dataset).sum())
 
 
-def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
+@dataclass(frozen=True)
+class TrainedArtifact:
+    """What ``train_artifact`` wrote: the artifact's version and what was held out of its training."""
+
+    artifact_dir: Path
+    version: str  # "<schema>-<8 hex>": the Verdict's version is "learned/" + this
+    heldout_outcome_ids: tuple[str, ...]  # deployment outcomes never trained on (sorted)
+    trained_outcome_ids: tuple[str, ...]  # deployment outcomes in the training data (sorted)
+    card: dict[str, object]  # model_card.json as written
+
+    @property
+    def strategy_version(self) -> str:
+        return f"learned/{self.version}"
+
+
+def train_artifact(out_dir: Path, outcomes: Sequence[Path] = (), *, log: bool = False) -> TrainedArtifact:
+    """Trains an artifact into ``out_dir`` (created if needed): the shipped recipe plus the deployment
+    outcomes in ``outcomes`` (JSON lines, see ``data.load_deployment_outcomes``).
+
+    About 80 s on 2 cores. A fixed hash of each request id holds 25% of the outcomes out
+    (``data.outcome_held_out``): they are never trained on, and the card reports the artifact's
+    routing quality on them (``heldout.outcomes_*``). Any change to the outcomes changes the version.
+    Raises ``ValueError`` for a malformed outcome file, ``OSError`` for an unreadable one.
+    """
+    deployed = data.load_deployment_outcomes(outcomes)
+    trained, held = data.split_deployment_outcomes(deployed)
+    card = train(Path(out_dir), log=log, deployed=deployed, outcome_files=outcomes)
+    return TrainedArtifact(
+        artifact_dir=Path(out_dir),
+        version=str(card["version"]),
+        heldout_outcome_ids=tuple(sorted(r.id for r in held)),
+        trained_outcome_ids=tuple(sorted(r.id for r in trained)),
+        card=card,
+    )
+
+
+def _data_digest(deployed: Sequence[data.DeploymentOutcome], files: dict[str, str]) -> str:
+    """One digest of everything trained on: the source files and every deployment outcome row."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}={files[name]}\n".encode())
+    for row in deployed:
+        digest.update(
+            json.dumps([row.id, row.messages, row.cheap_ok, row.weight], ensure_ascii=False).encode() + b"\n"
+        )
+    return digest.hexdigest()
+
+
+def train(
+    artifact_dir: Path,
+    log: bool = True,
+    deployed: Sequence[data.DeploymentOutcome] = (),
+    outcome_files: Sequence[Path] = (),
+) -> dict[str, object]:
     started = time.perf_counter()
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if log else (lambda *a: None)
     outcomes = data.load_outcomes()
     train_rows, test_rows = data.split_outcomes(outcomes)
+    multimodel = data.load_multimodel()
+    mm_train, mm_test = data.split_multimodel(multimodel, outcomes)
     apps_train, apps_test = data.split_app_prompts(data.load_app_prompts())
-    say(f"train: {len(train_rows)} benchmark prompts + {len(apps_train)} app prompts; encoding")
-    table = build_table(train_rows, apps_train)
+    deployed_train, deployed_test = data.split_deployment_outcomes(deployed)
+    say(
+        f"train: {len(train_rows)} MMLU/GSM8K + {len(mm_train)} multimodel prompts, {len(apps_train)} app "
+        f"prompts, {len(deployed_train)} deployment outcomes; encoding"
+    )
+    table = build_table([*train_rows, *mm_train], apps_train, deployed_train)
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
     say(f"cross-validation: {CV_REPEATS} repeats")
@@ -453,8 +562,16 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
     write_npz(artifact_dir / CALIBRATION_FILE, oof_calibration_set(table, runs, blend, platt))
 
     say("fitting the final head on all of train")
+    files = {
+        name: data.file_digest(data.data_dir() / name)
+        for name in ("mmlu_outcomes.csv", "gsm8k_outcomes.csv", data.MULTIMODEL_FILE)
+    }
+    files["app_prompts.jsonl"] = data.file_digest(data.APP_PROMPTS_PATH)
     arrays = fit_parts(table)
     arrays.update(blend=blend, platt=platt, **fit_familiarity(table))
+    # Part of the version: other training data (deployment outcomes above all) is another version,
+    # even in the unlikely case that the weights came out the same.
+    arrays["training_data"] = np.array(_data_digest(deployed, files))
     arrays["version"] = np.array(artifact_version(arrays))
     version = str(arrays["version"])
     write_npz(artifact_dir / ARTIFACT_FILE, arrays)
@@ -463,51 +580,76 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
     from classifier_svc.training.evaluate import heldout_report
 
     model = DifficultyModel.load(artifact_dir)
-    heldout = heldout_report(model, test_rows, apps_test)
+    heldout = heldout_report(model, [*test_rows, *mm_test], apps_test, deployed_test)
     subjects = sorted({o.group for o in outcomes if o.dataset == "mmlu"})
     card = {
         "name": "llmroute learned difficulty classifier",
         "version": version,
         "schema": SCHEMA_VERSION,
         "command": "make train-classifier  (python -m classifier_svc.training.train)",
-        "score": "P(cheap model fails), calibrated per family; ranks prompts by estimated routing gain",
+        "score": "P(the cheap model fails where the strong one succeeds), calibrated per family on "
+        "out-of-fold predictions",
         "data": {
             "outcomes": {
                 "source": "RouteLLM (lm-sys/RouteLLM @ 0b64fdaf), see /work/shared/data/routing/README.md",
                 "cheap_model": data.CHEAP_MODEL,
                 "strong_model": data.STRONG_MODEL,
-                "files": {
-                    name: data.file_digest(data.data_dir() / name)
-                    for name in ("mmlu_outcomes.csv", "gsm8k_outcomes.csv")
-                },
+                "files": {name: files[name] for name in ("mmlu_outcomes.csv", "gsm8k_outcomes.csv")},
+            },
+            "multimodel": {
+                "source": "LLMRouter (ulab-uiuc/LLMRouter @ 4e7a7969), see /work/shared/data/routing/README.md",
+                "file": {data.MULTIMODEL_FILE: files[data.MULTIMODEL_FILE]},
+                "cheap_model": data.MULTIMODEL_CHEAP_MODEL,
+                "strong_model": data.MULTIMODEL_STRONG_MODEL,
+                "labels": "each model's score in [0, 1] on the task's own metric (exact match, pass@1, F1, "
+                "coverage)",
+                "used_by": {part: PART_SOURCE_WEIGHT[part].get("multimodel", 1.0) for part in COMPONENTS},
             },
             "app_prompts": {
                 "file": "classifier_svc/data/app_prompts.jsonl",
-                "sha256": data.file_digest(data.APP_PROMPTS_PATH),
+                "sha256": files["app_prompts.jsonl"],
                 "label_source": "author-rubric-v1: difficulty tier assigned by hand with the rubric in docs/classifier.md",
                 "target": data.DIFFICULTY_TARGET,
                 "assumption": "the strong model answers app prompts correctly (strong_ok = 1)",
             },
+            "deployment_outcomes": {
+                "files": {str(path): data.file_digest(Path(path)) for path in outcome_files},
+                "rows": {"train": len(deployed_train), "test": len(deployed_test)},
+                "assumption": "the strong tier's answer is adequate (strong_ok = 1)",
+            },
+            "sample_weight": SOURCE_WEIGHT,
+            "training_data_digest": str(arrays["training_data"]),
         },
         "split": {
             "seed": data.SPLIT_SEED,
             "rule": "sha256(seed:key) order; first 30% of MMLU subjects, 30% of GSM8K prompts, 25% of app prompt ids",
             "mmlu_heldout_subjects": data.heldout_subjects(subjects),
+            "multimodel": {
+                "seed": data.MULTIMODEL_SPLIT_SEED,
+                "rule": "per task, the first 30% of its prompts by sha256(seed:prompt); a prompt also in the "
+                "MMLU/GSM8K files follows that file's side",
+            },
+            "deployment_outcomes": {
+                "seed": data.OUTCOMES_SPLIT_SEED,
+                "rule": f"held out when sha256(seed:id) falls in the first {data.OUTCOMES_TEST_FRACTION:.0%} "
+                "of the hash range",
+            },
             "rows": {
-                "train": {
-                    "mmlu": _count(table, "mmlu"),
-                    "gsm8k": _count(table, "gsm8k"),
-                    "app": _count(table, "app"),
-                },
+                "train": {name: _count(table, name) for name in SOURCE_WEIGHT},
                 "test": {
                     "mmlu": sum(o.dataset == "mmlu" for o in test_rows),
                     "gsm8k": sum(o.dataset == "gsm8k" for o in test_rows),
+                    "multimodel": len(mm_test),
                     "app": len(apps_test),
+                    "outcomes": len(deployed_test),
                 },
             },
         },
         "inputs": {
-            "embedding": "WordLlama l2_supercat, 256-d, L2-normalised",
+            "identifiers": "stripped first (features.strip_identifiers): order and ticket numbers, codes, "
+            "UUIDs, URLs, e-mail addresses, dates and timestamps, hashes, phone numbers, long digit runs",
+            "embedding": "WordLlama l2_supercat, 256-d, L2-normalised, of the first "
+            f"{WINDOW_HEAD} and last {WINDOW_TAIL} characters",
             "hand_features": list(hand.FEATURE_NAMES),
             "conversation": f"user turns only (latest {hand.MAX_TURNS}); embedding = decayed mean "
             f"(x{hand.TURN_DECAY} per earlier turn); features = max over turns",
@@ -518,7 +660,7 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
                 "boosted_features": f"P(strong right) - P(cheap right), two GradientBoostingClassifier {BOOSTING}",
                 "ridge_embedding": f"ridge (alpha={RIDGE_EMBEDDING_ALPHA}) on hand features x family + embedding x family",
             },
-            "target": "routing gain = strong_ok - cheap_ok (app prompts: the hand label's P(cheap fails))",
+            "target": "routing gain = strong_ok - cheap_ok (app prompts: the hand label's soft target)",
             "families": list(FAMILIES),
             "blend": blend_report,
             "calibration": {
@@ -529,12 +671,12 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
         },
         "cross_validation": {
             "protocol": f"{CV_REPEATS} repeats inside train, each holding out 30% of MMLU subjects (whole), "
-            "30% of GSM8K, 30% of app prompts; APGR pooled over repeats weighted by each repeat's accuracy gap; "
+            "30% of the rows of every other source; APGR pooled over repeats weighted by each repeat's gap; "
             "app = concordance of score with the hand label (0.5 = random)",
             "results": cv_report,
         },
         "heldout": heldout,
-        "training_time": "about 70 s (wall time is printed, not stored, so the card is reproducible too)",
+        "training_time": "about 80 s (wall time is printed, not stored, so the card is reproducible too)",
         "machine": "2-core container, numpy/scikit-learn, single process",
     }
     card = _round(card)  # type: ignore[assignment]
@@ -544,28 +686,41 @@ def train(artifact_dir: Path, log: bool = True) -> dict[str, object]:
 
 
 def _cv_summary(table: Table, runs: Sequence[CvRun], scores: Sequence[np.ndarray]) -> dict[str, float]:
-    mmlu = _pooled_apgr(runs, table, scores, "mmlu")
-    gsm8k = _pooled_apgr(runs, table, scores, "gsm8k")
-    return {
-        "mmlu_apgr": mmlu["apgr"],
-        "mmlu_strong_share_at_95": mmlu["strong_share_at_95"],
-        "gsm8k_apgr": gsm8k["apgr"],
-        "gsm8k_strong_share_at_95": gsm8k["strong_share_at_95"],
-        "app_concordance": _app_concordance(runs, table, scores),
-    }
+    summary: dict[str, float] = {}
+    for name in ("mmlu", "gsm8k", "multimodel", "outcomes"):
+        if (table.dataset == name).any():
+            pooled = _pooled_apgr(runs, table, scores, name)
+            summary[f"{name}_apgr"] = pooled["apgr"]
+            summary[f"{name}_strong_share_at_95"] = pooled["strong_share_at_95"]
+    summary["app_concordance"] = _app_concordance(runs, table, scores)
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifact-dir", type=Path, default=DEFAULT_ARTIFACT_DIR)
+    parser.add_argument(
+        "--outcomes",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help='JSON lines of routed requests with a known outcome: {"id", "messages", "cheap_ok", "weight"?} '
+        "(repeatable); a hash of the id holds 25%% of them out",
+    )
     args = parser.parse_args(argv)
-    card = train(args.artifact_dir)
+    try:
+        trained = train_artifact(args.artifact_dir, args.outcomes, log=True)
+    except (OSError, ValueError) as error:
+        sys.exit(f"train: {error}")
+    card = trained.card
     print(
         json.dumps(
             {
                 "version": card["version"],
                 "cross_validation": card["cross_validation"],
                 "heldout": card["heldout"],
+                "heldout_outcome_ids": len(trained.heldout_outcome_ids),
             },
             indent=2,
         )
