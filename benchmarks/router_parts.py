@@ -32,6 +32,9 @@ class _DroppedRecords:
     def submit(self, records: Sequence[Any]) -> None:
         pass
 
+    def accepting(self) -> bool:
+        return True
+
 
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -68,7 +68,8 @@ _SCHEMA = (
 
 @dataclass(frozen=True)
 class ReporterStats:
-    """What the reporter did since it started; `depth` is what waits in the spool now."""
+    """What the reporter did since it started; `depth` is what waits in the spool now, `held` what
+    waits in memory because the spool could not take it."""
 
     depth: int
     dead_letters: int
@@ -76,6 +77,9 @@ class ReporterStats:
     duplicates: int
     failures: int
     last_error: str
+    held: int = 0
+    spool_error: str = ""
+    over_capacity: bool = False
 
 
 class _Spool:
@@ -105,7 +109,8 @@ class _Spool:
                     "INSERT INTO spool (record, added) VALUES (?, ?)", [(b, now) for b in blobs]
                 )
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back on its own after some errors (a full disk)
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -116,19 +121,52 @@ class _Spool:
     def delete(self, ids: Sequence[int]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            try:
+                self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
 
     def bury(self, items: Sequence[tuple[int, bytes, str]]) -> None:
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO dead_letters (id, record, reason, added) VALUES (?, ?, ?, ?)",
-                [(i, blob, reason, now) for i, blob, reason in items],
-            )
-            self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i, _, _ in items])
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO dead_letters (id, record, reason, added) VALUES (?, ?, ?, ?)",
+                    [(i, blob, reason, now) for i, blob, reason in items],
+                )
+                self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i, _, _ in items])
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             self._db.execute("COMMIT")
+
+    def probe(self) -> None:
+        """A small write transaction: raises while the file system cannot take writes."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("CREATE TABLE IF NOT EXISTS probe (x INTEGER)")
+                self._db.execute("INSERT INTO probe VALUES (1)")
+                self._db.execute("DELETE FROM probe")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite rolls back on its own after some errors (a full disk)
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+
+    def oldest(self) -> float | None:
+        """When the oldest waiting record was added (epoch seconds), if any."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(added) FROM spool").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def count(self, table: str = "spool") -> int:
         with self._lock:
@@ -215,6 +253,8 @@ class LedgerReporter:
         fsync: bool = False,
         sync_interval: float = 1.0,
         channel: grpc.aio.Channel | None = None,
+        max_bytes: int = 1 << 30,
+        max_age_seconds: float = 3600.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -240,18 +280,43 @@ class LedgerReporter:
         self._urgent = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # Records the spool could not take (a full or failing disk): kept here until it can, or
+        # delivered to the ledger straight from memory. While there are any, or the spool is over
+        # `max_bytes`, `accepting()` is False: the router takes no new paid work.
+        self._held: list[bytes] = []
+        self._spool_error = ""
+        self._max_bytes = max_bytes
+        self._max_age = max_age_seconds
+        self._over_capacity = False
 
     # ---- the router's side ----------------------------------------------------------------------
 
     def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None:
-        """Make `records` durable in the spool, then return; delivery happens in the background."""
+        """Make `records` durable in the spool, then return; delivery happens in the background.
+
+        Never raises for the spool's sake: an answer that was paid for must not become an error. When
+        the spool cannot take the records, they are held in memory (and delivered from there) and
+        `accepting()` turns False until the spool works again."""
         if self._closed:
             raise RuntimeError("LedgerReporter is closed")
         if not records:
             return
-        self._spool.append([record.SerializeToString() for record in records])
-        self._depth += len(records)
+        blobs = [record.SerializeToString() for record in records]
+        try:
+            self._spool.append(blobs)
+        except sqlite3.Error as error:
+            self._held.extend(blobs)
+            if not self._spool_error:
+                log.error("ledger_spool_write_failed", error=str(error), held_in_memory=len(self._held))
+            self._spool_error = str(error) or type(error).__name__
+        else:
+            self._depth += len(records)
         self._wake.set()
+
+    def accepting(self) -> bool:
+        """Whether new paid work may start: its usage can be recorded durably (the spool takes writes
+        and is under its size cap)."""
+        return not self._closed and not self._spool_error and not self._over_capacity
 
     @property
     def depth(self) -> int:
@@ -270,6 +335,9 @@ class LedgerReporter:
             duplicates=self._duplicates,
             failures=self._failures,
             last_error=self._last_error,
+            held=len(self._held),
+            spool_error=self._spool_error,
+            over_capacity=self._over_capacity,
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -296,7 +364,7 @@ class LedgerReporter:
     async def flush(self, timeout: float) -> bool:
         """Send without waiting for more records; True once the spool is empty, False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._depth > 0:
+        while self._depth > 0 or self._held:
             if self._task is None or self._task.done():
                 return False
             self._urgent = True
@@ -310,8 +378,10 @@ class LedgerReporter:
         """Try to drain for up to `drain_timeout` seconds, then stop; undelivered records stay spooled."""
         if self._closed:
             return
-        if self._task is not None and drain_timeout > 0 and self._depth:
+        if self._task is not None and drain_timeout > 0 and (self._depth or self._held):
             await self.flush(drain_timeout)
+        if self._held:
+            log.error("ledger_records_lost_at_exit", records=len(self._held), spool_error=self._spool_error)
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -329,16 +399,24 @@ class LedgerReporter:
         last_sync = last_report = time.monotonic()
         while True:
             if time.monotonic() - last_sync >= self._sync_interval:
-                await asyncio.to_thread(self._spool.checkpoint)
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.to_thread(self._spool.checkpoint)
+                self._check_capacity()
                 last_sync = time.monotonic()
-            if self._depth and time.monotonic() - last_report >= _REPORT_INTERVAL:
+            if (self._depth or self._held) and time.monotonic() - last_report >= _REPORT_INTERVAL:
                 log.info(
                     "ledger_spool",
                     spool_depth=self._depth,
+                    held_in_memory=len(self._held),
                     dead_letters=self._dead,
                     last_error=self._last_error,
                 )
+                self._check_age()
                 last_report = time.monotonic()
+            if (self._held or self._spool_error) and not await self._rescue():
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(self._backoff_max, backoff * 2)
+                continue
             if self._depth == 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -361,6 +439,71 @@ class LedgerReporter:
             else:
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(self._backoff_max, backoff * 2)
+
+    async def _rescue(self) -> bool:
+        """Held records into the spool once it takes writes again, else straight to the ledger; the
+        spool error clears once the spool takes a write. False when nothing moved."""
+        try:
+            if self._held:
+                blobs = self._held[: self._batch_size * 10]
+                self._spool.append(blobs)
+                del self._held[: len(blobs)]
+                self._depth += len(blobs)
+            else:
+                self._spool.probe()
+        except sqlite3.Error:
+            return await self._deliver_held()
+        if not self._held:
+            log.info("ledger_spool_recovered", spool_depth=self._depth)
+            self._spool_error = ""
+        return True
+
+    async def _deliver_held(self) -> bool:
+        if not self._held:
+            return False
+        batch = self._held[: self._batch_size]
+        request = ledger_pb2.RecordUsageRequest(
+            records=[ledger_pb2.UsageRecord.FromString(blob) for blob in batch],
+            sender=self._sender,
+            sender_spool_depth=self._depth + len(self._held) - len(batch),
+        )
+        try:
+            response = await self._stub.RecordUsage(request, timeout=self._rpc_timeout)
+        except grpc.aio.AioRpcError as error:
+            self._failures += 1
+            self._last_error = error.code().name
+            return False
+        del self._held[: len(batch)]
+        self._sent += response.inserted
+        self._duplicates += response.duplicates
+        return True
+
+    def _check_capacity(self) -> None:
+        try:
+            size = self._spool.size_bytes()
+        except OSError:
+            return
+        if size > self._max_bytes and not self._over_capacity:
+            log.error(
+                "ledger_spool_over_capacity",
+                spool_bytes=size,
+                max_bytes=self._max_bytes,
+                spool_depth=self._depth,
+            )
+            self._over_capacity = True
+        elif self._over_capacity and size <= self._max_bytes * 0.9:
+            log.info("ledger_spool_under_capacity", spool_bytes=size)
+            self._over_capacity = False
+
+    def _check_age(self) -> None:
+        try:
+            oldest = self._spool.oldest()
+        except sqlite3.Error:
+            return
+        if oldest is not None and time.time() - oldest > self._max_age:
+            log.error(
+                "ledger_spool_stale", oldest_seconds=round(time.time() - oldest), spool_depth=self._depth
+            )
 
     async def _send(self, batch: list[tuple[int, bytes]]) -> bool:
         """Deliver one batch; False when the ledger should be retried later."""

@@ -75,7 +75,13 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 class UsageSink(Protocol):
     """Where usage records go (the ledger reporter with its durable spool)."""
 
-    def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None: ...
+    def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None:
+        """Make the records durable (or hold them) and return; never raises for the sink's sake."""
+        ...
+
+    def accepting(self) -> bool:
+        """Whether new paid work may start: what it spends can be recorded."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,13 @@ class Router:
         )
 
     async def _begin(self, request: RouteInput, deadline: float | None) -> Run:
+        if not self._usage_sink.accepting():
+            # Nothing paid may go unrecorded: refuse before classifying or calling anyone.
+            raise Unavailable(
+                "the router cannot record usage right now (its spool is failing or full); retry on "
+                "another replica or later",
+                reason="USAGE_NOT_RECORDABLE",
+            )
         started = time.perf_counter()
         verdict, warnings = await self.decide(request, deadline)
         classify_ms = (time.perf_counter() - started) * 1000

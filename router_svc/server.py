@@ -182,6 +182,8 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
         spool_path=Path(settings.spool_path),
         sender=settings.replica_id,
         fsync=settings.spool_fsync,
+        max_bytes=settings.spool_max_bytes,
+        max_age_seconds=settings.spool_max_age_seconds,
     )
 
 
@@ -283,6 +285,7 @@ async def _start_background(
         asyncio.create_task(policy.watch()),
         asyncio.create_task(prices.run()),
         asyncio.create_task(classifier.watch()),
+        asyncio.create_task(_watch_recording(running, sink)),
     ]
 
     async def stop_watching() -> None:
@@ -306,6 +309,24 @@ async def _start_background(
             most_used = await most_used_models(ledger, settings.warm_up_from_ledger_top, timeout=1.0)
         models = warm_up_plan(router, settings.warm_up_models, most_used)
         await warm_up(router, models, settings.warm_up_timeout_seconds)
+
+
+async def _watch_recording(
+    running: service_server.RunningServer, sink: UsageSink, interval: float = 0.5
+) -> None:
+    """Health follows whether usage can be recorded: NOT_SERVING while the spool cannot take records
+    (a load balancer then sends requests elsewhere), SERVING again once it can."""
+    serving = True
+    while True:
+        await asyncio.sleep(interval)
+        accepting = sink.accepting()
+        if accepting != serving:
+            serving = accepting
+            if accepting:
+                log.info("usage_recording_restored")
+            else:
+                log.error("usage_recording_unavailable", detail="spool failing or over its size cap")
+            await running.set_serving(accepting)
 
 
 def main() -> None:

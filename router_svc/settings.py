@@ -92,6 +92,11 @@ class RouterSettings(ServiceSettings):
     # fsync each Route's records before answering: survives power loss, ~0.4 ms per request here.
     # Off: a killed router process still loses nothing; a power loss can lose the last second.
     spool_fsync: bool = False
+    # The spool's size cap: over it, the router reports NOT_SERVING and refuses new paid work
+    # (UNAVAILABLE, USAGE_NOT_RECORDABLE) rather than drop records; records older than the age are
+    # an alert in the log (`ledger_spool_stale`): the ledger has not taken them.
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    spool_max_age_seconds: float = Field(default=3600.0, gt=0)
     # Identifies this replica to the ledger (spool depth reporting).
     replica_id: str = ""
     # Remember finished responses by request_id this long, so a retried Route is not routed twice.

@@ -50,9 +50,13 @@ class RunningServer:
     service_names: tuple[str, ...]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    async def set_serving(self) -> None:
+    async def set_serving(self, serving: bool = True) -> None:
+        """Report SERVING (or NOT_SERVING, while the service cannot take work); ignored once stopping."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *self.service_names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
