@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 
+from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from feedback_loop import tuning
 from feedback_loop.outcomes import reference_costs, to_runs
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -127,6 +128,50 @@ def tune(args: argparse.Namespace) -> None:
         print(f"\nwrote {policy_path} (policy {written.version_id}); routers reload it within seconds")
 
 
+def retrain(args: argparse.Namespace) -> None:
+    from feedback_loop import retrain as pipeline
+
+    request = ledger_pb2.ExportOutcomesRequest(window=_window(args.last_minutes), with_evidence_only=True)
+    with grpc.insecure_channel(args.ledger) as channel:
+        outcomes = [
+            o
+            for batch in ledger_pb2_grpc.LedgerServiceStub(channel).ExportOutcomes(request, timeout=600)
+            for o in batch.outcomes
+        ]
+    try:
+        result = pipeline.retrain(
+            outcomes,
+            pipeline.load_prompts(Path(args.prompts)),
+            load_policy(Path(args.policy)),
+            Path(args.current),
+            Path(args.work),
+            promote_to=Path(args.promote_to) if args.promote_to else None,
+        )
+    except ValueError as error:
+        print(f"llmroute retrain: {error}", file=sys.stderr)
+        sys.exit(REFUSED)
+    c = result.comparison
+    print(
+        f"{result.rows} outcome rows; candidate learned/{result.candidate.version} in {result.candidate.artifact_dir}"
+    )
+    print(f"replay on {c.rows} held-out outcomes       current   candidate")
+    print(f"  concordance                       {c.current_concordance:9.4f} {c.candidate_concordance:11.4f}")
+    print(
+        f"  cheapest-tier decision right     {c.current_decided_right:9.4f} {c.candidate_decided_right:11.4f}"
+    )
+    if c.regression:
+        print(
+            "llmroute retrain: not promoted: the candidate does worse on the held-out outcomes",
+            file=sys.stderr,
+        )
+        sys.exit(REFUSED)
+    print(
+        f"promoted to {args.promote_to}"
+        if result.promoted
+        else "no regression; --promote-to DIR to install it"
+    )
+
+
 def explain(result: tuning.Result, runs: int) -> str:
     lines = [f"{runs} routed requests; assessments per tier (good enough / not):"]
     for k, (good, bad) in sorted(result.assessments.items()):
@@ -200,3 +245,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     fit.add_argument("--apply", action="store_true", help="write the policy file (the router reloads it)")
     fit.set_defaults(run=tune)
+
+    learn = commands.add_parser(
+        "retrain", help="retrain the classifier on the outcomes; promote it if it does no worse"
+    )
+    learn.add_argument(
+        "--prompts", required=True, help='JSON lines {"request_id", "caller", "messages"} from your logs'
+    )
+    learn.add_argument(
+        "--last-minutes", type=int, default=30 * 24 * 60, help="the outcomes' window; 0: all time"
+    )
+    learn.add_argument("--policy", default=str(DEFAULT_POLICY_PATH))
+    learn.add_argument("--current", default=str(DEFAULT_ARTIFACT_DIR), help="the artifact in use")
+    learn.add_argument("--work", default="var/retrain", help="where the outcome rows and the candidate go")
+    learn.add_argument("--promote-to", default="", help="install the candidate here when it does no worse")
+    learn.set_defaults(run=retrain)
