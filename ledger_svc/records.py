@@ -185,9 +185,30 @@ def csv_line(row: Mapping[Any, Any]) -> str:
         fields[name] = usd_text(fields[name])
     for name in ("price_known", "cache_hit", "final", "exploration"):
         fields[name] = "true" if fields[name] else "false"
+    for name in _TEXT:
+        fields[name] = _no_formula(fields[name])
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow([fields[c] for c in EXPORT_COLUMNS])
     return out.getvalue()
+
+
+_TEXT = (
+    "request_id",
+    "run_id",
+    "caller",
+    "classifier_version",
+    "model",
+    "provider",
+    "error",
+    "policy_version",
+    "family",
+)
+
+
+def _no_formula(text: str) -> str:
+    """A text cell a spreadsheet would run as a formula (=, +, -, @, tab or carriage return first)
+    starts with an apostrophe instead (OWASP's CSV injection advice)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def json_line(row: Mapping[Any, Any]) -> str:

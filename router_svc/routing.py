@@ -36,6 +36,7 @@ from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, Vali
 from service_kit.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArgument,
     ResourceExhausted,
     ServiceError,
     Unavailable,
@@ -339,6 +340,8 @@ class Router:
             skip = "context_window"
         elif price is not None and request.expectations.json_schema is not None and not price.supports_json:
             skip = "no_json_schema_support"
+        elif price is None and request.force_model:
+            skip = "unpriced"  # a forced model must have a price (the map's or an override)
         elif self._cooldowns.in_cooldown(spec.model):
             skip = "cooldown"
         elif request.max_cost_usd is not None and not explained.price_known:
@@ -364,6 +367,16 @@ class Router:
         )
 
     async def _begin(self, request: RouteInput, deadline: float | None) -> Run:
+        if request.force_model and not request.pinned_policy.lists(request.force_model):
+            raise InvalidArgument(
+                [
+                    (
+                        "options.force_model",
+                        f"{request.force_model[:200]!r} is not a model of the routing policy",
+                    )
+                ],
+                reason="FORCED_MODEL_NOT_ALLOWED",
+            )
         if not self._usage_sink.accepting():
             # Nothing paid may go unrecorded: refuse before classifying or calling anyone.
             raise Unavailable(
@@ -620,7 +633,7 @@ class Router:
                 if isinstance(error, litellm.Timeout | TimeoutError)
                 else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
             )
-            attempt.error = f"{type(error).__name__}: {_short(error)}"
+            attempt.error = _provider_error(error)
             log.warning(
                 "provider_error",
                 model=choice.spec.model,
@@ -752,7 +765,7 @@ class Router:
                 if isinstance(error, litellm.Timeout | TimeoutError)
                 else common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR
             )
-            attempt.error = f"{type(error).__name__}: {_short(error)}"
+            attempt.error = _provider_error(error)
             if isinstance(error, TRANSIENT_ERRORS) and not _past(deadline):
                 self._cooldowns.failure(choice.spec.model)
             else:
@@ -1059,5 +1072,8 @@ def _rough_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def _short(error: Exception) -> str:
-    return str(error).replace("\n", " ")[:300]
+def _provider_error(error: Exception) -> str:
+    """What an attempt records of a provider error: its kind and HTTP status, never its text (a
+    provider's message can quote the prompt or a key), for clients and the ledger alike."""
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__} ({status})" if isinstance(status, int) else type(error).__name__

@@ -135,6 +135,10 @@ class Policy(BaseModel):
     def candidates(self, tier: int) -> list[ModelSpec]:
         return self.tiers[NAME_BY_TIER[tier]]
 
+    def lists(self, model: str) -> bool:
+        """Whether `model` is one of the policy's candidates (only those may be forced)."""
+        return any(spec.model == model for specs in self.tiers.values() for spec in specs)
+
     def tier_for(self, score: float, family: str = "", category: int = 0, shift: float = 0.0) -> int:
         """The tier for a classification: its score plus the family's and the category's offsets, cut
         by the thresholds (raised by `shift` under budget pressure)."""

@@ -345,3 +345,18 @@ async def test_bad_feedback(ledger: Ledger, request_: L.RecordFeedbackRequest, f
         await ledger.stub.RecordFeedback(request_)
     found = details(caught.value)
     assert found.code == grpc.StatusCode.INVALID_ARGUMENT and field in found.violations
+
+
+async def test_csv_export_never_hands_a_spreadsheet_a_formula(ledger: Ledger) -> None:
+    hostile = record('=HYPERLINK("http://x")', 1, at=now_us() - 1000, caller="@sum", error="+1-2", final=True)
+    await ledger.stub.RecordUsage(L.RecordUsageRequest(records=[hostile]))
+    chunks = [
+        c.chunk async for c in ledger.stub.ExportRecords(L.ExportRecordsRequest(format=L.EXPORT_FORMAT_CSV))
+    ]
+    [row] = list(csv.DictReader(io.StringIO(b"".join(chunks).decode())))
+    assert (
+        row["request_id"] == '\'=HYPERLINK("http://x")'
+        and row["caller"] == "'@sum"
+        and row["error"] == "'+1-2"
+    )
+    assert row["model"] == "small-model"  # ordinary text is untouched

@@ -139,11 +139,62 @@ async def test_force_model_and_force_tier(router) -> None:
     assert tiered.tier == common_pb2.TIER_COMPLEX
 
 
-async def test_a_model_without_a_price_is_flagged_not_free(router) -> None:
-    response = await router.stub.Route(request(SPAM_CHECK, force_model="acme/unpriced-model-1"))
-    assert not response.attempts[0].price_known
-    assert "price_unknown:acme/unpriced-model-1" in response.warnings
-    assert not router.sink.records[-1].price_known
+async def test_a_model_without_a_price_is_flagged_not_free(
+    classifier_address, simulator_url, tmp_path, recording_sink
+) -> None:
+    import yaml
+
+    from llmroute.router.v1 import router_pb2_grpc
+    from router_svc.server import create_server
+    from tests.router.conftest import heuristic_policy, router_settings
+
+    policy = yaml.safe_load(heuristic_policy(tmp_path).read_text())
+    policy["tiers"]["simple"] = [{"model": "acme/unpriced-model-1"}]
+    path = tmp_path / "unpriced.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    running = await create_server(
+        router_settings(classifier_address, simulator_url, tmp_path, policy_path=path),
+        usage_sink=recording_sink,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            response = await stub.Route(request(SPAM_CHECK))  # routed to it by the policy: called, flagged
+            assert response.model == "acme/unpriced-model-1" and not response.attempts[0].price_known
+            assert "price_unknown:acme/unpriced-model-1" in response.warnings
+            assert not recording_sink.records[-1].price_known
+            # Forced, it is refused: a caller may force only a model whose cost is known.
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.Route(request(SPAM_CHECK, force_model="acme/unpriced-model-1"))
+            found = details(raised.value)
+            assert (
+                found.code == grpc.StatusCode.FAILED_PRECONDITION
+                and found.metadata["skipped_reason"] == "unpriced"
+            )
+    finally:
+        await running.stop(0)
+
+
+async def test_only_the_policys_models_may_be_forced(router) -> None:
+    before = (await router.simulator_stats())["totals"]["requests"]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(request(SPAM_CHECK, force_model="openai/gpt-4-32k-expensive"))
+    found = details(raised.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT and found.reason == "FORCED_MODEL_NOT_ALLOWED"
+    assert "options.force_model" in found.violations
+    assert (await router.simulator_stats())["totals"]["requests"] == before
+
+
+async def test_a_provider_error_reaches_nobody_as_text(router) -> None:
+    await router.fault(
+        model="*", fault="status", status=400, message="secret sk-live-123 and the prompt text"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(request(SPAM_CHECK))
+    assert "sk-live" not in (raised.value.details() or "")
+    assert router.sink.records and all(
+        "sk-live" not in r.error and "(400)" in r.error for r in router.sink.records
+    )
 
 
 async def test_same_request_id_is_routed_once(router) -> None:
