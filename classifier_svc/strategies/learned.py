@@ -52,7 +52,9 @@ ARTIFACT_FILE = "model.npz"
 # Out-of-fold scores of the training prompts with their labels, for threshold calibration.
 CALIBRATION_FILE = "calibration_oof.npz"
 MODEL_CARD_FILE = "model_card.json"
-SCHEMA_VERSION = 1
+# 2: identifiers stripped and the embedding read from the instruction window (schema 1 artifacts read
+# the raw text and must be retrained).
+SCHEMA_VERSION = 2
 COMPONENTS = ("ridge_features", "boosted_features", "ridge_embedding")
 FAMILIES = ("open", "multiple_choice")
 _MC = hand.FEATURE_NAMES.index("is_multiple_choice")
@@ -168,6 +170,10 @@ class DifficultyModel:
         names = tuple(str(n) for n in arrays["feature_names"])
         if names != hand.FEATURE_NAMES:
             raise ArtifactError("artifact was trained with different hand features; retrain it")
+        # A written artifact carries its version (the head fitted inside cross-validation has none).
+        schema = str(arrays["version"]).split("-")[0] if "version" in arrays else str(SCHEMA_VERSION)
+        if schema != str(SCHEMA_VERSION):
+            raise ArtifactError(f"artifact schema {schema}, this code reads {SCHEMA_VERSION}; retrain it")
         self.arrays = dict(arrays)
         self.version = str(arrays["version"]) if "version" in arrays else artifact_version(arrays)
         self.mean = np.asarray(arrays["feat_mean"], dtype=np.float64)

@@ -1,23 +1,29 @@
-"""Sets the policy's tier thresholds from a target strong-call share or quality: ``make calibrate``.
+"""Sets the policy's tier thresholds from a target quality or strong-call share: ``make calibrate``.
 
 Like RouteLLM's ``calibrate_threshold``: pick the score threshold that sends the wanted share of a
 reference workload to the strong side. The learned score is P(cheap model fails where the strong one
 succeeds), so the four tiers cut one scale:
 
-- ``complex`` (the strong-call threshold): a share ``--strong-share`` of the workload scores at or
-  above it, or, with ``--quality Q``, the smallest share whose routed accuracy on the labelled part of
-  the workload reaches Q x the strong model's accuracy (one threshold for all sources, as in production);
+- ``complex`` (the strong-call threshold): with ``--quality Q`` (the default, 0.95), the smallest
+  share whose routed quality on the outcome-labelled part of the workload reaches Q x the strong
+  model's (one threshold for all sources, as in production); with ``--strong-share S``, a share S of
+  the workload scores at or above it;
 - ``reasoning``: the top ``--reasoning-share`` of the workload (a part of the strong side);
 - ``moderate``: the next ``--moderate-share`` below ``complex`` goes to the mid-price tier.
 
 Quantiles of one score distribution are ordered by construction (moderate <= complex <= reasoning).
 
 The workload is, by default, the out-of-fold scores that training stored with the artifact (prompts
-the model did not see), each source (MMLU, GSM8K, app prompts) weighted equally; ``--mix`` changes the
-weights and ``--prompts`` scores a JSONL sample of your own traffic instead. Only the ``thresholds:``
-block of the policy is rewritten, in place, so its comments survive; the result is validated with the
-policy schema before the file is replaced.
+the model did not see), mixed like application traffic rather than exams (``DEFAULT_MIX``): the
+multimodel outcomes (open questions, code, math, constrained writing; real scores of two models) 0.5,
+the hand-labelled app prompts 0.3 (no model outcomes: they shape the tier shares, not the quality),
+MMLU 0.1 and GSM8K 0.1. ``--mix`` changes the weights (a source left out gets none; deployment
+outcomes trained with ``train --outcomes`` are the source ``outcomes``); ``--prompts`` scores a JSONL
+sample of your own traffic instead. Only the ``thresholds:`` block of the policy is rewritten, in
+place, so its comments survive; the result is validated with the policy schema before the file is
+replaced.
 
+    make calibrate                                   # the shipped thresholds (quality 0.95, DEFAULT_MIX)
     make calibrate ARGS="--strong-share 0.35"
     make calibrate ARGS="--quality 0.95 --dry-run"
 """
@@ -41,6 +47,8 @@ from classifier_svc.strategies.learned import CALIBRATION_FILE
 from service_kit.policy import DEFAULT_POLICY_PATH, PolicyError, Thresholds, load_policy
 
 __all__ = [
+    "DEFAULT_MIX",
+    "DEFAULT_QUALITY",
     "Workload",
     "calibrate",
     "load_oof_workload",
@@ -50,6 +58,9 @@ __all__ = [
 
 DEFAULT_MODERATE_SHARE = 0.25
 DEFAULT_REASONING_SHARE = 0.10
+DEFAULT_QUALITY = 0.95
+# Application-like traffic: mostly open-ended and task prompts, exams with less weight.
+DEFAULT_MIX = {"multimodel": 0.5, "app": 0.3, "mmlu": 0.1, "gsm8k": 0.1}
 
 
 @dataclass(frozen=True)
@@ -68,10 +79,12 @@ def load_oof_workload(artifact_dir: Path, mix: Mapping[str, float] | None = None
     with np.load(path, allow_pickle=False) as npz:
         score, cheap, strong, dataset = (npz[k] for k in ("score", "cheap", "strong", "dataset"))
     names = sorted(set(dataset.tolist()))
-    mix = dict(mix) if mix else dict.fromkeys(names, 1.0)
+    mix = dict(mix) if mix else dict(DEFAULT_MIX)
     unknown = set(mix) - set(names)
     if unknown:
         raise ValueError(f"unknown sources in --mix: {sorted(unknown)}; available: {names}")
+    if not any(share > 0 for share in mix.values()):
+        raise ValueError("--mix gives no source a positive weight")
     weight = np.zeros(len(score))
     for name, share in mix.items():
         rows = dataset == name
@@ -263,25 +276,32 @@ def _parse_mix(text: str | None) -> dict[str, float] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    target = parser.add_mutually_exclusive_group(required=True)
+    target = parser.add_mutually_exclusive_group()
     target.add_argument(
         "--strong-share", type=float, help="share of the workload for the strong tiers (complex+reasoning)"
     )
     target.add_argument(
-        "--quality", type=float, help="routed accuracy as a fraction of the strong model's, e.g. 0.95"
+        "--quality",
+        type=float,
+        help=f"routed quality as a fraction of the strong model's (default {DEFAULT_QUALITY})",
     )
     parser.add_argument("--moderate-share", type=float, default=DEFAULT_MODERATE_SHARE)
     parser.add_argument("--reasoning-share", type=float, default=DEFAULT_REASONING_SHARE)
     parser.add_argument("--policy", type=Path, default=DEFAULT_POLICY_PATH)
     parser.add_argument("--artifact-dir", type=Path, default=DEFAULT_ARTIFACT_DIR)
     parser.add_argument(
-        "--mix", help="source weights of the default workload, e.g. app=0.6,gsm8k=0.2,mmlu=0.2"
+        "--mix",
+        help="source weights of the default workload (default "
+        + ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items())
+        + ")",
     )
     parser.add_argument("--prompts", type=Path, help="JSONL sample of traffic to calibrate on instead")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the thresholds, do not write the policy"
     )
     args = parser.parse_args(argv)
+    if args.strong_share is None and args.quality is None:
+        args.quality = DEFAULT_QUALITY
     try:
         workload = (
             load_prompt_workload(args.prompts, args.artifact_dir)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "APP_PROMPTS_2_PATH",
     "APP_PROMPTS_PATH",
     "APP_TEST_FRACTION",
     "CHEAP_MODEL",
@@ -78,6 +79,9 @@ OUTCOMES_TEST_FRACTION = 0.25
 
 DEFAULT_DATA_DIR = Path("/work/shared/data/routing")
 APP_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "app_prompts.jsonl"
+# A second batch, written later with the same rubric (see docs/classifier.md): evaluation only, never
+# trained on.
+APP_PROMPTS_2_PATH = APP_PROMPTS_PATH.with_name("app_prompts_2.jsonl")
 
 # App prompts carry a hand-assigned tier; the head learns it as a soft target: P(the cheapest tier
 # fails where the strong one succeeds). Simple and moderate are set so that sending exactly the complex
@@ -268,6 +272,11 @@ def split_app_prompts(prompts: Sequence[AppPrompt]) -> tuple[list[AppPrompt], li
     return [p for p in prompts if p.id not in test_ids], [p for p in prompts if p.id in test_ids]
 
 
+def _hash_position(key: str, seed: str) -> float:
+    """Where ``key`` falls in [0, 1) under the seeded hash."""
+    return int(_rank_key(key, seed)[:16], 16) / 16**16
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentOutcome:
     """A routed request whose outcome is known: was the cheapest tier's answer adequate?"""
@@ -342,5 +351,4 @@ def split_deployment_outcomes(
 
 def outcome_held_out(request_id: str) -> bool:
     """Whether a deployment outcome with this id is held out (never trained on)."""
-    position = int(_rank_key(request_id, OUTCOMES_SPLIT_SEED)[:16], 16) / 16**16
-    return position < OUTCOMES_TEST_FRACTION
+    return _hash_position(request_id, OUTCOMES_SPLIT_SEED) < OUTCOMES_TEST_FRACTION

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import os
 import sys
@@ -47,9 +48,10 @@ from classifier_svc.settings import DEFAULT_ARTIFACT_DIR, ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Strategy, Verdict
 from classifier_svc.strategies.heuristic import HeuristicStrategy
 from classifier_svc.strategies.learned import DifficultyModel, LearnedStrategy, encode_prompts, encode_turns
-from classifier_svc.training import cache_eval, data, metrics
+from classifier_svc.training import cache_eval, data, metrics, tiers
 from llmroute.common.v1 import common_pb2
 from service_kit.logging import configure_logging
+from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds, load_policy
 
 __all__ = [
     "LLM_BACKED",
@@ -228,6 +230,9 @@ class EvalSet:
     outcomes: list[data.Outcome]
     apps: list[data.AppPrompt]
     deployed: list[data.DeploymentOutcome] = field(default_factory=list)
+    # What the reports on routing at the thresholds read: the learned model's artifact and the policy.
+    artifact_dir: Path = DEFAULT_ARTIFACT_DIR
+    policy_path: Path = DEFAULT_POLICY_PATH
     conversations: list[Conversation] = field(init=False)
     dataset: np.ndarray = field(init=False)
 
@@ -263,8 +268,137 @@ class EvalSet:
         return np.array([a.target for a in self.apps])
 
 
+Rows = Mapping[str, Mapping[str, object]]
+
+
+@functools.cache
+def _learned_strategy(artifact_dir: Path) -> LearnedStrategy:
+    return LearnedStrategy(artifact_dir)
+
+
+def _learned_score(eval_set: EvalSet) -> Callable[[tiers.Messages], float]:
+    strategy = _learned_strategy(eval_set.artifact_dir)
+    return lambda messages: strategy.classify_sync(Conversation.of(*messages)).score
+
+
+def _thresholds(eval_set: EvalSet) -> Thresholds:
+    return load_policy(eval_set.policy_path).thresholds
+
+
+def operating_points_report(eval_set: EvalSet) -> Rows:
+    """Each held-out dataset routed by the learned model at the policy's thresholds."""
+    score, thresholds = _learned_score(eval_set), _thresholds(eval_set)
+    n = eval_set.labelled
+    scores = np.array([score(tuple((m.role, m.content) for m in c.messages)) for c in eval_set.conversations])
+    rows: dict[str, dict[str, object]] = {}
+    for d in (*DATASETS, "outcomes"):
+        mask = eval_set.dataset[:n] == d
+        if mask.any():
+            rows[f"{d} (held out)"] = tiers.operating_point(
+                scores[:n][mask], eval_set.cheap[mask], eval_set.strong[mask], thresholds
+            )
+    app = scores[n:]
+    if app.size:
+        rows["app prompts (held out, hand labels)"] = {
+            "n": float(app.size),
+            "strong share at thresholds": float((app >= thresholds.complex).mean()),
+            "simple share": float((app < thresholds.moderate).mean()),
+        }
+    return rows
+
+
+def multimodel_tasks_report(eval_set: EvalSet) -> Rows:
+    """The multimodel held-out part by task, at the policy's thresholds."""
+    score, thresholds = _learned_score(eval_set), _thresholds(eval_set)
+    rows: dict[str, dict[str, object]] = {}
+    held = [o for o in eval_set.outcomes if o.dataset == "multimodel"]
+    for task in sorted({o.group for o in held}):
+        items = [o for o in held if o.group == task]
+        scores = np.array([score((("user", o.prompt),)) for o in items])
+        cheap = np.array([o.cheap_ok for o in items], dtype=float)
+        strong = np.array([o.strong_ok for o in items], dtype=float)
+        point = tiers.operating_point(scores, cheap, strong, thresholds)
+        rows[task] = {
+            "n": point["n"],
+            "cheap quality": float(cheap.mean()),
+            "strong quality": float(strong.mean()),
+            "strong share at thresholds": point["strong share at thresholds"],
+            "quality vs strong at thresholds": point["quality vs strong at thresholds"],
+        }
+    return rows
+
+
+def app_confusion_report(eval_set: EvalSet) -> Rows:
+    """Every hand-labelled app prompt (both files, train and test parts): hand label -> routed tier."""
+    score, thresholds = _learned_score(eval_set), _thresholds(eval_set)
+    rows: dict[str, dict[str, object]] = {}
+    for name, path in (
+        ("app_prompts.jsonl", data.APP_PROMPTS_PATH),
+        ("app_prompts_2.jsonl", data.APP_PROMPTS_2_PATH),
+    ):
+        prompts = data.load_app_prompts(path)
+        routed = [tiers.tier_of(thresholds, score(p.messages)) for p in prompts]
+        table = tiers.confusion([p.difficulty for p in prompts], routed)
+        for label, row in tiers.confusion_rows(table).items():
+            rows[f"{name}: {label}"] = row
+    return rows
+
+
+def demo_report(eval_set: EvalSet) -> Rows:
+    """The tier of every prompt of the demo workload (devstack/demo_workload.yaml)."""
+    score, thresholds = _learned_score(eval_set), _thresholds(eval_set)
+    rows: dict[str, dict[str, object]] = {}
+    for prompt in tiers.demo_prompts():
+        value = score((("user", prompt),))
+        rows[" ".join(prompt.split())[:70]] = {
+            "score": f"{value:.3f}",
+            "tier": tiers.tier_of(thresholds, value),
+        }
+    return rows
+
+
+def invariance_report(eval_set: EvalSet, sample: int = 300) -> Rows:
+    """Identifier styles appended, inserted and put in front (``tiers.IDENTIFIER_STYLES``): how many
+    variants land on another tier than their prompt, over the app prompts, the demo workload and a
+    seeded sample of each held-out dataset."""
+    score, thresholds = _learned_score(eval_set), _thresholds(eval_set)
+    rng = np.random.default_rng(0)
+    sets: dict[str, list[tiers.Messages]] = {
+        "app prompts (both files)": [
+            p.messages
+            for path in (data.APP_PROMPTS_PATH, data.APP_PROMPTS_2_PATH)
+            for p in data.load_app_prompts(path)
+        ],
+        "demo workload": [(("user", p),) for p in tiers.demo_prompts()],
+    }
+    for d in DATASETS:
+        held = [o for o in eval_set.outcomes if o.dataset == d]
+        if held:
+            pick = rng.choice(len(held), size=min(sample, len(held)), replace=False)
+            sets[f"{d} (held out, {len(pick)} sampled)"] = [(("user", held[i].prompt),) for i in sorted(pick)]
+    rows: dict[str, dict[str, object]] = {}
+    for name, conversations in sets.items():
+        result = tiers.invariance(score, conversations, thresholds)
+        rows[name] = {
+            "prompts": result.prompts,
+            "variants": result.variants,
+            "tier changes": result.tier_changes,
+            "score changes": result.score_changes,
+        }
+    return rows
+
+
 # name -> report(eval_set) -> rows (row name -> column -> value), printed as a table.
-REPORTS: dict[str, Callable[[EvalSet], Mapping[str, Mapping[str, object]]]] = {
+REPORTS: dict[str, Callable[[EvalSet], Rows]] = {
+    "learned at the policy's thresholds (strong share = complex + reasoning; quality as a fraction of the "
+    "strong model's)": operating_points_report,
+    "learned at the policy's thresholds, multimodel held out by task": multimodel_tasks_report,
+    "learned at the policy's thresholds, hand-labelled app prompts (all of them): label -> routed tier": (
+        app_confusion_report
+    ),
+    "learned at the policy's thresholds, the demo workload (devstack/demo_workload.yaml)": demo_report,
+    "identifier invariance at the policy's thresholds (classifier_svc/training/tiers.py IDENTIFIER_STYLES, "
+    "appended, inserted, first line)": invariance_report,
     # The cache compares prompts, not verdicts: these rates hold in front of any strategy.
     f"semantic cache, {cache_eval.PAIRS_PATH.name} (python -m classifier_svc.training.cache_eval for the detail)": (
         lambda eval_set: cache_eval.rates()
@@ -399,16 +533,19 @@ def heldout_report(
     return row
 
 
-def _subsample(eval_set: EvalSet, per_dataset: int | None, seed: int = 0) -> EvalSet:
+def _subsample(
+    eval_set: EvalSet, per_dataset: int | None, seed: int = 0, datasets: Sequence[str] = DATASETS
+) -> EvalSet:
+    """A seeded sample of ``per_dataset`` prompts of each of ``datasets`` (the others are left out)."""
     if per_dataset is None:
         return eval_set
     rng = np.random.default_rng(seed)
     keep: list[data.Outcome] = []
-    for d in DATASETS:
+    for d in datasets:
         rows = [o for o in eval_set.outcomes if o.dataset == d]
         idx = np.sort(rng.choice(len(rows), size=min(per_dataset, len(rows)), replace=False))
         keep.extend(rows[i] for i in idx)
-    return EvalSet(keep, eval_set.apps)
+    return EvalSet(keep, eval_set.apps, artifact_dir=eval_set.artifact_dir, policy_path=eval_set.policy_path)
 
 
 @dataclass
@@ -426,13 +563,16 @@ def plot(panels: Sequence[_Panel], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, grid = plt.subplots(len(panels), len(DATASETS), figsize=(12, 5 * len(panels)), squeeze=False)
+    fig, grid = plt.subplots(len(panels), len(DATASETS), figsize=(18, 5 * len(panels)), squeeze=False)
     names = dict.fromkeys(r.name for panel in panels for r in panel.results if r.name not in _NOT_PLOTTED)
     colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
     for panel, axes in zip(panels, grid, strict=True):
-        n = len(panel.eval_set.outcomes)
+        n = panel.eval_set.labelled
         for ax, d in zip(axes, DATASETS, strict=True):
             rows = panel.eval_set.dataset[:n] == d
+            if not rows.any():
+                ax.set_axis_off()  # a panel without this dataset (the LLM subsample has no multimodel rows)
+                continue
             cheap, strong = panel.eval_set.cheap[rows], panel.eval_set.strong[rows]
             for result in panel.results:
                 if result.name in _NOT_PLOTTED:
@@ -448,7 +588,7 @@ def plot(panels: Sequence[_Panel], path: Path) -> None:
             ax.text(0.01, target, " 95% of strong", va="bottom", fontsize=8, color="grey")
             ax.set_title(f"{d.upper()} {panel.title} (n={int(rows.sum())})", fontsize=10)
             ax.set_xlabel("share of prompts sent to the strong model")
-            ax.set_ylabel("accuracy")
+            ax.set_ylabel("quality (accuracy, or the task's score)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Routing quality vs strong-call share (make eval-classifier)")
@@ -487,16 +627,23 @@ def evaluate(
     plot_path: Path | None = DEFAULT_PLOT,
     out: Callable[[str], None] = print,
     llm_per_dataset: int = DEFAULT_LLM_PER_DATASET,
+    artifact_dir: Path = DEFAULT_ARTIFACT_DIR,
+    policy_path: Path = DEFAULT_POLICY_PATH,
 ) -> list[Result]:
     """Scores ``names`` (default: all of ``SCORERS``), prints the tables and reports, draws the plot.
 
     Those in ``LLM_BACKED`` are scored on a seeded subsample of ``llm_per_dataset`` prompts per
     dataset (with "learned" on the same prompts); the others on the whole held-out split, or on
-    ``per_dataset`` prompts per dataset when it is given.
+    ``per_dataset`` prompts per dataset when it is given. The reports route with the artifact in
+    ``artifact_dir`` and the thresholds of ``policy_path``.
     """
-    _train, test = data.split_outcomes(data.load_outcomes())
+    outcomes = data.load_outcomes()
+    _train, test = data.split_outcomes(outcomes)
+    _mm_train, mm_test = data.split_multimodel(data.load_multimodel(), outcomes)
     _apps_train, apps_test = data.split_app_prompts(data.load_app_prompts())
-    eval_set = _subsample(EvalSet(test, apps_test), per_dataset)
+    eval_set = _subsample(
+        EvalSet([*test, *mm_test], apps_test, artifact_dir=artifact_dir, policy_path=policy_path), per_dataset
+    )
     names = list(names or SCORERS)
     local = [n for n in names if n not in LLM_BACKED]
     with_llm = [n for n in names if n in LLM_BACKED]
@@ -508,7 +655,8 @@ def evaluate(
 
     llm_results: list[Result] = []
     if with_llm:
-        subset = _subsample(eval_set, llm_per_dataset)
+        # MMLU and GSM8K only, as before the multimodel rows were added: every prompt is an LLM call.
+        subset = _subsample(eval_set, llm_per_dataset, datasets=("mmlu", "gsm8k"))
         llm_results = _score(["learned", *with_llm], subset)
         out(
             f"\nstrategies that call an LLM, on a seeded subsample (seed 0) of the same split: {_counts(subset)}"
@@ -538,27 +686,34 @@ def evaluate(
 
 
 def _print_table(results: Sequence[Result], out: Callable[[str], None]) -> None:
-    header = (
+    out(
         "| strategy | MMLU APGR | MMLU strong share @95% | GSM8K APGR | GSM8K strong share @95% "
-        "| app concordance | p50 µs | p99 µs |"
+        "| multimodel APGR | multimodel strong share @95% | app concordance | p50 µs | p99 µs |"
     )
-    out(header)
-    out("|" + "---|" * 8)
+    out("|" + "---|" * 10)
     for result in results:
         r = result.row()
-        out(
-            f"| {r['name']} | {r['mmlu_apgr']:.3f} | {r['mmlu_strong_share_at_95']:.1%} | {r['gsm8k_apgr']:.3f} "
-            f"| {r['gsm8k_strong_share_at_95']:.1%} | {r['app_concordance']:.3f} | {r['latency_p50_us']:.0f} "
-            f"| {r['latency_p99_us']:.0f} |"
-        )
+        cells = [str(r["name"])]
+        for d in DATASETS:
+            apgr, share = r.get(f"{d}_apgr"), r.get(f"{d}_strong_share_at_95")
+            cells += [f"{apgr:.3f}" if isinstance(apgr, float) else "-"]
+            cells += [f"{share:.1%}" if isinstance(share, float) else "-"]
+        cells += [f"{r['app_concordance']:.3f}", f"{r['latency_p50_us']:.0f}", f"{r['latency_p99_us']:.0f}"]
+        out("| " + " | ".join(cells) + " |")
 
 
 def _format(column: str, value: object) -> str:
     if isinstance(value, float):
         if "$" in column:
             return f"{value:.4f}"
-        if column in ("sent to the LLM (escalation rate)", "cache hits"):
+        if (
+            column in ("sent to the LLM (escalation rate)", "cache hits")
+            or "share" in column
+            or "quality" in column
+        ):
             return f"{value:.1%}"
+        if column == "n":
+            return f"{value:.0f}"
         return f"{value:.1f}"
     return str(value)
 
@@ -586,6 +741,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--artifact-dir", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the learned model's artifact"
     )
+    parser.add_argument(
+        "--policy", type=Path, default=DEFAULT_POLICY_PATH, help="the thresholds the reports route with"
+    )
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
@@ -605,7 +763,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"unknown strategies {unknown}; registered: {list(SCORERS)}")
     started = time.perf_counter()
     evaluate(
-        names, args.per_dataset, None if args.no_plot else args.plot, llm_per_dataset=args.llm_per_dataset
+        names,
+        args.per_dataset,
+        None if args.no_plot else args.plot,
+        llm_per_dataset=args.llm_per_dataset,
+        artifact_dir=args.artifact_dir,
+        policy_path=args.policy,
     )
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
