@@ -23,16 +23,28 @@ class Engines:
     On SQLite the writer is one connection whose transactions begin IMMEDIATE (no lock-upgrade
     deadlocks, one writer at a time, as SQLite wants); readers see WAL snapshots concurrently.
     On PostgreSQL both share one pool; reads run REPEATABLE READ so one GetStats sees one snapshot.
+    `budget` is a small pool of its own for CheckBudget and GetBudgets: long reports, exports and
+    watchers cannot starve the check every routed request depends on.
     """
 
     write: AsyncEngine
     read: AsyncEngine
     dialect: str
+    budget: AsyncEngine | None = None
+
+    @property
+    def budgets(self) -> AsyncEngine:
+        return self.budget or self.read
 
     async def dispose(self) -> None:
         await self.write.dispose()
         if self.read is not self.write:
             await self.read.dispose()
+        if self.budget is not None:
+            await self.budget.dispose()
+
+
+BUDGET_POOL_SIZE = 2
 
 
 def insert_for(dialect: str, table: sa.Table) -> Any:
@@ -42,11 +54,13 @@ def insert_for(dialect: str, table: sa.Table) -> Any:
     return sqlite.insert(table)
 
 
-def _sqlite_engine(url: sa.URL, settings: LedgerSettings, *, writer: bool) -> AsyncEngine:
+def _sqlite_engine(
+    url: sa.URL, settings: LedgerSettings, *, writer: bool, pool_size: int | None = None
+) -> AsyncEngine:
     engine = create_async_engine(
         url,
         poolclass=AsyncAdaptedQueuePool,
-        pool_size=1 if writer else settings.database_pool_size,
+        pool_size=1 if writer else pool_size or settings.database_pool_size,
         max_overflow=0,
         pool_pre_ping=False,
     )
@@ -87,6 +101,7 @@ def create_engines(settings: LedgerSettings) -> Engines:
             write=_sqlite_engine(url, settings, writer=True),
             read=_sqlite_engine(url, settings, writer=False),
             dialect="sqlite",
+            budget=_sqlite_engine(url, settings, writer=False, pool_size=BUDGET_POOL_SIZE),
         )
     if backend == "postgresql":
         server_settings = {"application_name": "llmroute-ledger"}
@@ -99,10 +114,20 @@ def create_engines(settings: LedgerSettings) -> Engines:
             pool_pre_ping=True,
             connect_args={"server_settings": server_settings},
         )
+        budget = create_async_engine(
+            url,
+            pool_size=BUDGET_POOL_SIZE,
+            max_overflow=0,
+            pool_pre_ping=True,
+            connect_args={
+                "server_settings": {**server_settings, "application_name": "llmroute-ledger-budgets"}
+            },
+        )
         return Engines(
             write=engine,
             read=engine.execution_options(isolation_level="REPEATABLE READ"),
             dialect="postgresql",
+            budget=budget,
         )
     raise ValueError(f"unsupported database {backend!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
 

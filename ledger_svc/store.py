@@ -372,7 +372,7 @@ class LedgerStore:
         query = sa.select(budgets).order_by(budgets.c.caller, budgets.c.period)
         if caller is not None:
             query = query.where(budgets.c.caller.in_(["", caller]))
-        async with self._engines.read.connect() as conn, conn.begin():
+        async with self._engines.budgets.connect() as conn, conn.begin():
             rows = (await conn.execute(query)).all()
             found = []
             for row in rows:

@@ -2,8 +2,11 @@
 
 A caller's budget state is fetched with CheckBudget and kept for `ttl` seconds; a stale state is used
 while a refresh runs in the background, so the check is off the request's critical path except for a
-caller's very first request. When the ledger cannot answer, the router fails open (routes, and warns):
-refusing all traffic because accounting is down would turn a ledger outage into a product outage.
+caller's very first request. When the ledger cannot answer, the router follows
+`ROUTER_BUDGET_FAIL_MODE`: `open` (the default) routes on the last state it knew (none: no limit)
+and says so on the response (`budget_check_unavailable`), since refusing all traffic because
+accounting is down would turn a ledger outage into a product outage; `closed` refuses a caller whose
+state it has never been able to read (UNAVAILABLE, `BUDGET_CHECK_UNAVAILABLE`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ log = structlog.get_logger()
 class BudgetVerdict:
     state: int
     statuses: tuple[ledger_pb2.BudgetStatus, ...] = ()
+    # False when the last CheckBudget failed: the state is the last one known (or none at all).
+    current: bool = True
 
 
-UNKNOWN = BudgetVerdict(ledger_pb2.BUDGET_STATE_UNSPECIFIED)
+UNKNOWN = BudgetVerdict(ledger_pb2.BUDGET_STATE_UNSPECIFIED, current=False)
 _MAX_CALLERS = 100_000
 
 
@@ -103,8 +108,9 @@ class BudgetGate:
             )
         except grpc.aio.AioRpcError as error:
             log.warning("budget_check_unavailable", code=error.code().name)
-            verdict = self._cache.get(caller, (0.0, UNKNOWN))[1]
-            self._cache[caller] = (self._clock() + self._ttl, verdict)
+            known = self._cache.get(caller, (0.0, UNKNOWN))[1]
+            verdict = BudgetVerdict(known.state, known.statuses, current=False)
+            self._cache[caller] = (self._clock() + min(self._ttl, 1.0), verdict)  # retried soon
             return verdict
         verdict = BudgetVerdict(reply.state, tuple(reply.budgets))
         if len(self._cache) >= _MAX_CALLERS and caller not in self._cache:

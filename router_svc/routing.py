@@ -242,6 +242,17 @@ class Router:
             classifying.cancel()
             raise
         verdict, warnings = await classifying
+        if not budget.current:
+            if (
+                self._settings.budget_fail_mode == "closed"
+                and budget.state == ledger_pb2.BUDGET_STATE_UNSPECIFIED
+            ):
+                raise Unavailable(
+                    "the caller's budget cannot be checked now (the ledger is unreachable) and this router "
+                    "fails closed",
+                    reason="BUDGET_CHECK_UNAVAILABLE",
+                )
+            warnings.append("budget_check_unavailable")
         if budget.state == ledger_pb2.BUDGET_STATE_SOFT_LIMIT and verdict.source in _SCORED_SOURCES:
             verdict.tier = request.pinned_policy.tier_for(
                 verdict.score, verdict.family, verdict.category, shift=self._settings.budget_soft_limit_shift

@@ -12,6 +12,7 @@ at most that long and rejects the answer instead of blocking the event loop.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,10 +34,10 @@ def parse(text: str, max_bytes: int) -> dict[str, Any]:
     size = len(text.encode())
     if size > max_bytes:
         raise SchemaProblem(f"is {size} bytes; at most {max_bytes}")
+    if _nesting(text) > MAX_DEPTH:  # before json.loads, whose recursion a deep document would exhaust
+        raise SchemaProblem(f"is nested more than {MAX_DEPTH} levels deep")
     try:
         schema = json.loads(text)
-    except RecursionError:
-        raise SchemaProblem(f"is nested more than {MAX_DEPTH} levels deep") from None
     except ValueError:
         raise SchemaProblem("must be a JSON Schema document (JSON text)") from None
     if not isinstance(schema, dict):
@@ -67,6 +68,21 @@ def mismatch(value: Any, schema: dict[str, Any]) -> str | None:
         return None
     where = "/".join(map(str, error.absolute_path)) or "$"
     return f"{where}:{error.validator}"
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _nesting(text: str) -> int:
+    """How deep the JSON text's arrays and objects nest (strings skipped), without parsing it."""
+    depth = peak = 0
+    for char in _STRING.sub("", text):
+        if char in "[{":
+            depth += 1
+            peak = max(peak, depth)
+        elif char in "]}":
+            depth -= 1
+    return peak
 
 
 def _walk(root: Any) -> Iterator[tuple[int, Any]]:

@@ -360,3 +360,28 @@ async def test_csv_export_never_hands_a_spreadsheet_a_formula(ledger: Ledger) ->
         and row["error"] == "'+1-2"
     )
     assert row["model"] == "small-model"  # ordinary text is untouched
+
+
+async def test_stalled_exports_cannot_starve_the_budget_check(ledger: Ledger) -> None:
+    """Exports whose clients stop reading hold read connections: CheckBudget has a pool of its own."""
+    at = now_us() - 60_000_000
+    for start in range(0, 12_000, 1000):
+        await ledger.stub.RecordUsage(
+            L.RecordUsageRequest(
+                records=[
+                    record(f"bulk-{i}", 1, at=at, final=True, error="e" * 300)
+                    for i in range(start, start + 1000)
+                ]
+            )
+        )
+    stalled = []
+    for _ in range(ledger.settings.database_pool_size):  # as many streams as read connections
+        stream = ledger.stub.ExportRecords(L.ExportRecordsRequest())
+        await stream.read()  # the first chunk, then the client stops reading
+        stalled.append(stream)
+    try:
+        reply = await ledger.stub.CheckBudget(L.CheckBudgetRequest(caller="alice"), timeout=3)
+        assert reply.state == L.BUDGET_STATE_OK
+    finally:
+        for stream in stalled:
+            stream.cancel()

@@ -181,3 +181,31 @@ async def test_spending_refreshes_a_budgeted_callers_state_soon_and_an_unbudgete
     await gate.check("free")
     await asyncio.sleep(0)
     assert ledger.calls == 5 - 1  # "free" refreshed; "capped" not asked here
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_an_unreachable_ledger_is_said_or_refused_never_silent(
+    mode: str, classifier_address, simulator_url, tmp_path: Path, recording_sink
+) -> None:
+    router = await create_router(
+        router_settings(
+            classifier_address, simulator_url, tmp_path, ledger_address="127.0.0.1:1", budget_fail_mode=mode
+        ),
+        usage_sink=recording_sink,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            if mode == "open":
+                response = await stub.Route(route("team-a"))
+                assert response.content and "budget_check_unavailable" in response.warnings
+            else:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.Route(route("team-a"))
+                found = details(raised.value)
+                assert (
+                    found.code == grpc.StatusCode.UNAVAILABLE and found.reason == "BUDGET_CHECK_UNAVAILABLE"
+                )
+                assert recording_sink.records == []  # nothing was paid for
+    finally:
+        await router.stop(0)
