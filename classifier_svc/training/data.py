@@ -227,8 +227,12 @@ def split_multimodel(
     side its RouteLLM copy is on, so no prompt is trained on in one file and tested in the other.
     """
     train_rll, test_rll = split_outcomes(routellm)
-    side = {_same_prompt_key(o.prompt): "train" for o in train_rll}
-    side |= {_same_prompt_key(o.prompt): "test" for o in test_rll}
+    # By key length, so that a multimodel prompt that starts with a (short) RouteLLM one matches too.
+    side: dict[int, dict[str, str]] = {}
+    for part, name in ((train_rll, "train"), (test_rll, "test")):
+        for o in part:
+            key = _same_prompt_key(o.prompt)
+            side.setdefault(len(key), {})[key] = name
     test_prompts: set[str] = set()
     for task in sorted({row.group for row in rows}):
         prompts = [row.prompt for row in rows if row.group == task]
@@ -236,7 +240,8 @@ def split_multimodel(
     train: list[Outcome] = []
     test: list[Outcome] = []
     for row in rows:
-        forced = side.get(_same_prompt_key(row.prompt))
+        key = _same_prompt_key(row.prompt)
+        forced = next((keys[key[:n]] for n, keys in side.items() if key[:n] in keys), None)
         held = forced == "test" if forced else row.prompt in test_prompts
         (test if held else train).append(row)
     return train, test

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -262,3 +263,156 @@ def test_calibrate_command_writes_the_committed_artifacts_workload(tmp_path: Pat
     calibrate.main(["--strong-share", "0.4", "--policy", str(policy)])
     t = load_policy(policy).thresholds
     assert 0 <= t.moderate <= t.complex <= t.reasoning <= 1
+
+
+def test_calibrate_with_no_target_writes_the_shipped_thresholds(tmp_path: Path) -> None:
+    # The one documented command: quality 0.95 on DEFAULT_MIX, from the committed artifact.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        DEFAULT_POLICY_PATH.read_text()
+        .replace("moderate: 0.", "moderate: 0.0")
+        .replace("complex: 0.", "complex: 0.0")
+    )
+    calibrate.main(["--policy", str(policy)])
+    assert load_policy(policy).thresholds == load_policy(DEFAULT_POLICY_PATH).thresholds
+
+
+def test_a_mix_without_weight_is_refused() -> None:
+    from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
+
+    with pytest.raises(ValueError, match="no source"):
+        calibrate.load_oof_workload(DEFAULT_ARTIFACT_DIR, {"app": 0.0})
+    with pytest.raises(ValueError, match="unknown sources"):
+        calibrate.load_oof_workload(DEFAULT_ARTIFACT_DIR, {"nope": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# The multimodel split and deployment outcomes.
+
+
+def test_multimodel_split_holds_out_30_percent_of_each_task_and_follows_routellm() -> None:
+    routellm = [
+        data.Outcome("gsm8k", "gsm8k", f"Problem number {i} about apples.", True, True) for i in range(40)
+    ]
+    _, routellm_test = data.split_outcomes(routellm)
+    copied = routellm_test[0].prompt + "\nAfter careful thought, put you final answer in \\boxed{...}."
+    rows = [data.Outcome("multimodel", f"task{i % 2}", f"question {i}", 0.5, 1.0) for i in range(200)]
+    rows.append(data.Outcome("multimodel", "task0", copied, 1.0, 1.0))
+
+    train, test = data.split_multimodel(rows, routellm)
+
+    assert {o.prompt for o in train}.isdisjoint(o.prompt for o in test)
+    for task in ("task0", "task1"):
+        assert sum(o.group == task for o in test if o.prompt != copied) == 30
+    assert any(o.prompt == copied for o in test)  # its GSM8K copy is held out, so is it
+    assert data.split_multimodel(list(reversed(rows)), routellm)[1] == list(reversed(test))
+
+
+def _outcome_line(i: int, **extra: object) -> str:
+    row = {
+        "id": f"req-{i}",
+        "messages": [{"role": "user", "content": f"Request {i}"}],
+        "cheap_ok": i % 3 != 0,
+    }
+    return json.dumps({**row, **extra})
+
+
+def test_deployment_outcomes_are_validated_with_file_and_line(tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text(_outcome_line(1) + "\n\n" + _outcome_line(2, weight=2.5) + "\n")
+    rows = data.load_deployment_outcomes([good])
+    assert [(r.id, r.cheap_ok, r.weight) for r in rows] == [("req-1", True, 1.0), ("req-2", True, 2.5)]
+    assert rows[0].messages == (("user", "Request 1"),)
+    for bad, message in (
+        ('{"id": "x", "messages": [], "cheap_ok": true}', "messages"),
+        ('{"id": "x", "messages": [{"role": "user"}], "cheap_ok": true}', "role"),
+        ('{"id": "x", "messages": [{"role": "user", "content": "hi"}], "cheap_ok": 1}', "cheap_ok"),
+        (
+            '{"id": "x", "messages": [{"role": "user", "content": "hi"}], "cheap_ok": true, "weight": 0}',
+            "weight",
+        ),
+        ('{"id": "", "messages": [{"role": "user", "content": "hi"}], "cheap_ok": true}', "id"),
+        ("not json", "not JSON"),
+    ):
+        path = tmp_path / "bad.jsonl"
+        path.write_text(_outcome_line(1) + "\n" + bad + "\n")
+        with pytest.raises(ValueError, match=rf"bad\.jsonl:2: .*{message}"):
+            data.load_deployment_outcomes([path])
+    with pytest.raises(ValueError, match="already given"):
+        data.load_deployment_outcomes([good, good])
+
+
+def test_a_held_out_outcome_stays_held_out_when_more_arrive() -> None:
+    rows = [data.DeploymentOutcome(f"r{i}", (("user", "x"),), True) for i in range(2000)]
+    _, held_first = data.split_deployment_outcomes(rows[:500])
+    _, held_all = data.split_deployment_outcomes(rows)
+    assert {r.id for r in held_first} <= {r.id for r in held_all}
+    assert 0.22 < len(held_all) / len(rows) < 0.28
+    assert all(data.outcome_held_out(r.id) for r in held_all)
+
+
+def _small_routing_data(directory: Path) -> None:
+    """A few hundred rows of each outcome file, so a full training run takes seconds."""
+    import csv
+
+    source = data.data_dir()
+    for name, keep in (
+        ("mmlu_outcomes.csv", 25),
+        ("gsm8k_outcomes.csv", 120),
+        ("multimodel_outcomes.csv", 25),
+    ):
+        with (source / name).open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            group = {"mmlu_outcomes.csv": "subject", "multimodel_outcomes.csv": "task_name"}.get(name)
+            seen: dict[str, int] = {}
+            rows = []
+            for row in reader:
+                key = row[group] if group else ""
+                if seen.get(key, 0) < keep:
+                    seen[key] = seen.get(key, 0) + 1
+                    rows.append(row)
+            fields = reader.fieldnames
+        with (directory / name).open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)  # type: ignore[arg-type]
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def test_train_artifact_with_deployment_outcomes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from classifier_svc.strategies.base import Conversation
+    from classifier_svc.strategies.learned import LearnedStrategy
+    from classifier_svc.training import train
+
+    routing = tmp_path / "routing"
+    routing.mkdir()
+    _small_routing_data(routing)
+    monkeypatch.setenv("ROUTING_DATA_DIR", str(routing))
+    monkeypatch.setattr(train, "CV_REPEATS", 2)
+    monkeypatch.setattr(train, "CENTROIDS", 4)
+    monkeypatch.setattr(train, "BOOSTING", {**train.BOOSTING, "n_estimators": 10, "min_samples_leaf": 20})
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("".join(_outcome_line(i) + "\n" for i in range(60)))
+
+    plain = train.train_artifact(tmp_path / "plain")
+    with_outcomes = train.train_artifact(tmp_path / "with", [outcomes])
+
+    expected_held = sorted(f"req-{i}" for i in range(60) if data.outcome_held_out(f"req-{i}"))
+    assert with_outcomes.heldout_outcome_ids == tuple(expected_held) and expected_held
+    assert set(with_outcomes.trained_outcome_ids) == {f"req-{i}" for i in range(60)} - set(expected_held)
+    assert plain.heldout_outcome_ids == () and plain.trained_outcome_ids == ()
+    assert with_outcomes.version != plain.version
+    assert with_outcomes.strategy_version == f"learned/{with_outcomes.version}"
+    card = with_outcomes.card
+    assert card["data"]["deployment_outcomes"]["rows"] == {  # type: ignore[index]
+        "train": 60 - len(expected_held),
+        "test": len(expected_held),
+    }
+    assert card["heldout"]["outcomes_n"] == len(expected_held)  # type: ignore[index]
+    # The written artifact is servable and says which version it is.
+    strategy = LearnedStrategy(tmp_path / "with")
+    verdict = strategy.classify_sync(Conversation.user("Request 7"))
+    assert verdict.version == with_outcomes.strategy_version and 0 <= verdict.score <= 1
+    # The same inputs give the same version (and the outcome rows are part of it).
+    again = tmp_path / "again.jsonl"
+    again.write_text(outcomes.read_text())
+    assert train.train_artifact(tmp_path / "again", [again]).version == with_outcomes.version
