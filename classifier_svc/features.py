@@ -265,6 +265,7 @@ def strip_identifiers(text: str) -> str:
             ends_sentence = right < n and text[right] in ".!?)]}"
             if ends_sentence and not bracketed and left > last and text[left - 1] in ",;:":
                 left, _ = _widen(text, left - 1, left - 1, last)
+            right = end  # the spaces after it belong to the text (a line may end in one)
         else:
             # Inside a sentence: the spaces after it stay, or one space if it had none on either side.
             replacement = "" if left < start or end < right else " "
