@@ -294,8 +294,10 @@ def operating_points_report(eval_set: EvalSet) -> Rows:
     for d in (*DATASETS, "outcomes"):
         mask = eval_set.dataset[:n] == d
         if mask.any():
-            rows[f"{d} (held out)"] = tiers.operating_point(
-                scores[:n][mask], eval_set.cheap[mask], eval_set.strong[mask], thresholds
+            rows[f"{d} (held out)"] = dict(
+                tiers.operating_point(
+                    scores[:n][mask], eval_set.cheap[mask], eval_set.strong[mask], thresholds
+                )
             )
     app = scores[n:]
     if app.size:
