@@ -46,6 +46,7 @@ __all__ = [
     "artifact_version",
     "encode_prompts",
     "encode_turns",
+    "window",
 ]
 
 ARTIFACT_FILE = "model.npz"

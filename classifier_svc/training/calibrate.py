@@ -44,6 +44,7 @@ import numpy as np
 
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.learned import CALIBRATION_FILE
+from classifier_svc.training import tiers
 from service_kit.policy import DEFAULT_POLICY_PATH, PolicyError, Thresholds, load_policy
 
 __all__ = [
@@ -257,10 +258,11 @@ def calibrate(
     labelled = ~np.isnan(workload.cheap) & ~np.isnan(workload.strong)
     for name in sorted(set(workload.dataset[labelled].tolist())):
         rows = labelled & (workload.dataset == name)
-        strong_side = workload.score[rows] >= thresholds.complex
-        routed = np.where(strong_side, workload.strong[rows], workload.cheap[rows]).mean()
-        report[f"{name}_quality_vs_strong"] = float(routed / workload.strong[rows].mean())
-        report[f"{name}_strong_share"] = float(strong_side.mean())
+        point = tiers.operating_point(
+            workload.score[rows], workload.cheap[rows], workload.strong[rows], thresholds
+        )
+        report[f"{name}_quality_vs_strong"] = point["quality vs strong at thresholds"]
+        report[f"{name}_strong_share"] = point["strong share at thresholds"]
     return thresholds, report
 
 

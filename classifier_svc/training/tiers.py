@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from classifier_svc.training import metrics
-from service_kit.policy import Thresholds
+from service_kit.policy import NAME_BY_TIER, Thresholds
 
 __all__ = [
     "DEMO_WORKLOAD_PATH",
@@ -60,14 +60,8 @@ IDENTIFIER_STYLES: tuple[tuple[str, str], ...] = (
 
 
 def tier_of(thresholds: Thresholds, score: float) -> str:
-    """The tier a score lands on (as ``Thresholds.tier_for``, by name)."""
-    if score >= thresholds.reasoning:
-        return "reasoning"
-    if score >= thresholds.complex:
-        return "complex"
-    if score >= thresholds.moderate:
-        return "moderate"
-    return "simple"
+    """The name of the tier a score lands on (``Thresholds.tier_for``, as the router cuts it)."""
+    return NAME_BY_TIER[thresholds.tier_for(score)]
 
 
 def operating_point(
