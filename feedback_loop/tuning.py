@@ -35,7 +35,8 @@ from service_kit.policy import TIER_NAMES, Offsets, Policy, Thresholds
 
 TIERS = 4
 _EPS = 1e-4
-MIN_PER_CLASS = 5  # assessments of each kind (good enough / not) a boundary needs to be fitted
+MIN_PER_CLASS = 5  # assessments of each kind (good enough / not) a boundary needs a sloped curve
+MIN_FLAT = 30  # assessments a boundary needs at all (then a flat curve, with too few of one kind)
 GROUP_MIN_ASSESSMENTS = 60  # a family or category needs this many to get an offset of its own
 OFFSET_GRID = np.round(np.arange(-0.3, 0.3001, 0.01), 2)
 
@@ -152,10 +153,17 @@ def _logistic(x: np.ndarray, y: np.ndarray, ridge: float = 1e-2) -> tuple[np.nda
 
 def fit_curve(score: np.ndarray, failed: np.ndarray) -> Curve | None:
     """Logistic regression of `failed` on logit(score), the slope kept non-negative: a harder-scored
-    request is never more likely to be fine on the same tier."""
+    request is never more likely to be fine on the same tier.
+
+    With fewer than MIN_PER_CLASS of either kind, a slope cannot be told from noise: with at least
+    MIN_FLAT assessments the curve is flat at the smoothed rate ((failures + 1) / (n + 2)), which is
+    what a tier that rarely fails (or rarely succeeds) needs to be weighed at all; with fewer, None."""
     score, failed = np.asarray(score, dtype=np.float64), np.asarray(failed, dtype=np.float64)
     if min(int(failed.sum()), int(len(failed) - failed.sum())) < MIN_PER_CLASS:
-        return None
+        if len(failed) < MIN_FLAT:
+            return None
+        rate = (failed.sum() + 1) / (len(failed) + 2)
+        return Curve(float(math.log(rate / (1 - rate))), 0.0, len(failed))
     w, _ = _logistic(np.column_stack([np.ones_like(score), _logit(score)]), failed)
     if w[1] < 0:  # flat: the share of failures, whatever the score
         rate = np.clip(failed.mean(), _EPS, 1 - _EPS)
@@ -501,7 +509,10 @@ def tune(
         notes=notes,
     )
     width = quality.high - quality.low
-    if width > max_interval:
+    raises_quality = proposed.quality >= current.quality and proposed.cost >= current.cost
+    if width > max_interval and not raises_quality:
+        # Only a change that could lower quality needs the confidence; one that spends more for more
+        # quality (the served traffic is under-routed) is applied as soon as it is estimated.
         # An interval narrows with the square root of the sample: this many assessed requests in all.
         needed = math.ceil(len(assessed) * (width / max_interval) ** 2)
         result.refused = (

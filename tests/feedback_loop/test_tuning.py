@@ -131,7 +131,7 @@ def test_too_few_outcomes_are_refused_with_how_many_more_are_needed() -> None:
     needed = int(result.refused.split("about ")[1].split(" more")[0])
     assert needed > 0
     with pytest.raises(NotEnoughOutcomes, match="assessments of each kind"):
-        tune([Run(0.3, 2, assessments=((2, True),))] * 50, policy_with(STATIC), Target(quality=0.95), COSTS)
+        tune([Run(0.3, 2, assessments=((2, True),))] * 20, policy_with(STATIC), Target(quality=0.95), COSTS)
 
 
 def test_other_targets_are_met() -> None:
@@ -173,3 +173,15 @@ def test_the_policy_file_keeps_its_comments_and_gains_offsets(tmp_path: Path) ->
 def test_thresholds_between_bins() -> None:
     traffic = Traffic(np.array([0.1, 0.2, 0.3]), np.ones(3))
     assert thresholds_of(traffic, (0, 2, 3)) == Thresholds(moderate=0.0, complex=0.25, reasoning=1.0)
+
+
+def test_a_change_that_only_adds_quality_needs_no_confidence() -> None:
+    """Under-routed traffic: a few hundred outcomes cannot narrow the interval, but spending more for
+    more quality is applied at once (only a change that could lose quality waits for confidence)."""
+    lenient = Thresholds(moderate=0.6, complex=0.8, reasoning=0.95)  # nearly everything on simple
+    scores, need, families = world(400, seed=13)
+    runs = observed(scores, need, families, lenient, explore=0.1, seed=14)
+    result = tune(runs, policy_with(lenient), Target(quality=0.95), COSTS, bootstrap=40, max_interval=0.01)
+    assert result.quality.high - result.quality.low > 0.01  # too few outcomes for that confidence...
+    assert result.proposed.quality > result.current.quality and result.proposed.cost > result.current.cost
+    assert not result.refused  # ...and yet applied
