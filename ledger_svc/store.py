@@ -145,6 +145,7 @@ class LedgerStore:
         self._statements = Statements(engines.dialect, engines.write.dialect)
         self._pending: deque[_Batch] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._unfinished: set[asyncio.Task[Any]] = set()  # queries that outlive a cancelled RPC
         self.changes = ChangeFeed()
 
     @classmethod
@@ -171,6 +172,7 @@ class LedgerStore:
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)  # finish what was accepted
+        await asyncio.gather(*self._unfinished, return_exceptions=True)
         await self._engines.dispose()
 
     def _insert(self, table: sa.Table) -> Any:
@@ -367,7 +369,17 @@ class LedgerStore:
             )
 
     async def budgets(self, caller: str | None) -> list[BudgetRow]:
-        """All budgets (caller None), or the global ones and `caller`'s, with spend in their period."""
+        """All budgets (caller None), or the global ones and `caller`'s, with spend in their period.
+
+        The query runs to its end even when the RPC that asked is cancelled (the router's budget
+        checks have a short deadline): a query cancelled halfway can leave its pooled connection
+        unusable, and the budget pool is small."""
+        task = asyncio.create_task(self._budgets(caller))
+        self._unfinished.add(task)
+        task.add_done_callback(self._unfinished.discard)
+        return await asyncio.shield(task)
+
+    async def _budgets(self, caller: str | None) -> list[BudgetRow]:
         now = self._now()
         query = sa.select(budgets).order_by(budgets.c.caller, budgets.c.period)
         if caller is not None:

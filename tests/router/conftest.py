@@ -73,6 +73,7 @@ def router_settings(
         "simulator_url": simulator_url,
         "simulator": "always",
         "ledger_address": "127.0.0.1:1",
+        "budgets_enabled": False,  # no ledger here: tests of budgets turn them on with a real one
         "warm_up": False,
         "spool_path": tmp_path / "spool.db",
         "retry_backoff_seconds": 0.01,

@@ -36,6 +36,7 @@ async def stubs(classifier_address, simulator_url, tmp_path: Path, recording_sin
             simulator_url,
             tmp_path,
             ledger_address=ledger_address,
+            budgets_enabled=True,
             budget_check_ttl_seconds=0.01,
         ),
         usage_sink=recording_sink,
@@ -189,7 +190,12 @@ async def test_an_unreachable_ledger_is_said_or_refused_never_silent(
 ) -> None:
     router = await create_router(
         router_settings(
-            classifier_address, simulator_url, tmp_path, ledger_address="127.0.0.1:1", budget_fail_mode=mode
+            classifier_address,
+            simulator_url,
+            tmp_path,
+            ledger_address="127.0.0.1:1",
+            budgets_enabled=True,
+            budget_fail_mode=mode,
         ),
         usage_sink=recording_sink,
     )
