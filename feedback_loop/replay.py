@@ -420,9 +420,19 @@ async def run(settings: Settings) -> dict[str, object]:
         oracle = oracle_thresholds(world, static, settings.target)
         fitted = await replay("oracle", world, settings, root / "oracle", oracle, tune=False)
         loop = await replay("loop", world, settings, root / "loop", None, tune=True)
+        # "At the same quality": fully informed thresholds for the quality the loop reached after
+        # 2,000 requests, replayed on the same stream.
+        after = min(2000, settings.requests - 1)
+        reached = float(np.mean(loop.good[after:]))
+        same_thresholds = oracle_thresholds(world, static, reached)
+        same = await replay(
+            "oracle_same_quality", world, settings, root / "same", same_thresholds, tune=False
+        )
     traces = [static, loop, fitted]
-    summary = summarise(traces, settings)
+    summary = summarise([*traces, same], settings)
     summary["oracle_thresholds"] = oracle.model_dump()
+    summary["oracle_same_quality_thresholds"] = same_thresholds.model_dump()
+    summary["loop_quality_after_2000"] = reached
     summary["seconds"] = round(time.perf_counter() - started, 1)
     settings.out.mkdir(parents=True, exist_ok=True)
     (settings.out / "replay.json").write_text(json.dumps(summary, indent=2, default=str))

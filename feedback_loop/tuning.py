@@ -57,14 +57,18 @@ class Run:
 
 @dataclass(frozen=True)
 class Curve:
-    """P(the tier's answer is not good enough | score) = sigmoid(a + b * logit(score))."""
+    """P(the tier's answer is not good enough | score) = sigmoid(a + b * logit(score)), for scores at
+    or above `floor`; below it, the value at `floor`. The floor is the lowest score the curve was fitted
+    on: below the data a rising curve would promise fewer failures than anything observed shows, and
+    a tier's failures there are what a cheaper assignment would risk."""
 
     a: float
     b: float
     n: int = 0
+    floor: float = 0.0
 
     def __call__(self, score: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.a + self.b * _logit(score))
+        return _sigmoid(self.a + self.b * _logit(np.maximum(score, self.floor)))
 
 
 @dataclass
@@ -168,7 +172,9 @@ def fit_curve(score: np.ndarray, failed: np.ndarray) -> Curve | None:
     if w[1] < 0:  # flat: the share of failures, whatever the score
         rate = np.clip(failed.mean(), _EPS, 1 - _EPS)
         return Curve(float(math.log(rate / (1 - rate))), 0.0, len(failed))
-    return Curve(float(w[0]), float(w[1]), len(failed))
+    # The lowest few scores set the floor (one stray low score should not carry the curve down).
+    floor = float(np.quantile(score, 0.02))
+    return Curve(float(w[0]), float(w[1]), len(failed), floor)
 
 
 def group_differs(runs: Sequence[Run], member: Sequence[bool], z: float = 2.5) -> bool:
@@ -380,7 +386,11 @@ def _refine(
     plan_of: Callable[[Sequence[int]], Plan],
 ) -> tuple[int, int, int]:
     cuts = list(meets)
-    for k in sorted(range(3), key=lambda k: -abs(cheaper[k] - meets[k])):
+    # Cuts moving up are bounded by the next one: the highest first, so each lower one may follow;
+    # cuts moving down, the lowest first, for the same reason.
+    up = [k for k in (2, 1, 0) if cheaper[k] > meets[k]]
+    down = [k for k in (0, 1, 2) if cheaper[k] < meets[k]]
+    for k in up + down:
         lo, hi = sorted((cuts[k], cheaper[k]))
         toward = 1 if cheaper[k] > cuts[k] else -1
         best = cuts[k]
@@ -442,6 +452,7 @@ def tune(
     offsets: bool = True,
     bootstrap: int = 200,
     max_interval: float = 0.04,
+    aim_bound: bool = True,
     seed: int = 0,
 ) -> Result:
     """Fit, propose and qualify (see the module docstring). Raises NotEnoughOutcomes when no boundary
@@ -466,30 +477,40 @@ def tune(
     ]
     proposed, price = optimise(model, traffic, target, policy.thresholds)
     current = evaluate(model, traffic, policy.thresholds)
-    fitted = Offsets()
-    if offsets:
-        fitted = Offsets(
-            family=fit_offsets(model, runs, proposed.thresholds, price, "family"),
-            category=fit_offsets(model, runs, proposed.thresholds, price, "category"),
-        )
-    # Bootstrap over the assessed requests and the traffic: refit, re-optimise, and re-evaluate the
-    # proposal under each refit.
+    # Bootstrap over the assessed requests and the traffic: refit, and re-optimise under each refit
+    # (the thresholds' intervals); the refits also give the proposal's quality and cost intervals.
     rng = np.random.default_rng(seed)
     assessed = [r for r in runs if r.assessments]
     plain = [r for r in runs if not r.assessments]
     samples: dict[str, list[float]] = defaultdict(list)
+    refits: list[Model] = []
     for _ in range(bootstrap):
         picked = [assessed[i] for i in rng.integers(0, len(assessed), len(assessed))]
         picked += [plain[i] for i in rng.integers(0, len(plain), len(plain))] if plain else []
         refit = fit_model(picked, fallback_costs)
         refit.fallback = model.fallback
         refit.curves = [mine or shared for mine, shared in zip(refit.curves, model.curves, strict=True)]
-        at_proposal = evaluate(refit, traffic, proposed.thresholds)
-        samples["quality"].append(at_proposal.quality)
-        samples["cost"].append(at_proposal.cost)
+        refits.append(refit)
         again, _ = optimise(refit, Traffic.of(np.array([r.score for r in picked])), target, policy.thresholds)
         for name in ("moderate", "complex", "reasoning"):
             samples[name].append(getattr(again.thresholds, name))
+    if aim_bound and target.quality is not None and refits:
+        # Aim the interval, not the estimate: when the quality's 5% bound at the proposal falls short
+        # of the target, ask for as much more as it falls short (what the estimate may be off by).
+        low = float(np.quantile([evaluate(r, traffic, proposed.thresholds).quality for r in refits], 0.05))
+        if low < target.quality:
+            shifted = Target(quality=min(0.999, target.quality + (target.quality - low)))
+            proposed, price = optimise(model, traffic, shifted, policy.thresholds)
+    for refit in refits:
+        at_proposal = evaluate(refit, traffic, proposed.thresholds)
+        samples["quality"].append(at_proposal.quality)
+        samples["cost"].append(at_proposal.cost)
+    fitted = Offsets()
+    if offsets:
+        fitted = Offsets(
+            family=fit_offsets(model, runs, proposed.thresholds, price, "family"),
+            category=fit_offsets(model, runs, proposed.thresholds, price, "category"),
+        )
 
     def estimate(name: str, value: float) -> Estimate:
         low, high = np.quantile(samples[name], [0.05, 0.95]) if samples[name] else (value, value)

@@ -109,6 +109,7 @@ def tune(args: argparse.Namespace) -> None:
             offsets=not args.no_offsets,
             bootstrap=args.bootstrap,
             max_interval=args.max_interval,
+            aim_bound=args.aim == "bound",
         )
     except tuning.NotEnoughOutcomes as error:
         print(f"llmroute tune: refused: {error}", file=sys.stderr)
@@ -242,6 +243,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     fit.add_argument("--bootstrap", type=int, default=200, help="resamples for the intervals")
     fit.add_argument(
         "--max-interval", type=float, default=0.04, help="widest 90%% interval of the quality accepted"
+    )
+    fit.add_argument(
+        "--aim",
+        choices=("bound", "estimate"),
+        default="bound",
+        help="--quality: bound, the quality's 5%% bound reaches it (default); estimate, the estimate does",
     )
     fit.add_argument("--apply", action="store_true", help="write the policy file (the router reloads it)")
     fit.set_defaults(run=tune)
