@@ -55,7 +55,7 @@ replay: install ## Outcome data through the running feedback loop: static vs loo
 	$(PY) -m feedback_loop.replay $(ARGS)
 
 train-classifier: install ## Train the local classifier artifact (reproducible)
-	$(PY) -m classifier_svc.training.train
+	$(PY) -m classifier_svc.training.train $(ARGS)
 
 eval-classifier: install ## Evaluate strategies and baselines on held-out data
 	$(PY) -m classifier_svc.training.evaluate

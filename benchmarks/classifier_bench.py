@@ -27,8 +27,14 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 async def main() -> None:
     prompts = [item["prompt"] for item in yaml.safe_load(WORKLOAD.read_text())]
-    # Distinct conversations: each demo prompt with a different ticket number, so nothing repeats.
-    conversations = [Conversation.user(f"{p} (ticket {n})") for n in range(20) for p in prompts]
+    # Distinct conversations: each demo prompt with a different closing word, so nothing repeats (an
+    # identifier such as a ticket number would be stripped before scoring, leaving repeats).
+    words = ("please", "thanks", "quickly", "today", "carefully", "briefly", "now", "again", "kindly", "soon")
+    conversations = [
+        Conversation.user(f"{p} {words[n % 10]}{' indeed' if n >= 10 else ''}")
+        for n in range(20)
+        for p in prompts
+    ]
     learned = LearnedStrategy(DEFAULT_ARTIFACT_DIR)
     await learned.warm_up()
     rows = []

@@ -68,7 +68,7 @@ class RouterSettings(ServiceSettings):
     budget_check_ttl_seconds: float = Field(default=2.0, gt=0)
     budget_check_timeout_seconds: float = Field(default=0.3, gt=0)
     # Near a soft limit every threshold rises by this much, shifting traffic to cheaper tiers.
-    budget_soft_limit_shift: float = Field(default=0.2, ge=0, le=1)
+    budget_soft_limit_shift: float = Field(default=0.03, ge=0, le=1)
     # When CheckBudget cannot answer: "open" routes on the last known state, with a
     # budget_check_unavailable warning; "closed" refuses callers whose state was never read.
     budget_fail_mode: Literal["open", "closed"] = "open"

@@ -374,14 +374,18 @@ class LLMStrategy:
         if _quotes(rationale, prompt):
             rationale = "(withheld: it quoted the conversation)"
         notes = [f"llm: {output.tier}", rationale]
-        # The score decides the tier; the LLM's own tier only tells us how consistent it was.
         if self._thresholds is None:
             confidence = 0.8
-        elif self._thresholds.tier_for(score) == tier:
-            confidence = 0.85
         else:
-            confidence = 0.6
-            notes.append("tier and score disagree")
+            # The LLM judges the tier; its score is on a scale of its own, not the learned model's
+            # that the thresholds cut. The verdict's score goes in the middle of the chosen tier's
+            # band on the policy's scale, so the policy routes to the tier the LLM chose. Its own
+            # score, read on an even scale, only says how consistent it was.
+            nominal = min(4, 1 + int(score * 4))
+            confidence = 0.85 if nominal == tier else 0.6
+            if nominal != tier:
+                notes.append("tier and score disagree")
+            score = _band_middle(self._thresholds, tier)
         if self._resolve_price() is None:
             notes.append(f"cost unknown: no price for {self._model_id}")
         return Verdict(
@@ -393,6 +397,12 @@ class LLMStrategy:
             version=self.version,
             overhead=overhead,
         )
+
+
+def _band_middle(thresholds: Thresholds, tier: int) -> float:
+    """The middle of a tier's score band under these thresholds."""
+    cuts = [0.0, thresholds.moderate, thresholds.complex, thresholds.reasoning, 1.0]
+    return (cuts[tier - 1] + cuts[tier]) / 2
 
 
 def _describe(exc: ModelAPIError) -> str:

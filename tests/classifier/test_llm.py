@@ -93,9 +93,12 @@ async def test_a_valid_answer_is_an_llm_verdict_with_its_tokens_and_cost() -> No
     verdict = await strategy.classify(Conversation.user(PROMPT))
 
     assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM
-    assert verdict.score == 0.82
+    # The LLM chose reasoning: the verdict sits in the middle of the reasoning band of the policy's
+    # scale (its own score, 0.82, is on a scale of its own), so the policy routes it to reasoning.
+    assert verdict.score == pytest.approx((THRESHOLDS.reasoning + 1.0) / 2)
+    assert THRESHOLDS.tier_for(verdict.score) == common_pb2.TIER_REASONING
     assert verdict.category == common_pb2.CATEGORY_REASONING
-    assert verdict.confidence == 0.85  # the LLM's tier agrees with the tier its score falls in
+    assert verdict.confidence == 0.85  # the LLM's tier agrees with its own score, read on an even scale
     assert verdict.rationale == "llm: reasoning; a proof by diagonalisation"
     assert verdict.overhead.model == "test-model"
     assert verdict.overhead.input_tokens > 0 and verdict.overhead.output_tokens > 0
@@ -118,7 +121,9 @@ async def test_a_tier_that_disagrees_with_the_score_lowers_confidence() -> None:
 
     verdict = await strategy.classify(Conversation.user(PROMPT))
 
-    assert verdict.score == 0.82 and verdict.confidence == 0.6
+    assert (
+        verdict.score == pytest.approx(THRESHOLDS.moderate / 2) and verdict.confidence == 0.6
+    )  # the tier decides
     assert "tier and score disagree" in verdict.rationale
 
 
@@ -139,7 +144,9 @@ async def test_invalid_output_then_valid_is_corrected_within_the_run() -> None:
     verdict = await llm(FunctionModel(script)).classify(Conversation.user(PROMPT))
 
     assert script.calls == 2
-    assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM and verdict.score == 0.82
+    assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM and verdict.score == pytest.approx(
+        (THRESHOLDS.reasoning + 1) / 2
+    )
     one_call = await llm(TestModel(custom_output_args=GOOD)).classify(Conversation.user(PROMPT))
     assert verdict.overhead.input_tokens > one_call.overhead.input_tokens
 
