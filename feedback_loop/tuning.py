@@ -37,8 +37,8 @@ TIERS = 4
 _EPS = 1e-4
 MIN_PER_CLASS = 5  # assessments of each kind (good enough / not) a boundary needs a sloped curve
 MIN_FLAT = 30  # assessments a boundary needs at all (then a flat curve, with too few of one kind)
-GROUP_MIN_ASSESSMENTS = 60  # a family or category needs this many to get an offset of its own
-OFFSET_GRID = np.round(np.arange(-0.3, 0.3001, 0.01), 2)
+GROUP_MIN_ASSESSMENTS = 200  # a family or category needs this many to get an offset of its own
+OFFSET_GRID = np.round(np.arange(-0.1, 0.1001, 0.01), 2)
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def fit_curve(score: np.ndarray, failed: np.ndarray) -> Curve | None:
     return Curve(float(w[0]), float(w[1]), len(failed), floor)
 
 
-def group_differs(runs: Sequence[Run], member: Sequence[bool], z: float = 2.5) -> bool:
+def group_differs(runs: Sequence[Run], member: Sequence[bool], z: float = 3.0) -> bool:
     """Whether a group's tiers fail measurably more or less often than the others' at the same score:
     a logistic fit with a group term, on some boundary, puts that term |z| standard errors from 0."""
     for k in (1, 2, 3):
@@ -511,6 +511,13 @@ def tune(
             family=fit_offsets(model, runs, proposed.thresholds, price, "family"),
             category=fit_offsets(model, runs, proposed.thresholds, price, "category"),
         )
+        if (fitted.family or fitted.category) and refits and target.quality is not None:
+            # Offsets move requests between tiers: they stay only if the quality's 5% bound over all
+            # the traffic, with them, still reaches the target (else the thresholds alone go).
+            with_offsets = [_quality_with_offsets(r, runs, proposed.thresholds, fitted) for r in refits]
+            if float(np.quantile(with_offsets, 0.05)) < target.quality:
+                notes.append("offsets left out: with them, the quality's 5% bound falls short of the target")
+                fitted = Offsets()
 
     def estimate(name: str, value: float) -> Estimate:
         low, high = np.quantile(samples[name], [0.05, 0.95]) if samples[name] else (value, value)
@@ -542,6 +549,20 @@ def tune(
             f"assessed requests are needed ({len(assessed)} now)"
         )
     return result
+
+
+def _quality_with_offsets(
+    model: Model, runs: Sequence[Run], thresholds: Thresholds, offsets: Offsets
+) -> float:
+    groups: dict[float, list[float]] = defaultdict(list)
+    for run in runs:
+        shift = offsets.family.get(run.family, 0.0) + offsets.category.get(run.category, 0.0)
+        groups[shift].append(run.score)
+    total = sum(len(scores) for scores in groups.values())
+    return sum(
+        evaluate(model, Traffic.of(np.array(scores)), thresholds, shift).quality * len(scores) / total
+        for shift, scores in groups.items()
+    )
 
 
 def _counts_text(counts: dict[int, tuple[int, int]]) -> str:

@@ -109,7 +109,13 @@ def test_tuning_finds_what_full_knowledge_would() -> None:
     truth_model, traffic = Model(TRUE, COSTS), Traffic.of(scores)
     for aim_bound in (False, True):
         result = tune(
-            runs, policy_with(STATIC), Target(quality=0.95), COSTS, bootstrap=40, max_interval=0.1, aim_bound=aim_bound
+            runs,
+            policy_with(STATIC),
+            Target(quality=0.95),
+            COSTS,
+            bootstrap=40,
+            max_interval=0.1,
+            aim_bound=aim_bound,
         )
         truth = evaluate(truth_model, traffic, result.proposed.thresholds)
         # At the quality it truly reaches, it costs about what fully informed thresholds would.
