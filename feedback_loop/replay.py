@@ -401,7 +401,7 @@ def plot(traces: Sequence[Trace], settings: Settings, path: Path) -> None:
     quality_axis.set_ylabel(f"quality, last {settings.window} requests")
     quality_axis.set_xlabel("requests served")
     cost_axis.legend()
-    quality_axis.legend(loc="lower right")
+    quality_axis.legend(loc="upper right", fontsize="small")
     cost_axis.set_title(
         f"make replay: feedback {settings.feedback:.0%}, exploration {settings.explore:.0%}, "
         f"automatic signal caught {settings.detect:.0%}, tuning every {settings.every}"
