@@ -254,7 +254,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self, request: ledger_pb2.GetFeedbackStatsRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.GetFeedbackStatsResponse:
         window, violations = v.resolve_window(request.window, v.now_us())
-        violations += v.feedback_group_by_violations(request.group_by)
+        violations += v.group_by_violations(request.group_by, ledger_pb2.FeedbackGroupBy)
         violations += v.caller_violations("caller", request.caller)
         v.raise_if(violations)
         assert window is not None

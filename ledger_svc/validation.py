@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -162,16 +163,17 @@ def resolve_window(
     return Window(since, until), []
 
 
-def group_by_violations(group_by: Iterable[int]) -> Violations:
+def group_by_violations(group_by: Iterable[int], enum: Any = ledger_pb2.GroupBy) -> Violations:
+    """Known dimensions of `enum` (GroupBy, or FeedbackGroupBy), each at most once."""
     found: Violations = []
     seen: set[int] = set()
-    known = set(ledger_pb2.GroupBy.values()) - {ledger_pb2.GROUP_BY_UNSPECIFIED}
+    known = set(enum.values()) - {0}
     for i, dim in enumerate(group_by):
         if dim not in known:
-            names = ", ".join(ledger_pb2.GroupBy.Name(v) for v in sorted(known))
+            names = ", ".join(enum.Name(v) for v in sorted(known))
             found.append((f"group_by[{i}]", f"unknown dimension {dim}; expected one of {names}"))
         elif dim in seen:
-            found.append((f"group_by[{i}]", f"{ledger_pb2.GroupBy.Name(dim)} is requested twice"))
+            found.append((f"group_by[{i}]", f"{enum.Name(dim)} is requested twice"))
         seen.add(dim)
     return found
 
@@ -239,20 +241,6 @@ DEFAULT_FEEDBACK_GROUP_BY = (
     ledger_pb2.FEEDBACK_GROUP_BY_CALLER,
     ledger_pb2.FEEDBACK_GROUP_BY_SCORE_BAND,
 )
-
-
-def feedback_group_by_violations(group_by: Iterable[int]) -> Violations:
-    found: Violations = []
-    known = set(ledger_pb2.FeedbackGroupBy.values()) - {ledger_pb2.FEEDBACK_GROUP_BY_UNSPECIFIED}
-    seen: set[int] = set()
-    for i, dim in enumerate(group_by):
-        if dim not in known:
-            names = ", ".join(ledger_pb2.FeedbackGroupBy.Name(v) for v in sorted(known))
-            found.append((f"group_by[{i}]", f"unknown dimension {dim}; expected one of {names}"))
-        elif dim in seen:
-            found.append((f"group_by[{i}]", f"{ledger_pb2.FeedbackGroupBy.Name(dim)} is requested twice"))
-        seen.add(dim)
-    return found
 
 
 def export_violations(request: ledger_pb2.ExportRecordsRequest) -> Violations:

@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +42,8 @@ import numpy as np
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from classifier_svc.strategies.learned import CALIBRATION_FILE
 from classifier_svc.training import tiers
-from service_kit.policy import DEFAULT_POLICY_PATH, PolicyError, Thresholds, load_policy
+from service_kit import policy_file
+from service_kit.policy import DEFAULT_POLICY_PATH, PolicyError, Thresholds
 
 __all__ = [
     "DEFAULT_MIX",
@@ -185,43 +183,15 @@ def thresholds_for(
     )
 
 
-_BLOCK = re.compile(r"^thresholds:[ \t]*(?:#[^\n]*)?\n((?:[ \t]+[^\n]*\n|[ \t]*\n)*)", re.MULTILINE)
-
-
 def rewrite_thresholds(text: str, thresholds: Thresholds) -> str:
     """The policy text with only the values inside its ``thresholds:`` block replaced."""
-    match = _BLOCK.search(text)
-    if match is None:
-        raise PolicyError("the policy has no top-level 'thresholds:' block")
-    block = match.group(1)
-    for name in ("moderate", "complex", "reasoning"):
-        value = getattr(thresholds, name)
-        block, n = re.subn(
-            rf"^([ \t]+{name}:[ \t]*)[-+0-9.eE]+",
-            lambda m, v=value: f"{m.group(1)}{v:.4f}",
-            block,
-            count=1,
-            flags=re.MULTILINE,
-        )
-        if n != 1:
-            raise PolicyError(f"the policy's thresholds block has no '{name}:' entry")
-    return text[: match.start(1)] + block + text[match.end(1) :]
+    return policy_file.rewrite(text, thresholds)
 
 
 def write_policy(path: Path, thresholds: Thresholds) -> str:
     """Rewrites the thresholds in place (atomically), after validating the whole new policy."""
-    path = Path(path)
-    new_text = rewrite_thresholds(path.read_text(), thresholds)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=".policy-", suffix=".yaml", delete=False
-    ) as tmp:
-        tmp.write(new_text)
-    try:
-        load_policy(tmp.name)
-        os.replace(tmp.name, path)
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
+    new_text = rewrite_thresholds(Path(path).read_text(), thresholds)
+    policy_file.write(path, new_text)
     return new_text
 
 

@@ -98,13 +98,15 @@ def settled(stack: Stack) -> tuple[dict, ledger_pb2.GetStatsResponse]:
         time.sleep(0.3)
 
 
+def by(stats: ledger_pb2.GetStatsResponse, dimension: int) -> dict[str, ledger_pb2.Totals]:
+    return {g.key: g.totals for b in stats.breakdowns if b.group_by == dimension for g in b.groups}
+
+
 def assert_reconciled(stack: Stack) -> ledger_pb2.GetStatsResponse:
     sim, stats = settled(stack)
     assert stats.totals.attempts == sim["totals"]["requests"]
     prices = PriceBook.from_litellm()
-    by_model = {
-        g.key: g.totals for b in stats.breakdowns if b.group_by == ledger_pb2.GROUP_BY_MODEL for g in b.groups
-    }
+    by_model = by(stats, ledger_pb2.GROUP_BY_MODEL)
     assert set(by_model) == set(sim["models"])
     for model, counted in sim["models"].items():
         assert by_model[model].attempts == counted["requests"], model
@@ -140,12 +142,7 @@ def test_the_four_calls_of_the_report_are_all_in_the_ledger(stack: Stack) -> Non
         b = router.Route(nano("Extract the city: 'ship to Lyon'", "shared-id", "b"), timeout=30)
     assert not a.replayed and not b.replayed and a.run_id != b.run_id
     stats = assert_reconciled(stack)
-    by_caller = {
-        g.key: g.totals
-        for bd in stats.breakdowns
-        if bd.group_by == ledger_pb2.GROUP_BY_CALLER
-        for g in bd.groups
-    }
+    by_caller = by(stats, ledger_pb2.GROUP_BY_CALLER)
     assert (by_caller["streamer"].attempts, by_caller["a"].attempts, by_caller["b"].attempts) == (1, 1, 1)
     assert by_caller["a"].cost_usd == pytest.approx(a.usage.cost_usd, rel=1e-9)
     assert by_caller["b"].cost_usd == pytest.approx(b.usage.cost_usd, rel=1e-9)
@@ -164,12 +161,7 @@ def test_a_stream_retried_after_a_failure_runs_again_and_both_runs_count(stack: 
     events = grpcurl_stream(stack.ports.router, data)
     assert events[-1]["summary"]["model"] == NANO and "replayed" not in events[-1]["summary"]
     stats = assert_reconciled(stack)
-    by_caller = {
-        g.key: g.totals
-        for bd in stats.breakdowns
-        if bd.group_by == ledger_pb2.GROUP_BY_CALLER
-        for g in bd.groups
-    }
+    by_caller = by(stats, ledger_pb2.GROUP_BY_CALLER)
     assert (by_caller["flaky"].requests, by_caller["flaky"].attempts) == (2, 2)
     assert by_caller["flaky"].failed_attempt_cost_usd == 0  # a 500 before any output is not billed
 
@@ -185,12 +177,7 @@ def test_a_retry_on_another_router_replica_is_recorded_as_its_own_run(stack: Sta
     assert [r.replayed for r in responses] == [False, False, True, True]
     assert responses[0].run_id != responses[1].run_id
     stats = assert_reconciled(stack)
-    by_caller = {
-        g.key: g.totals
-        for bd in stats.breakdowns
-        if bd.group_by == ledger_pb2.GROUP_BY_CALLER
-        for g in bd.groups
-    }
+    by_caller = by(stats, ledger_pb2.GROUP_BY_CALLER)
     assert (by_caller["roamer"].requests, by_caller["roamer"].attempts) == (2, 2)
     assert by_caller["roamer"].cost_usd == pytest.approx(
         responses[0].usage.cost_usd + responses[1].usage.cost_usd, rel=1e-9
