@@ -25,6 +25,13 @@ class Cooldowns:
         self._seconds = seconds
         self._clock = clock
         self._states: dict[str, _State] = {}
+        self._on_open: Callable[[str, float], None] | None = None
+        self._on_close: Callable[[str], None] | None = None
+
+    def listen(self, on_open: Callable[[str, float], None], on_close: Callable[[str], None]) -> None:
+        """Be told when this replica opens a model's breaker (for how many seconds) or closes it
+        after a successful probe (router_svc/shared.py shares both with the other replicas)."""
+        self._on_open, self._on_close = on_open, on_close
 
     def available(self, model: str) -> bool:
         """False while in cooldown. After it, True for exactly one caller (the probe) until it reports."""
@@ -45,7 +52,9 @@ class Cooldowns:
         return now < state.open_until or now < state.probing_until
 
     def success(self, model: str) -> None:
-        self._states.pop(model, None)
+        state = self._states.pop(model, None)
+        if state is not None and state.failures >= self._after and self._on_close is not None:
+            self._on_close(model)
 
     def failure(self, model: str) -> None:
         state = self._states.setdefault(model, _State())
@@ -53,6 +62,24 @@ class Cooldowns:
         state.probing_until = 0.0
         if state.failures >= self._after:
             state.open_until = self._clock() + self._seconds
+            if self._on_open is not None:
+                self._on_open(model, self._seconds)
+
+    def open_elsewhere(self, model: str, seconds: float) -> bool:
+        """Another replica opened this model's breaker for `seconds` more: it is open here too (True
+        when that changed anything)."""
+        state = self._states.setdefault(model, _State())
+        until = self._clock() + seconds
+        if state.failures >= self._after and state.open_until >= until - 0.5:
+            return False
+        state.failures = max(state.failures, self._after)
+        state.open_until = until
+        state.probing_until = 0.0
+        return True
+
+    def close_elsewhere(self, model: str) -> None:
+        """Another replica's probe succeeded (or the cooldown ended there): closed here too."""
+        self._states.pop(model, None)
 
     def release(self, model: str) -> None:
         """The call ended without a verdict on the model's health (cancelled, rejected input)."""

@@ -8,8 +8,9 @@ import random
 import re
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import structlog
@@ -30,6 +31,7 @@ from router_svc.pricing import PriceSource
 from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
 from router_svc.settings import RouterSettings
+from router_svc.shared import SharedCooldowns, SharedIdempotency, SharedState
 from router_svc.validators import Expectations
 from router_svc.warmup import most_used_models, warm_up, warm_up_plan
 from service_kit import metadata
@@ -114,25 +116,47 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
+class Idempotency(Protocol):
+    """Bound idempotency keys: in this replica's memory (IdempotencyCache) or shared (SharedIdempotency)."""
+
+    async def claim(self, key: Hashable, digest: bytes) -> router_pb2.RouteResponse | None: ...
+
+    def finish(self, key: Hashable, response: router_pb2.RouteResponse) -> None: ...
+
+    def fail(self, key: Hashable, error: BaseException) -> None: ...
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, router: Router, settings: RouterSettings, idempotency: IdempotencyCache) -> None:
+    def __init__(
+        self,
+        router: Router,
+        settings: RouterSettings,
+        idempotency: Idempotency,
+        shared: SharedState | None = None,
+    ) -> None:
         self._router = router
         self._settings = settings
         self._idempotency = idempotency
+        self._shared = shared
+
+    def _noted(self, response: router_pb2.RouteResponse) -> router_pb2.RouteResponse:
+        if self._shared is not None and not self._shared.available:
+            response.warnings.append("shared_state_unavailable")
+        return response
 
     async def Route(
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
         route_input = _bound(parse_request(request, context.invocation_metadata(), self._settings))
         if not route_input.client_request_id:  # a generated id is never retried
-            return await self._router.route(route_input, _deadline(context))
+            return self._noted(await self._router.route(route_input, _deadline(context)))
         key = (route_input.caller, route_input.request_id)
         replay = await self._idempotency.claim(key, route_input.fingerprint)
         if replay is not None:
             log.info("route_replayed", run_id=replay.run_id)
             return replay
         try:
-            response = await self._router.route(route_input, _deadline(context))
+            response = self._noted(await self._router.route(route_input, _deadline(context)))
         except BaseException as error:
             self._idempotency.fail(key, error)
             raise
@@ -159,6 +183,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         try:
             async for event in stream:
                 if event.HasField("summary"):
+                    self._noted(event.summary)
                     self._idempotency.finish(key, event.summary)  # before the client can go away
                 yield event
         except BaseException as error:
@@ -235,6 +260,7 @@ async def create_server(
                 else random.random
             )
             explorer = Explorer(settings.exploration_rate, budget, draw)
+    cooldowns = Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds)
     router = Router(
         settings=settings,
         policy=policy.current,
@@ -242,17 +268,27 @@ async def create_server(
         providers=providers,
         classifier=classifier,
         usage_sink=sink,
-        cooldowns=Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds),
+        cooldowns=cooldowns,
         budgets=budgets,
         judge=judge,
         explorer=explorer,
     )
-    idempotency = IdempotencyCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
+    local = IdempotencyCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
+    idempotency: Idempotency = local
+    shared = shared_cooldowns = None
+    if settings.redis_url:
+        shared = SharedState(settings.redis_url, settings.redis_prefix)
+        idempotency = SharedIdempotency(shared, local, settings.idempotency_ttl_seconds)
+        shared_cooldowns = SharedCooldowns(shared, cooldowns)
     server = service_server.new_server(share_port=settings.workers > 1)
-    router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(router, settings, idempotency), server)
+    router_pb2_grpc.add_RouterServiceServicer_to_server(
+        RouterServicer(router, settings, idempotency, shared), server
+    )
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     try:
         await _start_background(running, settings, sink, policy, prices, classifier, ledger_channel, router)
+        if shared is not None:
+            await _share(running, shared, idempotency, shared_cooldowns)
     except BaseException:
         await running.stop(0)  # no half-started router left behind; the error says why
         raise
@@ -309,6 +345,27 @@ async def _start_background(
             most_used = await most_used_models(ledger, settings.warm_up_from_ledger_top, timeout=1.0)
         models = warm_up_plan(router, settings.warm_up_models, most_used)
         await warm_up(router, models, settings.warm_up_timeout_seconds)
+
+
+async def _share(
+    running: service_server.RunningServer,
+    shared: SharedState,
+    idempotency: Idempotency,
+    cooldowns: SharedCooldowns | None,
+) -> None:
+    """Shared state's background work and clean-up; a Redis that is down at start is only logged."""
+    running.closers.append(shared.close)
+    if isinstance(idempotency, SharedIdempotency):
+        running.closers.append(idempotency.close)
+    if cooldowns is not None:
+        syncing = asyncio.create_task(cooldowns.run())
+
+        async def stop_syncing() -> None:
+            syncing.cancel()
+            await asyncio.gather(syncing, return_exceptions=True)
+
+        running.closers.append(stop_syncing)
+    log.info("shared_state", **shared.health())
 
 
 async def _watch_recording(

@@ -1,0 +1,156 @@
+"""Two router replicas sharing Redis (127.0.0.1:6379, as on the development and CI machines): one
+idempotency contract across replicas, cooldowns learned once, and a Redis outage that changes nothing
+but the sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from llmroute.common.v1 import common_pb2
+from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from router_svc.server import create_server
+from router_svc.shared import idempotency_key
+from tests.doubles import RecordingSink
+from tests.rich_status import details
+from tests.router.conftest import RouterHarness, router_settings
+
+REDIS = "redis://127.0.0.1:6379/0"
+PROMPT = "Summarize in one line: the quarterly review moved to Thursday."
+
+
+@dataclass
+class Pair:
+    a: RouterHarness
+    b: RouterHarness
+    prefix: str
+
+
+async def start(
+    classifier_address: str, simulator_url: str, tmp: Path, url: str, prefix: str
+) -> RouterHarness:
+    sink = RecordingSink()
+    settings = router_settings(
+        classifier_address, simulator_url, tmp, redis_url=url, redis_prefix=prefix, cooldown_after_failures=2
+    )
+    running = await create_server(settings, usage_sink=sink)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    return RouterHarness(router_pb2_grpc.RouterServiceStub(channel), running, sink, simulator_url, settings)
+
+
+async def stop(*harnesses: RouterHarness) -> None:
+    for harness in harnesses:
+        await harness.server.stop(0)
+
+
+@pytest.fixture
+async def pair(classifier_address: str, simulator_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
+    prefix = f"llmroute-test-{uuid.uuid4().hex}:"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = await start(classifier_address, simulator_url, tmp_path / "a", REDIS, prefix)
+    b = await start(classifier_address, simulator_url, tmp_path / "b", REDIS, prefix)
+    yield Pair(a, b, prefix)
+    await stop(a, b)
+    client = aioredis.from_url(REDIS)
+    async for key in client.scan_iter(f"{prefix}*"):
+        await client.delete(key)
+    await client.aclose()
+
+
+def route(text: str = PROMPT, request_id: str = "", **options: object) -> router_pb2.RouteRequest:
+    return router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=text)],
+        request_id=request_id,
+        caller="app",
+        options=router_pb2.RouteOptions(**options),  # type: ignore[arg-type]
+    )
+
+
+async def calls(harness: RouterHarness) -> int:
+    return int((await harness.simulator_stats())["totals"]["requests"])
+
+
+async def test_a_retry_on_the_other_replica_is_replayed_not_called_again(pair: Pair) -> None:
+    first = await pair.a.stub.Route(route(request_id="order-1"))
+    before = await calls(pair.a)
+    again = await pair.b.stub.Route(route(request_id="order-1"))
+    assert again.replayed and again.run_id == first.run_id and again.content == first.content
+    assert await calls(pair.a) == before and pair.b.sink.records == []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await pair.b.stub.Route(route("Another prompt altogether.", request_id="order-1"))
+    assert details(raised.value).reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_a_retry_while_the_run_is_in_flight_on_the_other_replica_waits_for_it(pair: Pair) -> None:
+    await pair.a.fault(model="*", fault="delay", delay_ms=400, count=1)
+    async def slow() -> router_pb2.RouteResponse:
+        return await pair.a.stub.Route(route(request_id="slow-1"), timeout=10)
+
+    first = asyncio.create_task(slow())
+    await asyncio.sleep(0.15)
+    second = await pair.b.stub.Route(route(request_id="slow-1"), timeout=10)
+    assert second.replayed and second.run_id == (await first).run_id
+    assert await calls(pair.a) == 1
+
+
+async def test_a_cooldown_learned_on_one_replica_holds_on_the_other(pair: Pair) -> None:
+    cheapest = "groq/openai/gpt-oss-20b"
+    await pair.a.fault(model=cheapest, fault="status", status=503, retry_after=0)
+    for _ in range(2):  # two failures open its breaker on replica a
+        await pair.a.stub.Route(route(force_tier=common_pb2.TIER_SIMPLE))
+    deadline = time.monotonic() + 5
+    while True:
+        response = await pair.b.stub.Route(route(force_tier=common_pb2.TIER_SIMPLE))
+        skipped = {c.model for c in response.candidates if c.skipped_reason == "cooldown"}
+        if cheapest in skipped or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert cheapest in skipped and all(a.model != cheapest for a in response.attempts)
+
+
+async def test_a_crashed_owners_run_is_taken_over_when_its_lease_lapses(pair: Pair) -> None:
+    from router_svc.idempotency import fingerprint
+
+    request = route(request_id="orphan-1")
+    client = aioredis.from_url(REDIS)
+    key = idempotency_key(pair.prefix, ("app", "orphan-1"))  # a replica claimed it, then died
+    digest = fingerprint(request.messages, request.options).hex()
+    past = int(time.time() * 1000) - 1000
+    await client.hset(key, mapping={"fp": digest, "state": "running", "owner": "gone", "lease": past})
+    await client.pexpire(key, 60_000)
+    await client.aclose()
+    response = await pair.b.stub.Route(request, timeout=10)
+    assert not response.replayed and response.content
+
+
+async def test_redis_down_changes_nothing_but_the_sharing(
+    classifier_address: str, simulator_url: str, tmp_path: Path
+) -> None:
+    harness = await start(classifier_address, simulator_url, tmp_path, "redis://127.0.0.1:1/0", "down:")
+    try:
+        first = await harness.stub.Route(route(request_id="local-1"))
+        again = await harness.stub.Route(route(request_id="local-1"))
+        assert "shared_state_unavailable" in first.warnings
+        assert again.replayed and again.run_id == first.run_id  # this replica's own memory still binds it
+        assert await calls(harness) == 1
+    finally:
+        await stop(harness)
+
+
+async def test_only_one_replica_runs_a_key_claimed_on_both_at_once(pair: Pair) -> None:
+    await pair.a.fault(model="*", fault="delay", delay_ms=200, count=2)
+    results = await asyncio.gather(
+        pair.a.stub.Route(route(request_id="race-1"), timeout=10),  # type: ignore[arg-type]
+        pair.b.stub.Route(route(request_id="race-1"), timeout=10),  # type: ignore[arg-type]
+    )
+    assert sorted(r.replayed for r in results) == [False, True] and results[0].run_id == results[1].run_id
+    assert await calls(pair.a) == 1
