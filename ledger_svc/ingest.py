@@ -38,6 +38,7 @@ from ledger_svc.schema import (
     attempt_sums,
     latency_bucket,
     requests,
+    reservations,
     usage_hourly,
     usage_records,
 )
@@ -257,6 +258,14 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
             if new_latency:
                 rollup[key][_N_LATENCY + after["lat_bucket"]] += 1
     await statements.update_requests.run(conn, updates)
+    # The runs' spend is in: their budget holds go, in the same transaction (never counted twice).
+    held = reservations.c
+    await conn.execute(
+        reservations.delete().where(
+            held.request_id.in_(sorted({rid for rid, _, _ in by_run})),
+            sa.tuple_(held.request_id, held.caller, held.run_id).in_(sorted(by_run)),
+        )
+    )
     # Sorted, so that concurrent batches lock shared rollup rows in the same order.
     await statements.rollups.run(conn, [(*key, *values) for key, values in sorted(rollup.items())])
     return {record_key(row) for row in new_rows}

@@ -291,6 +291,24 @@ async def _v5(conn: AsyncConnection) -> None:
         await conn.execute(sa.text(statement))
 
 
+async def _v6(conn: AsyncConnection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "reservations",
+        md,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("caller", sa.String(200), nullable=False),
+        sa.Column("request_id", sa.String(200), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=False),
+        sa.Column("amount_nusd", sa.BigInteger, nullable=False),
+        sa.Column("created_ts", sa.BigInteger, nullable=False),
+        sa.Column("expires_ts", sa.BigInteger, nullable=False),
+        sa.Index("ix_reservations_request_id", "request_id"),
+        sa.Index("ix_reservations_caller", "caller"),
+    )
+    await _create(conn, md)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage records, request states, hourly rollups with latency histograms", _v1),
     Migration(2, "budgets, feedback and sender spool reports", _v2),
@@ -299,6 +317,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         4, "records and request states keyed by caller and run; baseline reasoning; policy version", _v4
     ),
     Migration(5, "the feedback loop: exploration, judge verdicts, feedback runs, policy rollups", _v5),
+    Migration(6, "budget reservations of calls in flight", _v6),
 )
 LATEST = MIGRATIONS[-1].version
 

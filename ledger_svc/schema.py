@@ -229,6 +229,22 @@ feedback = sa.Table(
     sa.Index("ix_feedback_request_id", "request_id"),
 )
 
+# Budget holds of calls in flight (ReserveBudget, migration 6): released when the run's records are
+# ingested (same transaction as their spend) or when they expire (a router that crashed).
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("caller", sa.String(200), nullable=False),
+    sa.Column("request_id", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("amount_nusd", sa.BigInteger, nullable=False),
+    sa.Column("created_ts", sa.BigInteger, nullable=False),
+    sa.Column("expires_ts", sa.BigInteger, nullable=False),
+    sa.Index("ix_reservations_request_id", "request_id"),
+    sa.Index("ix_reservations_caller", "caller"),
+)
+
 # Each router replica's last reported spool depth.
 senders = sa.Table(
     "senders",

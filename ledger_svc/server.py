@@ -48,6 +48,7 @@ def _budget_status(row: BudgetRow) -> ledger_pb2.BudgetStatus:
         ),
         spent_usd=conv.to_usd(row.spent_nusd),
         state=row.state,  # type: ignore[arg-type]
+        reserved_usd=conv.to_usd(row.reserved_nusd),
     )
 
 
@@ -235,6 +236,23 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.CheckBudgetResponse(
             state=state,  # type: ignore[arg-type]
             budgets=[_budget_status(row) for row in rows],
+        )
+
+    @_database_errors
+    async def ReserveBudget(
+        self, request: ledger_pb2.ReserveBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ReserveBudgetResponse:
+        v.raise_if(v.reservation_violations(request))
+        ttl = request.ttl_seconds or 300.0
+        reservation, rows = await self._store.reserve(
+            request.caller,
+            request.request_id,
+            request.run_id,
+            conv.to_nusd(request.amount_usd),
+            int(ttl * 1e6),
+        )
+        return ledger_pb2.ReserveBudgetResponse(
+            reservation_id=reservation, budgets=[_budget_status(row) for row in rows]
         )
 
     @_database_errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ledger_svc.schema import (
     feedback,
     ledger_meta,
     requests,
+    reservations,
     senders,
     usage_hourly,
     usage_records,
@@ -39,7 +41,7 @@ from ledger_svc.schema import (
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.validation import Window, now_us
 from llmroute.ledger.v1 import ledger_pb2
-from service_kit.errors import InvalidArgument, NotFound
+from service_kit.errors import InvalidArgument, NotFound, ResourceExhausted
 
 log = structlog.get_logger()
 
@@ -79,6 +81,7 @@ class BudgetRow:
     soft_nusd: int
     hard_nusd: int
     spent_nusd: int
+    reserved_nusd: int = 0
 
     @property
     def state(self) -> int:
@@ -94,6 +97,28 @@ class PruneResult:
     pruned_before_us: int
     records_deleted: int
     rollup_hours_before: int | None
+
+
+class BudgetExceeded(ResourceExhausted):
+    """A reservation would pass a hard budget."""
+
+    def __init__(self, budget: BudgetRow, amount_nusd: int) -> None:
+        scope = budget.caller or "global"
+        period = ledger_pb2.BudgetPeriod.Name(budget.period).removeprefix("BUDGET_PERIOD_").lower()  # type: ignore[arg-type]
+        super().__init__(
+            f"{scope} {period} budget of ${budget.hard_nusd / 1e9:.2f} cannot hold ${amount_nusd / 1e9:.6f} more "
+            f"(spent ${budget.spent_nusd / 1e9:.6f}, held ${budget.reserved_nusd / 1e9:.6f})",
+            reason="BUDGET_EXCEEDED",
+            metadata={
+                "caller": budget.caller,
+                "scope": scope,
+                "period": period,
+                "hard_limit_usd": budget.hard_nusd / 1e9,
+                "spent_usd": f"{budget.spent_nusd / 1e9:.6f}",
+                "reserved_usd": f"{budget.reserved_nusd / 1e9:.6f}",
+                "requested_usd": f"{amount_nusd / 1e9:.6f}",
+            },
+        )
 
 
 class ChangeFeed:
@@ -390,8 +415,65 @@ class LedgerStore:
             for row in rows:
                 start, end = period_bounds(row.period, now)
                 spent = await self._spent(conn, row.caller, start // HOUR_US, end // HOUR_US)
-                found.append(BudgetRow(row.caller, row.period, row.soft_nusd, row.hard_nusd, spent))
+                held = await self._held(conn, row.caller, now)
+                found.append(BudgetRow(row.caller, row.period, row.soft_nusd, row.hard_nusd, spent, held))
         return found
+
+    async def _held(self, conn: Any, caller: str, now: int) -> int:
+        """What live reservations hold against a budget of `caller` ('' = global: everyone's)."""
+        r = reservations.c
+        query = sa.select(sa.func.coalesce(sa.func.sum(r.amount_nusd), 0)).where(r.expires_ts > now)
+        if caller:
+            query = query.where(r.caller == caller)
+        return int(await conn.scalar(query) or 0)
+
+    async def reserve(
+        self, caller: str, request_id: str, run_id: str, amount_nusd: int, ttl_us: int
+    ) -> tuple[str, list[BudgetRow]]:
+        """Hold `amount_nusd` against every hard budget that applies, or raise ResourceExhausted.
+
+        Spent + held + this is checked and the hold written in one write transaction, with the budget
+        rows locked on PostgreSQL (SQLite has a single writer): concurrent reservations of one budget
+        queue up, on one ledger replica or many, so none can pass it together.
+        """
+        now = self._now()
+        async with self._engines.write.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(budgets)
+                    .where(budgets.c.caller.in_(["", caller]))
+                    .order_by(budgets.c.caller, budgets.c.period)
+                    .with_for_update()
+                )
+            ).all()
+            await conn.execute(reservations.delete().where(reservations.c.expires_ts <= now))
+            found = []
+            for row in rows:
+                start, end = period_bounds(row.period, now)
+                spent = await self._spent(conn, row.caller, start // HOUR_US, end // HOUR_US)
+                held = await self._held(conn, row.caller, now)
+                budget = BudgetRow(row.caller, row.period, row.soft_nusd, row.hard_nusd, spent, held)
+                if budget.hard_nusd and spent + held + amount_nusd > budget.hard_nusd:
+                    raise BudgetExceeded(budget, amount_nusd)
+                found.append(budget)
+            reservation = uuid.uuid4().hex
+            await conn.execute(
+                reservations.insert().values(
+                    id=reservation,
+                    caller=caller,
+                    request_id=request_id,
+                    run_id=run_id,
+                    amount_nusd=amount_nusd,
+                    created_ts=now,
+                    expires_ts=now + ttl_us,
+                )
+            )
+        return reservation, [
+            BudgetRow(
+                b.caller, b.period, b.soft_nusd, b.hard_nusd, b.spent_nusd, b.reserved_nusd + amount_nusd
+            )
+            for b in found
+        ]
 
     async def _spent(self, conn: Any, caller: str, first_hour: int, end_hour: int) -> int:
         """Provider, classifier and judge spend (nano-dollars) in [first_hour, end_hour), from the rollups.

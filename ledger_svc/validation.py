@@ -178,6 +178,20 @@ def group_by_violations(group_by: Iterable[int], enum: Any = ledger_pb2.GroupBy)
     return found
 
 
+def reservation_violations(request: ledger_pb2.ReserveBudgetRequest) -> Violations:
+    found = caller_violations("caller", request.caller)
+    found += _text("request_id", request.request_id, required=True)
+    found += _text("run_id", request.run_id, required=False, limit=MAX_RUN_ID_CHARS)
+    problem = _bad_number(request.amount_usd)
+    if problem is None and request.amount_usd > MAX_LIMIT_USD:
+        problem = f"at most {MAX_LIMIT_USD:.0f} US dollars"
+    if problem:
+        found.append(("amount_usd", problem))
+    if not math.isfinite(request.ttl_seconds) or not 0 <= request.ttl_seconds <= 24 * 3600:
+        found.append(("ttl_seconds", "must be between 0 (default 300) and 86400 seconds"))
+    return found
+
+
 def budget_violations(budget: ledger_pb2.Budget) -> Violations:
     found = caller_violations("budget.caller", budget.caller)
     if budget.period not in (ledger_pb2.BUDGET_PERIOD_DAILY, ledger_pb2.BUDGET_PERIOD_MONTHLY):

@@ -18,11 +18,23 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from service_kit.errors import ResourceExhausted
+from service_kit.errors import ResourceExhausted, Unavailable
 
 log = structlog.get_logger()
+
+
+def _error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return dict(info.metadata)
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +57,13 @@ class BudgetGate:
         timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         after_spend_seconds: float = 0.25,
+        hold_timeout_seconds: float = 3.0,
     ) -> None:
         self._stub = stub
         self._ttl = ttl_seconds
         self._after_spend = min(after_spend_seconds, ttl_seconds)
         self._timeout = timeout_seconds
+        self._hold_timeout = hold_timeout_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, BudgetVerdict]] = {}
         self._refreshing: dict[str, asyncio.Task[BudgetVerdict]] = {}
@@ -81,6 +95,38 @@ class BudgetGate:
                 },
             )
         return verdict
+
+    async def hold(
+        self, caller: str, request_id: str, run_id: str, amount_usd: float, fail_closed: bool
+    ) -> None:
+        """Before a provider call, reserve its estimated cost against the caller's hard budgets (and
+        the global ones) in the ledger, atomically across replicas: concurrent calls cannot all pass
+        a budget that has room for one. The ledger releases the hold when the run's records arrive.
+        A caller no hard budget applies to is not asked about (its state is cached from `check`).
+        Refused: ResourceExhausted (BUDGET_EXCEEDED, the budget in the details)."""
+        cached = self._cache.get(caller)
+        if cached is None or not any(s.budget.hard_limit_usd > 0 for s in cached[1].statuses):
+            return
+        request = ledger_pb2.ReserveBudgetRequest(
+            caller=caller, request_id=request_id, run_id=run_id, amount_usd=amount_usd
+        )
+        try:
+            await self._stub.ReserveBudget(request, timeout=self._hold_timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise ResourceExhausted(
+                    error.details() or "budget exceeded",
+                    reason="BUDGET_EXCEEDED",
+                    metadata=_error_metadata(error),
+                ) from None
+            log.warning("budget_hold_unavailable", code=error.code().name)
+            if fail_closed:
+                raise Unavailable(
+                    "the caller's budget cannot be held now (the ledger is unreachable) and this router "
+                    "fails closed",
+                    reason="BUDGET_CHECK_UNAVAILABLE",
+                ) from None
+        self.note_spend(caller)
 
     async def close(self) -> None:
         """Cancel the background refreshes still in flight (when the router stops)."""

@@ -556,6 +556,7 @@ class Router:
         for retry in range(self._settings.retries_per_model + 1):
             if not self._cooldowns.available(model):
                 return None
+            await self._hold(request, choice)
             outcome, transient = await self._call_once(request, choice, deadline, outcomes)
             if outcome.attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
                 self._cooldowns.success(model)
@@ -576,6 +577,22 @@ class Router:
                 return None
             await asyncio.sleep(backoff)
         return None
+
+    async def _hold(self, request: RouteInput, choice: Choice) -> None:
+        """Reserve the attempt's estimated cost against the caller's hard budgets before calling."""
+        if self._budgets is None:
+            return
+        try:
+            await self._budgets.hold(
+                request.caller,
+                request.request_id,
+                request.run_id,
+                choice.estimated_cost_usd,
+                fail_closed=self._settings.budget_fail_mode == "closed",
+            )
+        except BaseException:
+            self._cooldowns.release(choice.spec.model)  # the probe slot, if this was the probe
+            raise
 
     def _call_kwargs(
         self, request: RouteInput, choice: Choice, deadline: float | None, dispatch: _Dispatch
@@ -713,6 +730,7 @@ class Router:
                         choice.spec.model
                     ):
                         continue
+                    await self._hold(request, choice)
                     async with contextlib.aclosing(
                         self._stream_once(request, choice, deadline, outcomes)
                     ) as stream:

@@ -230,6 +230,7 @@ async def create_server(
             ledger_pb2_grpc.LedgerServiceStub(ledger_channel),
             settings.budget_check_ttl_seconds,
             settings.budget_check_timeout_seconds,
+            hold_timeout_seconds=settings.budget_hold_timeout_seconds,
         )
         if settings.budgets_enabled
         else None

@@ -67,6 +67,9 @@ class RouterSettings(ServiceSettings):
     budgets_enabled: bool = True
     budget_check_ttl_seconds: float = Field(default=2.0, gt=0)
     budget_check_timeout_seconds: float = Field(default=0.3, gt=0)
+    # A hold (ReserveBudget, before a provider call of a caller with a hard budget) waits longer than
+    # a check: concurrent holds of one budget queue in the ledger, and giving up fails open or closed.
+    budget_hold_timeout_seconds: float = Field(default=3.0, gt=0)
     # Near a soft limit every threshold rises by this much, shifting traffic to cheaper tiers.
     budget_soft_limit_shift: float = Field(default=0.03, ge=0, le=1)
     # When CheckBudget cannot answer: "open" routes on the last known state, with a
