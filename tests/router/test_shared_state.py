@@ -92,6 +92,7 @@ async def test_a_retry_on_the_other_replica_is_replayed_not_called_again(pair: P
 
 async def test_a_retry_while_the_run_is_in_flight_on_the_other_replica_waits_for_it(pair: Pair) -> None:
     await pair.a.fault(model="*", fault="delay", delay_ms=400, count=1)
+
     async def slow() -> router_pb2.RouteResponse:
         return await pair.a.stub.Route(route(request_id="slow-1"), timeout=10)
 
