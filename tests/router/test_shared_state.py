@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
@@ -155,3 +156,65 @@ async def test_only_one_replica_runs_a_key_claimed_on_both_at_once(pair: Pair) -
     )
     assert sorted(r.replayed for r in results) == [False, True] and results[0].run_id == results[1].run_id
     assert await calls(pair.a) == 1
+
+
+async def test_redis_killed_under_load_and_restarted_loses_and_doubles_nothing(
+    classifier_address: str, simulator_url: str, tmp_path: Path
+) -> None:
+    """A private Redis (redis-server on a free port), killed with SIGKILL while two routers serve, then
+    restarted: every request is answered, every provider call is recorded once, sharing resumes."""
+    import shutil
+    import signal
+    import socket
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is needed (Debian's redis-server package, as on the CI machines)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [server, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    redis_process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = aioredis.from_url(url)
+    for _ in range(100):
+        try:
+            await client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            await asyncio.sleep(0.05)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = await start(classifier_address, simulator_url, tmp_path / "a", url, "kill:")
+    b = await start(classifier_address, simulator_url, tmp_path / "b", url, "kill:")
+    try:
+        answered = 0
+
+        async def burst(tag: str, n: int) -> None:
+            nonlocal answered
+            replies = await asyncio.gather(
+                *((a, b)[i % 2].stub.Route(route(request_id=f"{tag}-{i}"), timeout=20) for i in range(n))
+            )
+            answered += sum(1 for r in replies if r.content)
+
+        await burst("before", 20)
+        redis_process.send_signal(signal.SIGKILL)
+        await redis_process.wait()
+        await burst("during", 20)  # both routers on their own memory now
+        redis_process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+        await asyncio.sleep(1.5)  # they try Redis again at most once a second
+        await burst("after", 20)
+        assert answered == 60
+        records = len(a.sink.records) + len(b.sink.records)
+        assert records == await calls(a) == 60  # every call recorded, once
+        first = await a.stub.Route(route(request_id="shared-again"))
+        again = await b.stub.Route(route(request_id="shared-again"))
+        assert (
+            again.replayed
+            and again.run_id == first.run_id
+            and "shared_state_unavailable" not in first.warnings
+        )
+    finally:
+        await stop(a, b)
+        await client.aclose()
+        redis_process.kill()
+        await redis_process.wait()
