@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from classifier_svc import embeddings
+from classifier_svc.shared_cache import SharedVerdicts
 from classifier_svc.strategies.base import Conversation, Overhead, Strategy, Verdict
 from classifier_svc.strategies.heuristic import detect_category
 from llmroute.common.v1 import common_pb2
@@ -275,6 +276,7 @@ class CachedStrategy:
         clock: Callable[[], float] = time.monotonic,
         embed: Callable[[list[str]], np.ndarray] = embeddings.embed,
         should_store: Callable[[Verdict], bool] = lambda verdict: True,
+        shared: SharedVerdicts | None = None,
     ) -> None:
         """`should_store` refuses verdicts not worth reusing (e.g. the local answer after an LLM failure)."""
         if max_entries < 1 or ttl_seconds <= 0 or not 0 < min_similarity <= 1:
@@ -288,6 +290,7 @@ class CachedStrategy:
         self._clock = clock
         self._embed = embed
         self._should_store = should_store
+        self._shared = shared
         self.stats = CacheStats()
         # Least recently used first.
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
@@ -327,6 +330,13 @@ class CachedStrategy:
                 self.stats.exact_hits += 1
                 return self._hit(entry, "exact")
         probe = self._probe(conversation)
+        if not skip_cache and self._shared is not None:
+            shared = await self._shared.get(digest)  # another replica's verdict for this conversation
+            if shared is not None:
+                self.stats.hits += 1
+                self.stats.exact_hits += 1
+                entry = self._store(system_key, digest, probe, shared)
+                return self._hit(entry, "exact, shared")
         if not skip_cache:
             found = self._similar(system_key, probe)
             if found is not None:
@@ -338,6 +348,8 @@ class CachedStrategy:
         verdict = await self.inner.classify(conversation)
         if self._should_store(verdict):
             self._store(system_key, digest, probe, verdict)
+            if self._shared is not None:
+                self._shared.put(digest, verdict)
         return verdict
 
     def clear(self) -> None:
@@ -411,7 +423,7 @@ class CachedStrategy:
 
     # Storage.
 
-    def _store(self, system_key: str, digest: bytes, probe: _Probe, verdict: Verdict) -> None:
+    def _store(self, system_key: str, digest: bytes, probe: _Probe, verdict: Verdict) -> _Entry:
         now = self._clock()
         previous = self._by_digest.get(digest)
         if previous is not None:
@@ -440,6 +452,7 @@ class CachedStrategy:
         self._entries[entry.id] = entry
         self._by_digest[digest] = entry.id
         self.stats.stores += 1
+        return entry
 
     def _drop_expired_head(self, now: float) -> None:
         # Entries expire in insertion order but hits reorder them: this only catches the common case,

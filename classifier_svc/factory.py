@@ -51,6 +51,11 @@ def build_strategy(settings: ClassifierSettings) -> Strategy:
         def should_store(verdict: Verdict) -> bool:
             return not is_llm_fallback(verdict)
 
+    shared = None
+    if settings.redis_url:
+        from classifier_svc.shared_cache import SharedVerdicts
+
+        shared = SharedVerdicts(settings.redis_url, settings.redis_prefix, settings.cache_ttl_seconds)
     return CachedStrategy(
         strategy,
         max_entries=settings.cache_max_entries,
@@ -58,6 +63,7 @@ def build_strategy(settings: ClassifierSettings) -> Strategy:
         min_similarity=settings.cache_min_similarity,
         guard=settings.cache_guard,
         should_store=should_store,
+        shared=shared,
     )
 
 

@@ -47,5 +47,9 @@ class ClassifierSettings(ServiceSettings):
     cache_min_similarity: float = Field(default=0.97, gt=0, le=1)
     # Refuse a similar entry whose negations, numbers, names, task or language differ (see docs).
     cache_guard: bool = True
+    # The cache's exact entries shared by classifier replicas (classifier_svc/shared_cache.py), in
+    # Redis (redis://host:6379/0); empty: each replica's own.
+    redis_url: str = ""
+    redis_prefix: str = "llmroute:"
     # Conversations longer than this (characters, all messages) are refused with INVALID_ARGUMENT.
     max_prompt_chars: int = Field(default=400_000, ge=1)
