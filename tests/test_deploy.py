@@ -29,6 +29,7 @@ from classifier_svc.settings import ClassifierSettings
 from ledger_svc.client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from router_svc.policy_source import PolicySource
+from router_svc.routing import Router
 from router_svc.settings import RouterSettings
 from service_kit.policy import Thresholds, load_policy
 from service_kit.policy_file import rewrite
@@ -223,6 +224,11 @@ def test_each_service_has_its_deployment_service_autoscaler_and_disruption_budge
     budgets = objects(overlay, "PodDisruptionBudget")
     # The simulator only where every call is simulated on purpose.
     assert set(deployments) == {*SERVICES, *(["simulator"] if overlay == "overlays/dev" else [])}
+    # The router's pods also by their own addresses, for clients balancing calls (round_robin).
+    headless = services["router-headless"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == services["router"]["spec"]["selector"]
+    assert headless["spec"]["ports"] == services["router"]["spec"]["ports"]
     for name, found in deployments.items():
         pod_labels = found["spec"]["template"]["metadata"]["labels"]
         selector = found["spec"]["selector"]["matchLabels"]
@@ -350,14 +356,16 @@ def test_the_policy_config_map_is_the_repositorys_policy_mounted_as_a_directory(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_termination_grace_outlasts_the_services_drain(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The router's shutdown (service_kit/server.py, router_svc/server.py): NOT_SERVING, in-flight calls
-    # get grace_seconds, then its closers run, the spool's LedgerReporter.close with its default drain.
+    # get grace_seconds, then its closers run with their default time limits: Router.close lets
+    # background explorations finish, LedgerReporter.close drains the spool.
+    explorations = inspect.signature(Router.close).parameters["timeout"].default
     spool_drain = inspect.signature(LedgerReporter.close).parameters["drain_timeout"].default
     for name in SERVICES:
         pod = deployment(overlay, name)["spec"]["template"]["spec"]
         settings = settings_from(monkeypatch, name, environment(overlay, name))
         pre_stop = container(overlay, name)["lifecycle"]["preStop"]["sleep"]["seconds"]
         # The kubelet's countdown starts with the preStop hook, before SIGTERM.
-        needed = pre_stop + settings.grace_seconds + (spool_drain if name == "router" else 0)
+        needed = pre_stop + settings.grace_seconds + (explorations + spool_drain if name == "router" else 0)
         assert pod["terminationGracePeriodSeconds"] > needed, name
 
 
@@ -391,7 +399,7 @@ def test_production_calls_real_providers_with_pinned_images_in_a_restricted_name
     external = {
         name: s["spec"]["externalName"]
         for name, s in objects(overlay, "Service").items()
-        if s["spec"]["type"] == "ExternalName"
+        if s["spec"].get("type") == "ExternalName"
     }
     assert set(external) == {"postgres", "redis"}
     refs = {
