@@ -44,12 +44,12 @@ POLICY = ROOT / "config" / "policy.yaml"
 KUBERNETES_VERSIONS = ("1.32.0", "1.37.0")
 OVERLAYS = ("base", "overlays/production", "overlays/dev")
 SERVICES = ("router", "classifier", "ledger")
-# Container (and compose service) → its settings class and environment prefix.
-SETTINGS: dict[str, tuple[type[BaseSettings], str]] = {
-    "router": (RouterSettings, "ROUTER_"),
-    "classifier": (ClassifierSettings, "CLASSIFIER_"),
-    "ledger": (LedgerSettings, "LEDGER_"),
-    "simulator": (SimulatorSettings, "SIMULATOR_"),
+# Container (and compose service) → the settings class its process builds from the environment.
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "router": RouterSettings,
+    "classifier": ClassifierSettings,
+    "ledger": LedgerSettings,
+    "simulator": SimulatorSettings,
 }
 DOCKERFILES = {
     "router": "router_svc",
@@ -96,7 +96,7 @@ def deployment(overlay: str, name: str) -> Obj:
 
 
 def container(overlay: str, name: str) -> Obj:
-    (found,) = [c for c in deployment(overlay, name)["spec"]["template"]["spec"]["containers"]]
+    (found,) = deployment(overlay, name)["spec"]["template"]["spec"]["containers"]
     assert found["name"] == name
     return found
 
@@ -124,7 +124,8 @@ def environment(overlay: str, name: str) -> dict[str, str | None]:
 def accepted_variables(service: str) -> set[str]:
     """What the service reads: its settings fields under its prefix, the provider keys, LiteLLM's
     price-map switch, and the key variables the policy's models name (`api_key_env`)."""
-    settings_class, prefix = SETTINGS[service]
+    settings_class = SETTINGS[service]
+    prefix = settings_class.model_config["env_prefix"]
     names = {prefix + field.upper() for field in settings_class.model_fields}
     policy = load_policy(POLICY)
     named = {m.api_key_env for models in policy.tiers.values() for m in models if m.api_key_env}
@@ -135,7 +136,8 @@ def settings_from(
     monkeypatch: pytest.MonkeyPatch, service: str, env: dict[str, str | None] | dict[str, str]
 ) -> Any:
     """The service's settings as its process would build them from `env` (unknown values left out)."""
-    settings_class, prefix = SETTINGS[service]
+    settings_class = SETTINGS[service]
+    prefix = settings_class.model_config["env_prefix"]
     for key in list(os.environ):
         if key.startswith(prefix):
             monkeypatch.delenv(key)
