@@ -31,7 +31,7 @@ from router_svc.pricing import PriceSource
 from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
 from router_svc.settings import RouterSettings
-from router_svc.shared import SharedCooldowns, SharedIdempotency, SharedState
+from router_svc.shared import HEALTH_COMPONENT, SYNC_SECONDS, SharedCooldowns, SharedIdempotency, SharedState
 from router_svc.validators import Expectations
 from router_svc.warmup import most_used_models, warm_up, warm_up_plan
 from service_kit import metadata
@@ -366,7 +366,27 @@ async def _share(
             await asyncio.gather(syncing, return_exceptions=True)
 
         running.closers.append(stop_syncing)
+    watching = asyncio.create_task(_watch_shared(running, shared))
+
+    async def stop_watching() -> None:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    running.closers.append(stop_watching)
     log.info("shared_state", **shared.health())
+
+
+async def _watch_shared(
+    running: service_server.RunningServer, shared: SharedState, interval: float = SYNC_SECONDS
+) -> None:
+    """Health shows whether Redis is shared now: the component `llmroute.shared_state` is NOT_SERVING
+    while the router runs on its own memory (the router itself stays SERVING: it answers, unshared)."""
+    reported: bool | None = None
+    while True:
+        if shared.available != reported:
+            reported = shared.available
+            await running.set_component(HEALTH_COMPONENT, reported)
+        await asyncio.sleep(interval)
 
 
 async def _watch_recording(

@@ -11,8 +11,10 @@ Without Redis each replica keeps both in memory, as a single router always has. 
 
 Redis down: each call that needs it falls back to the replica's own memory (a request already
 claimed in Redis is finished there when it can be), the router keeps serving, logs
-`shared_state_unavailable`, reports it in `health()` and in the responses' warnings
-(`shared_state_unavailable`), and uses Redis again as soon as a call succeeds.
+`shared_state_unavailable`, reports it in the responses' warnings (`shared_state_unavailable`), in
+health (the component `llmroute.shared_state` goes NOT_SERVING; the router itself stays SERVING) and in
+metrics (`llmroute_router_shared_state_up` 0, `llmroute_router_shared_state_errors_total`), and uses
+Redis again as soon as a call succeeds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
+from prometheus_client import Counter, Gauge
 
 from llmroute.router.v1 import router_pb2
 from router_svc.cooldown import Cooldowns
@@ -38,6 +41,14 @@ _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSErro
 LEASE_SECONDS = 15.0
 RENEW_SECONDS = 5.0
 SYNC_SECONDS = 0.5
+HEALTH_COMPONENT = "llmroute.shared_state"
+
+SHARED_STATE_UP = Gauge(
+    "llmroute_router_shared_state_up", "1 while Redis answers; 0 while the router runs on local state."
+)
+SHARED_STATE_ERRORS = Counter(
+    "llmroute_router_shared_state_errors", "Redis calls that failed, each answered from local state."
+)
 
 # Claim a key for a run: "own" (run it), "reused" (another request), "done" + response, or "wait".
 _CLAIM = """
@@ -94,16 +105,20 @@ class SharedState:
         self.prefix = prefix
         self.available = True
         self.last_error = ""
+        SHARED_STATE_UP.set(1)  # until a call says otherwise
 
     def down(self, error: BaseException) -> None:
+        SHARED_STATE_ERRORS.inc()
         if self.available:
             log.error("shared_state_unavailable", error=type(error).__name__)
+            SHARED_STATE_UP.set(0)
         self.available = False
         self.last_error = type(error).__name__
 
     def up(self) -> None:
         if not self.available:
             log.info("shared_state_available")
+        SHARED_STATE_UP.set(1)
         self.available = True
         self.last_error = ""
 

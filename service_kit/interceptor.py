@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import traceback
@@ -11,14 +12,15 @@ from typing import Any
 import grpc
 import structlog
 
-from service_kit import metadata
+from service_kit import metadata, metrics
 from service_kit.errors import ServiceError
 
 log = structlog.get_logger()
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Binds `rpc_method` and `request_id` into contextvars and maps `ServiceError` to its status.
+    """Binds `rpc_method` and `request_id` into contextvars, maps `ServiceError` to its status, and
+    counts each RPC by method and status code (service_kit/metrics.py).
 
     Anything else that escapes a handler is a bug: it is logged with its traceback and the client
     gets INTERNAL without the exception text (which could echo a prompt).
@@ -76,12 +78,20 @@ def _wrap_unary(
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _bind(method, request_id)
         started = time.perf_counter()
+        code = "OK"
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
+            code = _code(context)
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
             raise
         except Exception as error:
+            code = _error_code(error)
             await _fail(context, error, started)
+        finally:
+            metrics.observe_rpc(method, code, time.perf_counter() - started)
 
     return wrapped
 
@@ -92,13 +102,31 @@ def _wrap_stream(
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _bind(method, request_id)
         started = time.perf_counter()
+        code = "OK"
         try:
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response
         except grpc.aio.AbortError:
+            code = _code(context)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
             raise
         except Exception as error:
+            code = _error_code(error)
             await _fail(context, error, started)
+        finally:
+            metrics.observe_rpc(method, code, time.perf_counter() - started)
 
     return wrapped
+
+
+def _code(context: grpc.aio.ServicerContext) -> str:
+    """The status a handler aborted with."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+def _error_code(error: Exception) -> str:
+    return error.code.name if isinstance(error, ServiceError) else "INTERNAL"

@@ -17,6 +17,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_kit import metrics
 from service_kit.interceptor import ServiceInterceptor
 from service_kit.logging import configure_logging
 from service_kit.settings import ServiceSettings
@@ -57,6 +58,12 @@ class RunningServer:
         )
         for name in ("", *self.service_names):
             await self.health.set(name, status)
+
+    async def set_component(self, name: str, up: bool) -> None:
+        """A part's own health under its own name (`grpc.health.v1.Health/Check` with `service` set to
+        it), for a part whose loss degrades the service without stopping it."""
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(name, status)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -110,6 +117,11 @@ def run_service(
     configure_logging(name, settings.log_level, settings.log_json, settings.log_library_messages)
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=worker)
+
+    if settings.metrics_port:
+        # Workers share the service's port, not the metrics one: worker i serves on metrics_port + i.
+        port = metrics.serve(settings.host, settings.metrics_port + (worker or 0))
+        log.info("metrics_serving", port=port)
 
     async def serve() -> None:
         stopping = stop_requested()

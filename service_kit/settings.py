@@ -15,6 +15,8 @@ class ServiceSettings(BaseSettings):
     log_library_messages: bool = False
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_seconds: float = Field(default=5.0, ge=0)
+    # Prometheus metrics at http://host:metrics_port/metrics (service_kit/metrics.py); 0: not served.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @property
     def address(self) -> str:

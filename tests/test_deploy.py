@@ -282,7 +282,10 @@ def test_probes_are_grpc_health_checks_on_the_port_the_service_listens_on(
         # The kubelet probes the pod's IP: a service listening on 127.0.0.1 (the default) fails them.
         assert settings.host == "0.0.0.0"
         spec = container(overlay, name)
-        assert {p["name"]: p["containerPort"] for p in spec["ports"]} == {"grpc": settings.port}
+        ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+        assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+        annotations = deployment(overlay, name)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(settings.metrics_port) != "0"
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = spec[kind]
             handlers = set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"}

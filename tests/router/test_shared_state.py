@@ -15,11 +15,13 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc.server import create_server
-from router_svc.shared import idempotency_key
+from router_svc.shared import HEALTH_COMPONENT, idempotency_key
 from tests.doubles import RecordingSink
 from tests.rich_status import details
 from tests.router.conftest import RouterHarness, router_settings
@@ -137,6 +139,7 @@ async def test_a_crashed_owners_run_is_taken_over_when_its_lease_lapses(pair: Pa
 async def test_redis_down_changes_nothing_but_the_sharing(
     classifier_address: str, simulator_url: str, tmp_path: Path
 ) -> None:
+    errors_before = REGISTRY.get_sample_value("llmroute_router_shared_state_errors_total") or 0
     harness = await start(classifier_address, simulator_url, tmp_path, "redis://127.0.0.1:1/0", "down:")
     try:
         first = await harness.stub.Route(route(request_id="local-1"))
@@ -144,8 +147,31 @@ async def test_redis_down_changes_nothing_but_the_sharing(
         assert "shared_state_unavailable" in first.warnings
         assert again.replayed and again.run_id == first.run_id  # this replica's own memory still binds it
         assert await calls(harness) == 1
+        # Said in health (the router serves; its shared state does not), and in metrics.
+        assert await health(harness) == "SERVING"
+        assert await health(harness, HEALTH_COMPONENT, until="NOT_SERVING") == "NOT_SERVING"
+        assert REGISTRY.get_sample_value("llmroute_router_shared_state_up") == 0
+        assert (REGISTRY.get_sample_value("llmroute_router_shared_state_errors_total") or 0) > errors_before
     finally:
         await stop(harness)
+
+
+async def health(harness: RouterHarness, component: str = "", until: str = "") -> str:
+    """The health status of the router (or of one of its components); with `until`, waits up to 2 s
+    for that status (a component's status follows Redis within half a second) and returns the last."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{harness.server.port}")
+    try:
+        for _ in range(40):
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=component), timeout=2
+            )
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            if status == until or not until:
+                break
+            await asyncio.sleep(0.05)
+        return status
+    finally:
+        await channel.close()
 
 
 async def test_only_one_replica_runs_a_key_claimed_on_both_at_once(pair: Pair) -> None:
@@ -200,9 +226,13 @@ async def test_redis_killed_under_load_and_restarted_loses_and_doubles_nothing(
         redis_process.send_signal(signal.SIGKILL)
         await redis_process.wait()
         await burst("during", 20)  # both routers on their own memory now
+        assert await health(a, HEALTH_COMPONENT, until="NOT_SERVING") == "NOT_SERVING"
+        assert await health(a) == "SERVING"
         redis_process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
         await asyncio.sleep(1.5)  # they try Redis again at most once a second
         await burst("after", 20)
+        assert await health(a, HEALTH_COMPONENT, until="SERVING") == "SERVING"
+        assert await health(b, HEALTH_COMPONENT, until="SERVING") == "SERVING"
         assert answered == 60
         records = len(a.sink.records) + len(b.sink.records)
         assert records == await calls(a) == 60  # every call recorded, once
