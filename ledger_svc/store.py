@@ -351,24 +351,35 @@ class LedgerStore:
         return (await self.stats(window, (), caller)).totals
 
     async def export(self, window: Window, batch: int = 1000) -> AsyncIterator[Mapping[Any, Any]]:
-        """Raw records of the window, oldest first (pruned hours have none)."""
+        """Raw records of the window, oldest first (pruned hours have none).
+
+        Read a page at a time, each page its own short query after the last row's key: a client that
+        reads slowly (or stops) holds no database connection between pages, and a cancelled export
+        never leaves a connection to be torn down mid-query."""
+        order = (
+            usage_records.c.ts,
+            usage_records.c.request_id,
+            usage_records.c.caller,
+            usage_records.c.run_id,
+            usage_records.c.attempt,
+        )
         query = (
             sa.select(usage_records)
             .where(usage_records.c.ts >= window.since_us, usage_records.c.ts < window.until_us)
-            .order_by(
-                usage_records.c.ts,
-                usage_records.c.request_id,
-                usage_records.c.caller,
-                usage_records.c.run_id,
-                usage_records.c.attempt,
-            )
-            .execution_options(yield_per=batch)
+            .order_by(*order)
+            .limit(batch)
         )
-        async with self._engines.read.connect() as conn, conn.begin():
-            result = await conn.stream(query)
-            async for partition in result.mappings().partitions(batch):
-                for row in partition:
-                    yield row
+        after: tuple[Any, ...] | None = None
+        while True:
+            page_query = query if after is None else query.where(sa.tuple_(*order) > sa.tuple_(*after))
+            async with self._engines.read.connect() as conn:
+                page = (await conn.execute(page_query)).mappings().all()
+            for row in page:
+                yield row
+            if len(page) < batch:
+                return
+            last = page[-1]
+            after = tuple(last[column.name] for column in order)
 
     # ---- budgets ------------------------------------------------------------------------------
 
