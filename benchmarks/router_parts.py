@@ -54,12 +54,12 @@ async def _run(simulator_url: str, state: Path) -> None:
     from llmroute.common.v1 import common_pb2
     from router_svc.classification import Classification
     from router_svc.cooldown import Cooldowns
-    from router_svc.policy_source import PolicySource
     from router_svc.pricing import PriceSource
     from router_svc.providers import Providers
     from router_svc.routing import RouteInput, Router
     from router_svc.settings import RouterSettings
     from service_kit.logging import configure_logging
+    from service_kit.policy_source import PolicySource
 
     settings = RouterSettings(
         simulator="always", simulator_url=simulator_url, classifier_mode="local", budgets_enabled=False

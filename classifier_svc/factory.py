@@ -22,7 +22,7 @@ from classifier_svc.cache import CachedStrategy
 from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Strategy, Verdict
 from classifier_svc.strategies.heuristic import HeuristicStrategy
-from service_kit.policy import load_policy
+from service_kit.policy import Thresholds, load_policy
 
 if TYPE_CHECKING:
     from classifier_svc.strategies.llm import LLMStrategy
@@ -38,8 +38,15 @@ class LLMNotConfiguredError(ValueError):
     """strategy=llm, but neither llm_base_url nor the model provider's API key is set."""
 
 
-def build_strategy(settings: ClassifierSettings) -> Strategy:
-    strategy = _build_uncached(settings)
+def build_strategy(
+    settings: ClassifierSettings, thresholds: Callable[[], Thresholds] | None = None
+) -> Strategy:
+    """The configured strategy. `thresholds` gives the policy's current thresholds, which place the LLM
+    classifier's verdicts (default: the policy file's, read once)."""
+    if thresholds is None:
+        fixed = load_policy(settings.policy_path).thresholds
+        thresholds = lambda: fixed  # noqa: E731
+    strategy = _build_uncached(settings, thresholds)
     if not settings.cache_enabled:
         return strategy
     should_store: Callable[[Verdict], bool] = _always
@@ -95,7 +102,7 @@ def local_model(artifact_dir: Path) -> Strategy:
     return learned.LearnedStrategy(artifact_dir)
 
 
-def _build_uncached(settings: ClassifierSettings) -> Strategy:
+def _build_uncached(settings: ClassifierSettings, thresholds: Callable[[], Thresholds]) -> Strategy:
     local = build_local_strategy(settings)
     if settings.strategy in ("heuristic", "local"):
         return local
@@ -109,17 +116,19 @@ def _build_uncached(settings: ClassifierSettings) -> Strategy:
             raise LLMNotConfiguredError(
                 f"strategy=llm needs CLASSIFIER_LLM_BASE_URL or the API key of {settings.llm_model}'s provider"
             )
-        return _build_llm(settings, local)
+        return _build_llm(settings, local, thresholds)
     if not configured:
         log.info("llm_classifier_not_configured", model=settings.llm_model, strategy="cascade")
     return CascadeStrategy(
         local,
-        _build_llm(settings, local) if configured else None,
+        _build_llm(settings, local, thresholds) if configured else None,
         min_confidence=settings.cascade_min_confidence,
     )
 
 
-def _build_llm(settings: ClassifierSettings, local: Strategy) -> LLMStrategy:
+def _build_llm(
+    settings: ClassifierSettings, local: Strategy, thresholds: Callable[[], Thresholds]
+) -> LLMStrategy:
     from classifier_svc.strategies.llm import LLMStrategy, build_llm_model
 
     return LLMStrategy(
@@ -128,7 +137,7 @@ def _build_llm(settings: ClassifierSettings, local: Strategy) -> LLMStrategy:
         model_id=settings.llm_model,
         timeout_seconds=settings.llm_timeout_seconds,
         max_input_chars=settings.llm_max_input_chars,
-        thresholds=load_policy(settings.policy_path).thresholds,
+        thresholds=thresholds,
     )
 
 

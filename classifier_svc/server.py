@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -15,7 +18,8 @@ from classifier_svc.strategies.base import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
-from service_kit.policy import Policy, load_policy
+from service_kit.policy import Policy
+from service_kit.policy_source import PolicySource
 from service_kit.validation import message_violations
 
 log = structlog.get_logger()
@@ -27,7 +31,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
     def __init__(
         self,
         strategy: Strategy,
-        policy: Policy,
+        policy: Callable[[], Policy],
         max_prompt_chars: int,
         description: classifier_pb2.DescribeResponse | None = None,
     ) -> None:
@@ -54,7 +58,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         else:
             verdict = await self._strategy.classify(conversation)
         latency_ms = (time.perf_counter() - started) * 1000
-        tier = self._policy.tier_for(verdict.score, verdict.family, verdict.category)
+        tier = self._policy().tier_for(verdict.score, verdict.family, verdict.category)
         log.debug(
             "classified",
             tier=tier,
@@ -67,11 +71,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
 
 async def create_server(settings: ClassifierSettings) -> service_server.RunningServer:
     """Start the server; health turns SERVING only once the strategy has warmed up."""
-    policy = load_policy(settings.policy_path)
-    strategy = build_strategy(settings)
+    policy = PolicySource(settings.policy_path)
+    strategy = build_strategy(settings, lambda: policy.current().thresholds)
+    if isinstance(strategy, CachedStrategy):
+        # Verdicts of the LLM classifier are placed on the thresholds' scale: new thresholds, new verdicts.
+        policy.on_change(strategy.clear)
     server = service_server.new_server()
     classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(
-        ClassifierServicer(strategy, policy, settings.max_prompt_chars, describe(settings)), server
+        ClassifierServicer(strategy, policy.current, settings.max_prompt_chars, describe(settings)), server
     )
     running = await service_server.start(server, settings.address, [SERVICE_NAME])
     started = time.perf_counter()
@@ -80,6 +87,20 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     except BaseException:
         await running.stop(0)  # no half-started server left behind; the error says why
         raise
+    watching = asyncio.create_task(policy.watch())
+
+    async def stop_watching() -> None:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+    running.closers.append(stop_watching)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, policy.reload)
+
+    async def stop_reloading() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    running.closers.append(stop_reloading)
     log.info(
         "classifier_ready",
         strategy=strategy.name,

@@ -26,7 +26,6 @@ from router_svc.cooldown import Cooldowns
 from router_svc.exploration import ExplorationBudget, Explorer
 from router_svc.idempotency import IdempotencyCache, fingerprint
 from router_svc.judge import Judge
-from router_svc.policy_source import PolicySource
 from router_svc.pricing import PriceSource
 from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
@@ -38,6 +37,7 @@ from service_kit import metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import TIER_BY_NAME
+from service_kit.policy_source import PolicySource
 from service_kit.validation import bounded, message_violations
 
 log = structlog.get_logger()

@@ -28,11 +28,11 @@ from sqlalchemy.engine import make_url
 from classifier_svc.settings import ClassifierSettings
 from ledger_svc.client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
-from router_svc.policy_source import PolicySource
 from router_svc.routing import Router
 from router_svc.settings import RouterSettings
 from service_kit.policy import Thresholds, load_policy
 from service_kit.policy_file import rewrite
+from service_kit.policy_source import PolicySource
 from service_kit.providers import PROVIDER_KEYS
 from simulator.settings import SimulatorSettings
 

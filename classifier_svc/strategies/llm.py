@@ -256,7 +256,7 @@ class LLMStrategy:
         model_id: str | None = None,
         timeout_seconds: float = 10.0,
         max_input_chars: int = 12_000,
-        thresholds: Thresholds | None = None,
+        thresholds: Callable[[], Thresholds] | None = None,
         pricing: Callable[[str], Price | None] = litellm_price,
         attempts: int = 2,
     ) -> None:
@@ -385,7 +385,7 @@ class LLMStrategy:
             confidence = 0.85 if nominal == tier else 0.6
             if nominal != tier:
                 notes.append("tier and score disagree")
-            score = _band_middle(self._thresholds, tier)
+            score = _band_middle(self._thresholds(), tier)
         if self._resolve_price() is None:
             notes.append(f"cost unknown: no price for {self._model_id}")
         return Verdict(

@@ -55,7 +55,7 @@ def llm(model: pydantic_ai.models.Model, **kwargs: object) -> LLMStrategy:
     options: dict[str, object] = {
         "fallback": HeuristicStrategy(),
         "pricing": lambda model_id: PRICE,
-        "thresholds": THRESHOLDS,
+        "thresholds": lambda: THRESHOLDS,
         **kwargs,
     }
     return LLMStrategy(model, **options)  # type: ignore[arg-type]

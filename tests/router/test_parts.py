@@ -11,11 +11,11 @@ import yaml
 from llmroute.common.v1 import common_pb2
 from router_svc._litellm import litellm
 from router_svc.cooldown import Cooldowns
-from router_svc.policy_source import PolicySource
 from router_svc.pricing import PriceBook
 from router_svc.providers import Providers
 from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, first_failure
 from service_kit.policy import DEFAULT_POLICY_PATH, ModelSpec, PolicyError, load_policy
+from service_kit.policy_source import PolicySource
 
 
 def test_prices_come_from_litellms_map_with_cached_and_reasoning_tokens() -> None:

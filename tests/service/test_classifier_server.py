@@ -122,3 +122,36 @@ async def test_describe_says_whether_an_llm_stands_behind_the_local_model(
         await running.stop(0)
     assert (description.strategy, description.llm_model) == (strategy, llm_model)
     assert description.cascade_min_confidence == pytest.approx(bound if strategy == "cascade" else 0.0)
+
+
+async def test_a_changed_policy_is_taken_without_a_restart(tmp_path) -> None:
+    """The policy ConfigMap updated in place (or the file edited, then SIGHUP): new thresholds, new tiers."""
+    import asyncio
+    import os
+    import signal
+
+    from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds
+    from service_kit.policy_file import rewrite
+
+    path = tmp_path / "policy.yaml"
+    text = DEFAULT_POLICY_PATH.read_text()
+    path.write_text(text)
+    running = await create_server(ClassifierSettings(port=0, strategy="heuristic", policy_path=path))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+            request = classify_request(("user", "Is this spam? 'WIN A FREE PHONE'"))
+            assert (await stub.Classify(request)).tier == common_pb2.TIER_SIMPLE
+            path.write_text(rewrite(text, Thresholds(moderate=0.0001, complex=0.0002, reasoning=0.0003)))
+            os.kill(os.getpid(), signal.SIGHUP)  # without it, the file's poll finds it within 2 s
+            for _ in range(100):
+                if (await stub.Classify(request)).tier == common_pb2.TIER_REASONING:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await stub.Classify(request)).tier == common_pb2.TIER_REASONING
+            path.write_text("tiers: [not a policy")  # a bad file is refused; the last good one stays
+            os.kill(os.getpid(), signal.SIGHUP)
+            await asyncio.sleep(0.1)
+            assert (await stub.Classify(request)).tier == common_pb2.TIER_REASONING
+    finally:
+        await running.stop(0)

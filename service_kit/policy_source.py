@@ -1,8 +1,10 @@
-"""The live routing policy: reloaded when the file changes or on SIGHUP; a bad file keeps the old one."""
+"""The live routing policy (router and classifier): reloaded when the file changes or on SIGHUP; a bad
+file keeps the old one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -18,6 +20,11 @@ class PolicySource:
         self._poll_seconds = poll_seconds
         self._policy = load_policy(self._path)  # at start a bad policy is fatal: fail fast
         self._mtime = self._stat()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each policy change that was taken."""
+        self._listeners.append(listener)
 
     def current(self) -> Policy:
         return self._policy
@@ -32,6 +39,8 @@ class PolicySource:
             return False
         self._policy = policy
         log.info("policy_reloaded", path=str(self._path), baseline_model=policy.baseline_model)
+        for listener in self._listeners:
+            listener()
         return True
 
     async def watch(self) -> None:
