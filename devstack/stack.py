@@ -1,8 +1,9 @@
-"""Runs the three services and the simulator as separate processes, the way the containers run them.
+"""Runs the three services, the simulator and the gateway as separate processes, the way the containers
+run them.
 
 Used by `make run`, `make demo` and the end-to-end tests. Each process gets the environment the
-docker-compose file gives its container; readiness is the standard gRPC health check (or the
-simulator's /health), and shutdown is SIGTERM, as a container runtime sends it.
+docker-compose file gives its container; readiness is the standard gRPC health check (the
+simulator's /health, the gateway's /readyz), and shutdown is SIGTERM, as a container runtime sends it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ MODULES = {
     "ledger": "ledger_svc",
     "classifier": "classifier_svc",
     "router": "router_svc",
+    "gateway": "gateway",
 }
+# What `start()` runs unless told otherwise; `make run` and `make demo` add the gateway.
+SERVICES = ("simulator", "ledger", "classifier", "router")
+WITH_GATEWAY = (*SERVICES, "gateway")
 
 
 @dataclass
@@ -37,10 +42,11 @@ class Ports:
     classifier: int = 50052
     ledger: int = 50053
     simulator: int = 8089
+    gateway: int = 8080
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(4)))
+        return cls(*(free_port() for _ in range(5)))
 
 
 def free_port() -> int:
@@ -80,11 +86,15 @@ class Stack:
                 "ROUTER_SIMULATOR_URL": f"http://127.0.0.1:{p.simulator}/v1",
                 "ROUTER_SPOOL_PATH": str(self.state_dir / "router-spool.db"),
             },
+            "gateway": {
+                "GATEWAY_HOST": "127.0.0.1",
+                "GATEWAY_PORT": str(p.gateway),
+                "GATEWAY_ROUTER_ADDRESS": f"127.0.0.1:{p.router}",
+                "GATEWAY_LEDGER_ADDRESS": f"127.0.0.1:{p.ledger}",
+            },
         }
 
-    def start(
-        self, services: tuple[str, ...] = ("simulator", "ledger", "classifier", "router"), timeout: float = 90
-    ) -> None:
+    def start(self, services: tuple[str, ...] = SERVICES, timeout: float = 90) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         envs = self.environments()
         for name in services:
@@ -140,10 +150,11 @@ class Stack:
         return (self.log_dir or self.state_dir) / f"{name}.log"
 
     def _ready(self, name: str) -> bool:
-        if name == "simulator":
+        if name in ("simulator", "gateway"):
+            path = "/health" if name == "simulator" else "/readyz"
             try:
                 with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.ports.simulator}/health", timeout=1
+                    f"http://127.0.0.1:{getattr(self.ports, name)}{path}", timeout=1
                 ) as reply:
                     return bool(reply.status == 200)
             except OSError:

@@ -1,0 +1,29 @@
+"""`python -m gateway`: serve the OpenAI-compatible gateway until SIGTERM."""
+
+import asyncio
+
+import structlog
+
+from gateway.server import create_server
+from gateway.settings import GatewaySettings
+from service_kit.logging import configure_logging
+
+
+async def serve(settings: GatewaySettings) -> None:
+    server, sock = create_server(settings)
+    structlog.get_logger().info(
+        "gateway_started",
+        address=f"{settings.host}:{sock.getsockname()[1]}",
+        router=settings.router_address,
+        ledger=settings.ledger_address,
+    )
+    await server.serve(sockets=[sock])
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level, settings.log_json, settings.log_library_messages)
+    asyncio.run(serve(settings))
+
+
+main()

@@ -1,0 +1,34 @@
+"""The gateway as a uvicorn server: `create_server(settings)` binds its socket (port 0 for tests)."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+
+def create_server(settings: GatewaySettings) -> tuple[uvicorn.Server, socket.socket]:
+    """The server and its bound listening socket (`server.serve(sockets=[sock])` serves it); the port
+    is `sock.getsockname()[1]`. uvicorn stops gracefully on SIGTERM and SIGINT: it stops accepting,
+    lets requests in flight finish for up to `grace_seconds`, then closes the gRPC channels."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    config = uvicorn.Config(
+        create_app(settings),
+        # httptools: the C HTTP parser (h11, the pure-Python one, costs more per request).
+        http="httptools",
+        loop="asyncio",
+        lifespan="on",
+        # Our own structured `chat_completion` line replaces the access log.
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=math.ceil(settings.grace_seconds),
+    )
+    return uvicorn.Server(config), sock
