@@ -10,6 +10,7 @@ import yaml
 
 from classifier_svc.settings import ClassifierSettings
 from devstack.stack import MODULES, Ports, Stack
+from gateway.settings import GatewaySettings
 from ledger_svc.settings import LedgerSettings
 from router_svc.settings import RouterSettings
 from service_kit.providers import PROVIDER_KEYS
@@ -22,12 +23,14 @@ SETTINGS = {
     "classifier": (ClassifierSettings, "CLASSIFIER_"),
     "ledger": (LedgerSettings, "LEDGER_"),
     "simulator": (SimulatorSettings, "SIMULATOR_"),
+    "gateway": (GatewaySettings, "GATEWAY_"),
 }
 DOCKERFILES = {
     "router": "router_svc",
     "classifier": "classifier_svc",
     "ledger": "ledger_svc",
     "simulator": "simulator",
+    "gateway": "gateway",
 }
 
 
@@ -85,7 +88,19 @@ def test_router_points_at_the_other_services_by_compose_name() -> None:
     assert RouterSettings().ledger_address.endswith(":" + str(LedgerSettings().port))
 
 
-FIRST_PARTY = ("service_kit", "classifier_svc", "router_svc", "ledger_svc", "simulator")
+def test_gateway_points_at_the_router_and_the_ledger_by_compose_name() -> None:
+    env = COMPOSE["gateway"]["environment"]
+    assert env["GATEWAY_ROUTER_ADDRESS"] == f"router:{COMPOSE['router']['environment']['ROUTER_PORT']}"
+    assert env["GATEWAY_LEDGER_ADDRESS"] == f"ledger:{COMPOSE['ledger']['environment']['LEDGER_PORT']}"
+    assert set(COMPOSE["gateway"]["depends_on"]) == {"router", "ledger"}
+    # The policy it lists models from is the router's, at the path the router's image holds it.
+    assert env["GATEWAY_POLICY_PATH"] == COMPOSE["router"]["environment"]["ROUTER_POLICY_PATH"]
+    # A bare `python -m gateway` finds the services' default ports.
+    assert GatewaySettings().router_address.endswith(":" + str(RouterSettings().port))
+    assert GatewaySettings().ledger_address.endswith(":" + str(LedgerSettings().port))
+
+
+FIRST_PARTY = ("service_kit", "classifier_svc", "router_svc", "ledger_svc", "simulator", "gateway")
 
 
 def _imported_modules(package: str) -> set[Path]:

@@ -487,7 +487,7 @@ def _compose_env(name: str) -> dict[str, str]:
 
 def test_plain_compose_up_is_unchanged_and_the_scale_profile_holds_the_rest() -> None:
     default = {name for name, service in COMPOSE.items() if "profiles" not in service}
-    assert default == {"simulator", "ledger", "classifier", "router"}
+    assert default == {"simulator", "ledger", "classifier", "router", "gateway"}
     scale = {name for name, service in COMPOSE.items() if "scale" in service.get("profiles", [])}
     assert scale == {*SCALED, "postgres", "redis"}
     assert default | scale == set(COMPOSE)
