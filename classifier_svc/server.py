@@ -16,6 +16,7 @@ from classifier_svc.responses import classify_response
 from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from service_kit import auth
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import Policy
@@ -25,6 +26,9 @@ from service_kit.validation import message_violations
 log = structlog.get_logger()
 
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
+# Who may call what, when keys are required (service_kit/auth.py): Classify may spend on the LLM
+# classifier, so routers (and admins) only.
+RULES = {"Classify": ("service", "admin"), "Describe": ("service", "admin")}
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
@@ -71,12 +75,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
 
 async def create_server(settings: ClassifierSettings) -> service_server.RunningServer:
     """Start the server; health turns SERVING only once the strategy has warmed up."""
+    gate = auth.gate("classifier", settings.host, settings.keys_file, settings.allow_open, RULES)
     policy = PolicySource(settings.policy_path)
     strategy = build_strategy(settings, lambda: policy.current().thresholds)
     if isinstance(strategy, CachedStrategy):
         # Verdicts of the LLM classifier are placed on the thresholds' scale: new thresholds, new verdicts.
         policy.on_change(strategy.clear)
-    server = service_server.new_server()
+    server = service_server.new_server(gate=gate)
     classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(
         ClassifierServicer(strategy, policy.current, settings.max_prompt_chars, describe(settings)), server
     )

@@ -39,6 +39,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from service_kit import auth
 
 __all__ = ["LedgerReporter", "ReporterStats"]
 
@@ -53,6 +54,9 @@ _TRANSIENT = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.CANCELLED,
+    # A missing, wrong or revoked service key is a configuration to fix, not records to give up on.
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # While records wait, their number is logged this often (seconds): `ledger_spool` events.
@@ -255,7 +259,9 @@ class LedgerReporter:
         channel: grpc.aio.Channel | None = None,
         max_bytes: int = 1 << 30,
         max_age_seconds: float = 3600.0,
+        key: str | None = None,
     ) -> None:
+        """`key`: the sender's API key (role `service`) when the ledger requires keys."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._address = address
@@ -269,6 +275,7 @@ class LedgerReporter:
         self._backoff_max = backoff_max
         self._sync_interval = sync_interval
         self._channel = channel
+        self._key = key
         self._own_channel = channel is None
         self._depth = self._spool.count()
         self._dead = self._spool.count("dead_letters")
@@ -347,8 +354,9 @@ class LedgerReporter:
         if self._task is not None:
             return
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
+            self._channel = auth.channel(
                 self._address,
+                self._key,
                 options=[
                     # Reconnect quickly once the ledger is back, instead of grpc's default (up to 120 s).
                     ("grpc.initial_reconnect_backoff_ms", 100),

@@ -22,7 +22,7 @@ from ledger_svc import validation as v
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.store import BudgetRow, LedgerStore
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from service_kit import metadata
+from service_kit import auth, metadata
 from service_kit import server as service_server
 from service_kit.errors import PermissionDenied, Unavailable
 
@@ -30,6 +30,23 @@ log = structlog.get_logger()
 
 SERVICE_NAME = ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name
 ADMIN_TOKEN = "x-admin-token"
+
+# Who may call what, when keys are required (service_kit/auth.py; unlisted: admin only). A `caller`
+# key reads only its own callers' figures (auth.scope_caller); records and holds come from routers.
+_READ = ("caller", "admin", "service")
+RULES = {
+    "RecordUsage": ("service",),
+    "ReserveBudget": ("service",),
+    "CheckBudget": _READ,
+    "GetBudgets": _READ,
+    "GetStats": _READ,
+    "WatchSpend": _READ,
+    "RecordFeedback": _READ,
+    "GetFeedbackStats": _READ,
+    "SetBudget": ("admin",),
+    "ExportRecords": ("admin",),
+    "ExportOutcomes": ("admin",),
+}
 # After a change-triggered WatchSpend snapshot, wait this long so a burst of batches is one snapshot.
 _WATCH_COALESCE_SECONDS = 0.05
 
@@ -117,11 +134,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.GetStatsResponse:
         window, violations = v.resolve_window(request.window, v.now_us())
         violations += v.group_by_violations(request.group_by)
-        violations += v.caller_violations("caller", request.caller)
+        caller = auth.scope_caller(request.caller)
+        violations += v.caller_violations("caller", caller)
         v.raise_if(violations)
         assert window is not None
         dims = list(request.group_by) or list(v.DEFAULT_GROUP_BY)
-        result = await self._store.stats(window, dims, request.caller or None)
+        result = await self._store.stats(window, dims, caller or None)
         return ledger_pb2.GetStatsResponse(
             totals=st.totals_pb(result.totals),
             breakdowns=[st.breakdown_pb(dim, groups) for dim, groups in result.breakdowns],
@@ -137,7 +155,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> AsyncIterator[ledger_pb2.WatchSpendResponse]:
         v.raise_if(v.watch_violations(request))
         interval = request.interval_seconds or v.DEFAULT_WATCH_INTERVAL
-        caller = request.caller or None
+        caller = auth.scope_caller(request.caller) or None
         while True:
             now = v.now_us()
             if request.last_minutes:
@@ -221,17 +239,19 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetBudgets(
         self, request: ledger_pb2.GetBudgetsRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.GetBudgetsResponse:
-        v.raise_if(v.caller_violations("caller", request.caller))
-        rows = await self._store.budgets(request.caller or None)
+        caller = auth.scope_caller(request.caller)
+        v.raise_if(v.caller_violations("caller", caller))
+        rows = await self._store.budgets(caller or None)
         return ledger_pb2.GetBudgetsResponse(budgets=[_budget_status(row) for row in rows])
 
     @_database_errors
     async def CheckBudget(
         self, request: ledger_pb2.CheckBudgetRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.CheckBudgetResponse:
-        v.raise_if(v.caller_violations("caller", request.caller))
+        caller = auth.scope_caller(request.caller)
+        v.raise_if(v.caller_violations("caller", caller))
         # A caller with no budget of its own (or not seen yet) is still bound by the global ones.
-        rows = await self._store.budgets(request.caller)
+        rows = await self._store.budgets(caller)
         state = max((row.state for row in rows), default=ledger_pb2.BUDGET_STATE_OK)
         return ledger_pb2.CheckBudgetResponse(
             state=state,  # type: ignore[arg-type]
@@ -259,7 +279,9 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     async def RecordFeedback(
         self, request: ledger_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.RecordFeedbackResponse:
-        caller = request.caller or metadata.get(context.invocation_metadata(), metadata.CALLER)
+        principal = auth.current()
+        requested = request.caller or metadata.get(context.invocation_metadata(), metadata.CALLER)
+        caller = auth.scope_caller(requested) or (principal.name if principal else "")
         v.raise_if(v.feedback_violations(request, caller))
         run_id = await self._store.record_feedback(
             caller, request.request_id, request.run_id, request.verdict, request.needed_tier, request.note
@@ -273,11 +295,12 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.GetFeedbackStatsResponse:
         window, violations = v.resolve_window(request.window, v.now_us())
         violations += v.group_by_violations(request.group_by, ledger_pb2.FeedbackGroupBy)
-        violations += v.caller_violations("caller", request.caller)
+        caller = auth.scope_caller(request.caller)
+        violations += v.caller_violations("caller", caller)
         v.raise_if(violations)
         assert window is not None
         report = outcomes.Report(list(request.group_by) or list(v.DEFAULT_FEEDBACK_GROUP_BY))
-        async for batch in self._store.outcome_runs(window, request.caller or None):
+        async for batch in self._store.outcome_runs(window, caller or None):
             report.add(batch)
         return ledger_pb2.GetFeedbackStatsResponse(
             totals=report.totals_pb(),
@@ -313,7 +336,12 @@ async def create_server(
     """
     if store is None:
         store = await LedgerStore.open(settings)
-    server = service_server.new_server()
+    try:
+        gate = auth.gate("ledger", settings.host, settings.keys_file, settings.allow_open, RULES)
+    except BaseException:
+        await store.close()
+        raise
+    server = service_server.new_server(gate=gate)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(store, settings), server)
     try:
         running = await service_server.start(server, settings.address, [SERVICE_NAME])

@@ -33,7 +33,7 @@ from router_svc.settings import RouterSettings
 from router_svc.shared import HEALTH_COMPONENT, SYNC_SECONDS, SharedCooldowns, SharedIdempotency, SharedState
 from router_svc.validators import Expectations
 from router_svc.warmup import most_used_models, warm_up, warm_up_plan
-from service_kit import metadata
+from service_kit import auth, metadata
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import TIER_BY_NAME
@@ -41,6 +41,9 @@ from service_kit.policy_source import PolicySource
 from service_kit.validation import bounded, message_violations
 
 log = structlog.get_logger()
+
+# Who may call what, when keys are required (service_kit/auth.py).
+RULES = {"Route": ("caller", "admin"), "RouteStream": ("caller", "admin")}
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -60,7 +63,11 @@ def parse_request(
     request_id = request.request_id or uuid.uuid4().hex
     if not _REQUEST_ID.match(request_id):
         violations.append(("request_id", "must be 1-128 characters of letters, digits and ._:-"))
-    caller = request.caller or metadata.get(invocation_metadata, metadata.CALLER) or settings.default_caller
+    # Open (no keys): the caller is whoever the request names. With keys: the key's principal, or a
+    # sub-caller it may name (service_kit/auth.py); naming anyone else is PERMISSION_DENIED.
+    principal = auth.current()
+    requested = request.caller or metadata.get(invocation_metadata, metadata.CALLER)
+    caller = auth.scope_caller(requested) or (principal.name if principal else settings.default_caller)
     if not _CALLER.match(caller):
         violations.append(("caller", "must be 1-128 characters of letters, digits and ._:@/-"))
     options = request.options
@@ -209,7 +216,12 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
         fsync=settings.spool_fsync,
         max_bytes=settings.spool_max_bytes,
         max_age_seconds=settings.spool_max_age_seconds,
+        key=_service_key(settings),
     )
+
+
+def _service_key(settings: RouterSettings) -> str | None:
+    return settings.service_key.get_secret_value() if settings.service_key else None
 
 
 async def create_server(
@@ -224,7 +236,7 @@ async def create_server(
     providers = Providers(settings.simulator, settings.simulator_url)
     classifier = Classification.from_settings(settings)
     sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
-    ledger_channel = grpc.aio.insecure_channel(settings.ledger_address)
+    ledger_channel = auth.channel(settings.ledger_address, _service_key(settings))
     budgets = (
         BudgetGate(
             ledger_pb2_grpc.LedgerServiceStub(ledger_channel),
@@ -281,7 +293,8 @@ async def create_server(
         shared = SharedState(settings.redis_url, settings.redis_prefix)
         idempotency = SharedIdempotency(shared, local, settings.idempotency_ttl_seconds)
         shared_cooldowns = SharedCooldowns(shared, cooldowns)
-    server = service_server.new_server(share_port=settings.workers > 1)
+    gate = auth.gate("router", settings.host, settings.keys_file, settings.allow_open, RULES)
+    server = service_server.new_server(share_port=settings.workers > 1, gate=gate)
     router_pb2_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(router, settings, idempotency, shared), server
     )

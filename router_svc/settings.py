@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
@@ -31,6 +31,9 @@ class RouterSettings(ServiceSettings):
     # The learned model's artifact for in-process classification (the classifier's, by default).
     classifier_artifact_dir: Path = DEFAULT_ARTIFACT_DIR
     ledger_address: str = "127.0.0.1:50053"
+    # This router's API key (role `service`) for its calls to the ledger and the classifier, when they
+    # require keys (docs/security.md).
+    service_key: SecretStr | None = None
     # Classification gets at most this long; then the policy's default tier is used.
     # (Room for the classifier's LLM: two attempts of CLASSIFIER_LLM_TIMEOUT_SECONDS, 1.2 s each.)
     classify_timeout_seconds: float = Field(default=3.0, gt=0)

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import structlog
 
-from service_kit import metadata, metrics
+from service_kit import auth, metadata, metrics
 from service_kit.errors import ServiceError
 
 log = structlog.get_logger()
@@ -26,6 +26,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     gets INTERNAL without the exception text (which could echo a prompt).
     """
 
+    def __init__(self, gate: auth.Gate | None = None) -> None:
+        self._gate = gate
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -36,15 +39,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
         request_id = metadata.get(handler_call_details.invocation_metadata, metadata.REQUEST_ID)
+        admit = _admission(self._gate, method, handler_call_details.invocation_metadata)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, request_id),
+                _wrap_unary(handler.unary_unary, method, request_id, admit),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, request_id),
+                _wrap_stream(handler.unary_stream, method, request_id, admit),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -53,6 +57,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 def _bind(method: str, request_id: str) -> None:
     structlog.contextvars.bind_contextvars(rpc_method=method, request_id=request_id or None)
+
+
+def _admission(gate: auth.Gate | None, method: str, invocation_metadata: Any) -> Callable[[], None]:
+    """Run inside the call's task: authenticate, check the method's roles, bind the principal."""
+
+    def admit() -> None:
+        if gate is not None:
+            principal = gate.admit(method, invocation_metadata)
+            auth.Gate.bind(principal)
+            if principal is not None:
+                structlog.contextvars.bind_contextvars(principal=principal.name)
+
+    return admit
 
 
 async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: float) -> None:
@@ -73,13 +90,14 @@ async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: fl
 
 
 def _wrap_unary(
-    behavior: Callable[..., Awaitable[Any]], method: str, request_id: str
+    behavior: Callable[..., Awaitable[Any]], method: str, request_id: str, admit: Callable[[], None]
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _bind(method, request_id)
         started = time.perf_counter()
         code = "OK"
         try:
+            admit()
             return await behavior(request, context)
         except grpc.aio.AbortError:
             code = _code(context)
@@ -97,13 +115,17 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[..., AsyncGenerator[Any, None]], method: str, request_id: str
+    behavior: Callable[..., AsyncGenerator[Any, None]],
+    method: str,
+    request_id: str,
+    admit: Callable[[], None],
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _bind(method, request_id)
         started = time.perf_counter()
         code = "OK"
         try:
+            admit()
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response

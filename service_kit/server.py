@@ -17,7 +17,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service_kit import metrics
+from service_kit import auth, metrics
 from service_kit.interceptor import ServiceInterceptor
 from service_kit.logging import configure_logging
 from service_kit.settings import ServiceSettings
@@ -28,11 +28,12 @@ log = structlog.get_logger()
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def new_server(share_port: bool = False) -> grpc.aio.Server:
-    """A server with the shared interceptor. The port is exclusive (a second instance on it fails to
-    start) unless `share_port`: worker processes of one service then share it (SO_REUSEPORT)."""
+def new_server(share_port: bool = False, gate: auth.Gate | None = None) -> grpc.aio.Server:
+    """A server with the shared interceptor (and its `gate`: who may call what). The port is exclusive
+    (a second instance on it fails to start) unless `share_port`: worker processes of one service then
+    share it (SO_REUSEPORT)."""
     return grpc.aio.server(
-        interceptors=[ServiceInterceptor()],
+        interceptors=[ServiceInterceptor(gate)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
@@ -17,6 +19,10 @@ class ServiceSettings(BaseSettings):
     grace_seconds: float = Field(default=5.0, ge=0)
     # Prometheus metrics at http://host:metrics_port/metrics (service_kit/metrics.py); 0: not served.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # API keys (service_kit/auth.py): the keys file (hashes only; `llmroute keys` edits it). Unset: the
+    # service runs open, on a loopback host only, unless allow_open says the network controls access.
+    keys_file: Path | None = None
+    allow_open: bool = False
 
     @property
     def address(self) -> str:
