@@ -93,7 +93,9 @@ class Gateway:
 
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
-        parsed = chat.parse(await self._body(request), request.headers.get("idempotency-key"))
+        parsed = chat.parse(
+            await self._body(request), request.headers.get("idempotency-key"), self._settings.model_aliases
+        )
         metadata = forwarded_metadata(request)
         if parsed.stream:
             return await self._stream(request, parsed, metadata, started)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def parse(body: Any, idempotency_key: str | None) -> ChatRequest:
+def parse(body: Any, idempotency_key: str | None, aliases: Mapping[str, str] | None = None) -> ChatRequest:
     """Validate the shape of an OpenAI chat completion request and build its RouteRequest. Values the
     router checks itself (ranges, empty messages, caller format) are passed on, and its field
     violations come back under the request's own parameter names."""
@@ -99,11 +100,13 @@ def parse(body: Any, idempotency_key: str | None) -> ChatRequest:
         "options.max_cost_usd": "llmroute.max_cost_usd",
         "options.buffered_stream": "llmroute.buffered_stream",
     }
-    options = router_pb2.RouteOptions()
+    route = router_pb2.RouteRequest()
+    options = route.options  # a reference: what is set on it is set on the request
 
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
+    requested = body.get("model")
+    if not isinstance(requested, str) or not requested:
         raise invalid_request("model", "is required: llmroute/auto, a tier (llmroute/simple ...) or a model")
+    model = aliases.get(requested, requested) if aliases else requested
     if model not in AUTO_MODELS:
         if model.startswith(TIER_PREFIX):
             tier = TIER_BY_NAME.get(model.removeprefix(TIER_PREFIX))
@@ -118,7 +121,6 @@ def parse(body: Any, idempotency_key: str | None) -> ChatRequest:
         else:
             options.force_model = model
 
-    route = router_pb2.RouteRequest(options=options)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise invalid_request("messages", "must be a list of messages")
@@ -167,7 +169,7 @@ def parse(body: Any, idempotency_key: str | None) -> ChatRequest:
         route=route,
         stream=bool(stream),
         include_usage=include_usage,
-        requested_model=model,
+        requested_model=requested,
         params=params,
         ignored=ignored,
     )

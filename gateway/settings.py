@@ -26,6 +26,9 @@ class GatewaySettings(BaseSettings):
     ready_timeout_seconds: float = Field(default=1.0, gt=0)
     # Larger request bodies are refused (413) before they are parsed.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Model names an application already sends, and what they mean here: {"gpt-4o": "llmroute/auto"}
+    # routes an application that asks for gpt-4o without a change to its code (JSON in the env var).
+    model_aliases: dict[str, str] = Field(default_factory=dict)
     # For GET /v1/models: the routing policy the router serves (the same file) and the price overrides
     # it applies (ROUTER_PRICE_OVERRIDES_PATH's file, when the router has one). Both are re-read when
     # they change.
