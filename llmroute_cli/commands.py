@@ -4,8 +4,10 @@ ledger's gRPC APIs, and the feedback loop's tuner."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
@@ -13,7 +15,8 @@ from google.protobuf import json_format
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from llmroute_cli import loop
+from llmroute_cli import connect, loop
+from service_kit import auth
 
 PERIODS = {"daily": ledger_pb2.BUDGET_PERIOD_DAILY, "monthly": ledger_pb2.BUDGET_PERIOD_MONTHLY}
 
@@ -22,11 +25,11 @@ def _route(args: argparse.Namespace) -> None:
     options = router_pb2.RouteOptions()
     if args.max_output_tokens is not None:
         options.max_output_tokens = args.max_output_tokens
-    with grpc.insecure_channel(args.router) as channel:
+    with connect.channel(args.router) as channel:
         reply = router_pb2_grpc.RouterServiceStub(channel).Route(
             router_pb2.RouteRequest(
                 messages=[common_pb2.ChatMessage(role="user", content=args.prompt)],
-                caller=args.caller,
+                caller=args.caller or ("" if connect.api_key() else "cli"),
                 request_id=args.request_id,
                 options=options,
             ),
@@ -53,7 +56,7 @@ def _print_totals(totals: ledger_pb2.Totals, label: str) -> None:
 
 
 def _stats(args: argparse.Namespace) -> None:
-    with grpc.insecure_channel(args.ledger) as channel:
+    with connect.channel(args.ledger) as channel:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
         if args.watch:
             request = ledger_pb2.WatchSpendRequest(
@@ -75,8 +78,11 @@ def _stats(args: argparse.Namespace) -> None:
 
 
 def _budget(args: argparse.Namespace) -> None:
-    metadata = (("x-admin-token", args.admin_token),) if args.admin_token else ()
-    with grpc.insecure_channel(args.ledger) as channel:
+    # The admin token from the environment or a file (LLMROUTE_ADMIN_TOKEN[_FILE]); the flag is kept
+    # for scripts, but it shows in `ps`.
+    token = args.admin_token or connect.secret("LLMROUTE_ADMIN_TOKEN")
+    metadata = (("x-admin-token", token),) if token else ()
+    with connect.channel(args.ledger) as channel:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
         if args.action == "set":
             budget = ledger_pb2.Budget(
@@ -93,6 +99,25 @@ def _budget(args: argparse.Namespace) -> None:
     print(json_format.MessageToJson(reply, preserving_proto_field_name=True))
 
 
+def _keys(args: argparse.Namespace) -> None:
+    path = Path(args.keys_file)
+    if args.action == "create":
+        if not args.name:
+            sys.exit("llmroute: keys create needs --name")
+        key_id, key = auth.create_key(path, args.name, args.role or ["caller"], args.caller)
+        print(key)
+        print(f"[key {key_id} for {args.name}: shown once, stored as a digest in {path}]", file=sys.stderr)
+    elif args.action == "list":
+        for entry in auth.read_keys(path):
+            state = f"revoked {entry.revoked}" if entry.revoked else "active"
+            callers = f" callers={','.join(entry.callers)}" if entry.callers else ""
+            print(
+                f"{entry.id}  {entry.name}  roles={','.join(entry.roles)}{callers}  {entry.created}  {state}"
+            )
+    elif not auth.revoke_key(path, args.id):
+        sys.exit(f"llmroute: no active key {args.id} in {path}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="llmroute", description=__doc__)
     root.add_argument("--router", default="127.0.0.1:50051")
@@ -101,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
 
     route = commands.add_parser("route", help="route one prompt and print the answer")
     route.add_argument("prompt")
-    route.add_argument("--caller", default="cli")
+    route.add_argument("--caller", default="", help="default: the key's principal (open services: cli)")
     route.add_argument("--max-output-tokens", type=int)
     route.add_argument("--request-id", default="", help="idempotency key (a retry with it is replayed)")
     route.add_argument("--timeout", type=float, default=120)
@@ -122,6 +147,23 @@ def parser() -> argparse.ArgumentParser:
     budget.add_argument("--hard", type=float, default=0.0, help="US dollars")
     budget.add_argument("--admin-token", default="")
     budget.set_defaults(run=_budget)
+
+    keys = commands.add_parser("keys", help="create, list or revoke API keys in a keys file")
+    keys.add_argument("action", choices=("create", "list", "revoke"))
+    keys.add_argument("id", nargs="?", default="", help="revoke: the key's id")
+    keys.add_argument(
+        "--keys-file",
+        default=os.environ.get("LLMROUTE_KEYS_FILE", "var/keys.yaml"),
+        help="the services' *_KEYS_FILE",
+    )
+    keys.add_argument("--name", default="", help="create: the principal (the caller budgets and stats see)")
+    keys.add_argument(
+        "--role", action="append", choices=auth.ROLES, help="create: repeat for more (default caller)"
+    )
+    keys.add_argument(
+        "--caller", action="append", default=[], help="create: a sub-caller pattern it may name"
+    )
+    keys.set_defaults(run=_keys)
 
     loop.add_commands(commands)
     return root

@@ -7,12 +7,11 @@ import difflib
 import sys
 from pathlib import Path
 
-import grpc
-
 from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
 from feedback_loop import tuning
 from feedback_loop.outcomes import reference_costs, to_runs
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from llmroute_cli import connect
 from service_kit import policy_file
 from service_kit.policy import DEFAULT_POLICY_PATH, TIER_BY_NAME, TIER_NAMES, load_policy
 
@@ -34,13 +33,13 @@ REFUSED = 3  # exit status of `tune` when the outcomes are too few for the confi
 def feedback(args: argparse.Namespace) -> None:
     request = ledger_pb2.RecordFeedbackRequest(
         request_id=args.request_id,
-        caller=args.caller,
+        caller=args.caller or ("" if connect.api_key() else "cli"),
         run_id=args.run_id,
         verdict=VERDICTS[args.verdict],  # type: ignore[arg-type]
         needed_tier=TIER_BY_NAME[args.needed_tier] if args.needed_tier else 0,  # type: ignore[arg-type]
         note=args.note,
     )
-    with grpc.insecure_channel(args.ledger) as channel:
+    with connect.channel(args.ledger) as channel:
         reply = ledger_pb2_grpc.LedgerServiceStub(channel).RecordFeedback(request, timeout=30)
     print(f"stored against run {reply.run_id}")
 
@@ -55,7 +54,7 @@ def report(args: argparse.Namespace) -> None:
         caller=args.caller,
         group_by=[REPORT_DIMENSIONS[d] for d in args.by],  # type: ignore[misc]
     )
-    with grpc.insecure_channel(args.ledger) as channel:
+    with connect.channel(args.ledger) as channel:
         reply = ledger_pb2_grpc.LedgerServiceStub(channel).GetFeedbackStats(request, timeout=120)
     print(_summary("all", reply.totals))
     print(_matrix(reply.totals))
@@ -92,7 +91,7 @@ def tune(args: argparse.Namespace) -> None:
     policy_path = Path(args.policy)
     policy = load_policy(policy_path)
     request = ledger_pb2.ExportOutcomesRequest(window=_window(args.last_minutes), caller=args.caller)
-    with grpc.insecure_channel(args.ledger) as channel:
+    with connect.channel(args.ledger) as channel:
         outcomes = [
             o
             for batch in ledger_pb2_grpc.LedgerServiceStub(channel).ExportOutcomes(request, timeout=600)
@@ -133,7 +132,7 @@ def retrain(args: argparse.Namespace) -> None:
     from feedback_loop import retrain as pipeline
 
     request = ledger_pb2.ExportOutcomesRequest(window=_window(args.last_minutes), with_evidence_only=True)
-    with grpc.insecure_channel(args.ledger) as channel:
+    with connect.channel(args.ledger) as channel:
         outcomes = [
             o
             for batch in ledger_pb2_grpc.LedgerServiceStub(channel).ExportOutcomes(request, timeout=600)
@@ -210,7 +209,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     give.add_argument(
         "--needed-tier", choices=TIER_NAMES, help="bad: at least this tier; overkill: this one would do"
     )
-    give.add_argument("--caller", default="cli")
+    give.add_argument("--caller", default="", help="default: the key's principal (open services: cli)")
     give.add_argument("--run-id", default="", help="default: the latest answered run of the request")
     give.add_argument("--note", default="")
     give.set_defaults(run=feedback)

@@ -223,3 +223,34 @@ async def test_open_only_on_loopback(tmp_path: Path) -> None:
         ClassifierSettings(host="0.0.0.0", port=0, strategy="heuristic", allow_open=True)
     )
     await running.stop(0)
+
+
+async def test_the_cli_manages_keys_and_sends_the_key_from_the_environment(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmroute_cli.commands import main
+
+    keys_file = str(stack.keys_file)
+    main(["keys", "create", "--keys-file", keys_file, "--name", "team-c", "--caller", "team-c/*"])
+    key = capsys.readouterr().out.strip()
+    main(["keys", "list", "--keys-file", keys_file])
+    listed = capsys.readouterr().out
+    assert "team-c  roles=caller callers=team-c/*" in listed and key not in listed
+
+    ledger = ["--ledger", stack.ledger_address]
+    monkeypatch.delenv("LLMROUTE_API_KEY", raising=False)
+    with pytest.raises(SystemExit, match="UNAUTHENTICATED"):
+        await asyncio.to_thread(main, [*ledger, "stats"])
+    (tmp := stack.keys_file.parent / "key.txt").write_text(key + "\n")
+    monkeypatch.setenv("LLMROUTE_API_KEY_FILE", str(tmp))
+    await asyncio.sleep(1.1)  # the ledger's key ring looks at the file at most once a second
+    await asyncio.to_thread(main, [*ledger, "stats"])
+    assert '"totals"' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="PERMISSION_DENIED"):  # a caller key reads only its own
+        await asyncio.to_thread(main, [*ledger, "stats", "--caller", "team-a"])
+    [entry] = [e for e in auth.read_keys(stack.keys_file) if e.name == "team-c"]
+    main(["keys", "revoke", entry.id, "--keys-file", keys_file])
+    [revoked] = [e for e in auth.read_keys(stack.keys_file) if e.name == "team-c"]
+    assert revoked.revoked
+    with pytest.raises(SystemExit, match="no active key"):
+        main(["keys", "revoke", entry.id, "--keys-file", keys_file])

@@ -30,6 +30,7 @@ from ledger_svc.client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from router_svc.routing import Router
 from router_svc.settings import RouterSettings
+from service_kit import auth
 from service_kit.policy import Thresholds, load_policy
 from service_kit.policy_file import rewrite
 from service_kit.policy_source import PolicySource
@@ -506,8 +507,12 @@ def test_scaled_services_run_the_service_with_variables_it_reads(
     assert not unknown, f"{name} sets variables its code does not read: {unknown}"
     settings = settings_from(monkeypatch, service, {k: v for k, v in env.items() if "${" not in v})
     assert settings.host == "0.0.0.0"
-    (published,) = declared["ports"]
-    assert published.endswith(f":{settings.port}")
+    assert settings.keys_file is not None or settings.allow_open  # else it refuses to start
+    if service == "router":  # only routers are published, on the host's loopback
+        (published,) = declared["ports"]
+        assert published.startswith("127.0.0.1:") and published.endswith(f":{settings.port}")
+    else:
+        assert "ports" not in declared
 
 
 def test_the_two_routers_share_redis_and_keep_their_own_spools(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -526,8 +531,8 @@ def test_the_two_routers_share_redis_and_keep_their_own_spools(monkeypatch: pyte
         assert host in SCALED and SCALED[host] == "ledger"
         assert int(port) == int(_compose_env(host)["LEDGER_PORT"])
         assert {"redis", host} <= set(COMPOSE[name]["depends_on"])
-    ports = {COMPOSE[n]["ports"][0].split(":")[0] for n in SCALED}
-    assert len(ports) == len(SCALED)  # each on a host port of its own
+    ports = {COMPOSE[n]["ports"][0].split(":")[1] for n in ("router-a", "router-b")}
+    assert len(ports) == 2  # each on a host port of its own
 
 
 def test_the_two_ledgers_share_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -546,3 +551,43 @@ def test_the_two_ledgers_share_postgresql(monkeypatch: pytest.MonkeyPatch) -> No
     )
     for name in ("ledger-a", "ledger-b"):
         assert COMPOSE[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+# ---- API keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_requires_keys_from_the_mounted_secret(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bound to 0.0.0.0, a service with no keys file refuses to start: each reads the keys Secret, mounted
+    as a directory (so a changed Secret reaches it), and the router has its service key."""
+    for name in SERVICES:
+        settings = settings_from(monkeypatch, name, environment(overlay, name))
+        assert settings.keys_file is not None and not settings.allow_open
+        spec = deployment(overlay, name)["spec"]["template"]["spec"]
+        [mount] = [m for m in container(overlay, name)["volumeMounts"] if m["name"] == "keys"]
+        assert settings.keys_file.parent == Path(mount["mountPath"]) and "subPath" not in mount
+        [volume] = [v for v in spec["volumes"] if v["name"] == "keys"]
+        assert volume["secret"]["secretName"].startswith("llmroute-keys")
+        assert [i["path"] for i in volume["secret"]["items"]] == [settings.keys_file.name]
+    [ref] = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in container(overlay, "router")["env"]
+        if e["name"] == "ROUTER_SERVICE_KEY"
+    ]
+    assert ref["name"].startswith("llmroute-keys") and not ref.get("optional")
+
+
+def test_the_dev_overlays_keys_let_the_router_act_as_a_service() -> None:
+    [secret] = [
+        o for o in render("overlays/dev") if o["kind"] == "Secret" and "keys" in o["metadata"]["name"]
+    ]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    keys_file = DEPLOY / "overlays" / "dev" / "keys.yaml"
+    assert data["keys.yaml"] == keys_file.read_text()
+    ring = auth.KeyRing(keys_file)
+    router = ring.authenticate(data["router-service-key"])
+    admin = ring.authenticate(data["LLMROUTE_ADMIN_KEY"])
+    assert router is not None and router.roles == {"service"}
+    assert admin is not None and admin.roles == {"admin"}
