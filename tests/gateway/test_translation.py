@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -385,3 +387,16 @@ async def test_stats_translates_the_query_and_forwards_credentials(harness: Harn
             {"key": "simple", "totals": {**body["breakdowns"][0]["groups"][0]["totals"], "requests": 3}}
         ],
     }
+
+
+async def test_responses_are_not_held_back_by_nagle(harness: Harness) -> None:
+    # Without TCP_NODELAY on accepted connections, a response written in two pieces waits for the
+    # client's delayed ACK: about 40 ms per request on Linux.
+    async with httpx.AsyncClient(base_url=harness.url) as http:
+        await http.get("/healthz")
+        timings = []
+        for _ in range(10):
+            started = time.perf_counter()
+            await http.get("/healthz")
+            timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.030
