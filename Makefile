@@ -36,7 +36,7 @@ install: $(VENV)/.installed ## Create the virtualenv, install pinned dependencie
 protos: $(VENV)/.deps ## Generate Python code from protos/ into gen/ (ignored by git)
 	rm -f gen/.stamp && $(MAKE) --no-print-directory gen/.stamp
 
-run: install ## Serve the three services and the simulator in the foreground until Ctrl-C
+run: install ## Serve the three services, the simulator and the gateway in the foreground until Ctrl-C
 	$(PY) -m devstack run
 
 demo: install ## Start everything, route a mixed sample workload, print decisions and spend
@@ -48,7 +48,7 @@ test: install ## Run the test suite (unit, PostgreSQL, end-to-end)
 test-fast: install ## Unit tests only (no end-to-end processes)
 	$(PY) -m pytest -q -m "not e2e"
 
-bench: install ## Benchmarks: router overhead, ledger ingest and stats, classifier latency
+bench: install ## Benchmarks: router and gateway overhead, ledger ingest and stats, classifier latency
 	$(PY) -m benchmarks.run
 
 replay: install ## Outcome data through the running feedback loop: static vs loop vs fully informed (docs/feedback-loop.md)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import platform
 
-from benchmarks import classifier_bench, ledger_bench, router_bench, router_parts
+from benchmarks import classifier_bench, gateway_bench, ledger_bench, router_bench, router_parts
 
 
 def main() -> None:
@@ -16,6 +16,7 @@ def main() -> None:
     asyncio.run(classifier_bench.main())
     router_bench.main()
     router_parts.main()
+    gateway_bench.main()
     asyncio.run(ledger_bench.main())
 
 
