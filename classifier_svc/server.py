@@ -16,7 +16,7 @@ from classifier_svc.responses import classify_response
 from classifier_svc.settings import ClassifierSettings
 from classifier_svc.strategies.base import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from service_kit import auth
+from service_kit import auth, tls
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import Policy
@@ -85,7 +85,12 @@ async def create_server(settings: ClassifierSettings) -> service_server.RunningS
     classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(
         ClassifierServicer(strategy, policy.current, settings.max_prompt_chars, describe(settings)), server
     )
-    running = await service_server.start(server, settings.address, [SERVICE_NAME])
+    running = await service_server.start(
+        server,
+        settings.address,
+        [SERVICE_NAME],
+        tls.server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file),
+    )
     started = time.perf_counter()
     try:
         await strategy.warm_up()

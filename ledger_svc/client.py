@@ -260,8 +260,10 @@ class LedgerReporter:
         max_bytes: int = 1 << 30,
         max_age_seconds: float = 3600.0,
         key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        """`key`: the sender's API key (role `service`) when the ledger requires keys."""
+        """`key`: the sender's API key (role `service`) when the ledger requires keys; `credentials`:
+        TLS to the ledger (service_kit/tls.py)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._address = address
@@ -276,6 +278,7 @@ class LedgerReporter:
         self._sync_interval = sync_interval
         self._channel = channel
         self._key = key
+        self._credentials = credentials
         self._own_channel = channel is None
         self._depth = self._spool.count()
         self._dead = self._spool.count("dead_letters")
@@ -357,6 +360,7 @@ class LedgerReporter:
             self._channel = auth.channel(
                 self._address,
                 self._key,
+                credentials=self._credentials,
                 options=[
                     # Reconnect quickly once the ledger is back, instead of grpc's default (up to 120 s).
                     ("grpc.initial_reconnect_backoff_ms", 100),

@@ -22,7 +22,7 @@ from ledger_svc import validation as v
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.store import BudgetRow, LedgerStore
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from service_kit import auth, metadata
+from service_kit import auth, metadata, tls
 from service_kit import server as service_server
 from service_kit.errors import PermissionDenied, Unavailable
 
@@ -344,7 +344,14 @@ async def create_server(
     server = service_server.new_server(gate=gate)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(store, settings), server)
     try:
-        running = await service_server.start(server, settings.address, [SERVICE_NAME])
+        running = await service_server.start(
+            server,
+            settings.address,
+            [SERVICE_NAME],
+            tls.server_credentials(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            ),
+        )
     except BaseException:
         await store.close()
         raise

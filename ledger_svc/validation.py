@@ -20,6 +20,14 @@ MAX_NOTE_CHARS = 10_000
 MAX_ATTEMPT = 10_000
 MAX_WINDOW_MINUTES = 10 * 366 * 24 * 60
 MAX_LIMIT_USD = 1e9  # fits int64 nano-dollars with room to sum
+# Per record (one provider call): far above any real call, and low enough that sums of them in int64
+# rollups (nano-dollars, tokens) cannot overflow at any plausible volume; an overflowing sum would
+# break GetStats for every window that includes it.
+MAX_RECORD_USD = 10_000.0
+MAX_RECORD_TOKENS = 1_000_000_000
+MAX_SPOOL_DEPTH = 10**12
+# google.protobuf.Timestamp's range ends at 9999-12-31T23:59:59Z; later times overflow the database.
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 MIN_WATCH_INTERVAL = 0.05
 MAX_WATCH_INTERVAL = 3600.0
 DEFAULT_WATCH_INTERVAL = 5.0
@@ -90,6 +98,8 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
         value = getattr(record.usage, name)
         if value < 0:
             found.append((f"{p}.usage.{name}", f"must not be negative; got {value}"))
+        elif value > MAX_RECORD_TOKENS:
+            found.append((f"{p}.usage.{name}", f"at most {MAX_RECORD_TOKENS} per attempt; got {value}"))
     for field, value in (
         ("usage.cost_usd", record.usage.cost_usd),
         ("usage.baseline_cost_usd", record.usage.baseline_cost_usd),
@@ -101,8 +111,8 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
         ("total_ms", record.total_ms),
     ):
         problem = _bad_number(value)
-        if problem is None and field.endswith("usd") and value > MAX_LIMIT_USD:
-            problem = f"is larger than {MAX_LIMIT_USD:.0f} US dollars"
+        if problem is None and field.endswith("usd") and value > MAX_RECORD_USD:
+            problem = f"is larger than {MAX_RECORD_USD:.0f} US dollars (one provider call)"
         if problem:
             found.append((f"{p}.{field}", problem))
     if not math.isfinite(record.score):
@@ -116,8 +126,13 @@ def record_usage_violations(request: ledger_pb2.RecordUsageRequest, max_batch: i
         found.append(("records", f"at most {max_batch} records per call; got {len(request.records)}"))
         return found
     found += _text("sender", request.sender, required=False)
-    if request.sender_spool_depth < 0:
-        found.append(("sender_spool_depth", f"must not be negative; got {request.sender_spool_depth}"))
+    if not 0 <= request.sender_spool_depth <= MAX_SPOOL_DEPTH:
+        found.append(
+            (
+                "sender_spool_depth",
+                f"must be between 0 and {MAX_SPOOL_DEPTH}; got {request.sender_spool_depth}",
+            )
+        )
     return found
 
 
@@ -130,8 +145,8 @@ class Window:
 
 
 def _ts_violation(field: str, ts: timestamp_pb2.Timestamp) -> Violations:
-    if ts.seconds < 0 or not 0 <= ts.nanos < 1_000_000_000:
-        return [(field, "must be a valid time at or after 1970-01-01")]
+    if not 0 <= ts.seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        return [(field, "must be a valid time between 1970-01-01 and 9999-12-31")]
     return []
 
 
@@ -183,8 +198,8 @@ def reservation_violations(request: ledger_pb2.ReserveBudgetRequest) -> Violatio
     found += _text("request_id", request.request_id, required=True)
     found += _text("run_id", request.run_id, required=False, limit=MAX_RUN_ID_CHARS)
     problem = _bad_number(request.amount_usd)
-    if problem is None and request.amount_usd > MAX_LIMIT_USD:
-        problem = f"at most {MAX_LIMIT_USD:.0f} US dollars"
+    if problem is None and request.amount_usd > MAX_RECORD_USD:
+        problem = f"at most {MAX_RECORD_USD:.0f} US dollars (one provider call)"
     if problem:
         found.append(("amount_usd", problem))
     if not math.isfinite(request.ttl_seconds) or not 0 <= request.ttl_seconds <= 24 * 3600:

@@ -27,7 +27,7 @@ from classifier_svc.strategies.base import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmroute.common.v1 import common_pb2
 from router_svc.settings import RouterSettings
-from service_kit import auth, metadata
+from service_kit import auth, metadata, tls
 
 log = structlog.get_logger()
 
@@ -35,8 +35,10 @@ log = structlog.get_logger()
 class ClassifierClient:
     """classifier_svc over gRPC."""
 
-    def __init__(self, address: str, key: str | None = None) -> None:
-        self._channel = auth.channel(address, key)
+    def __init__(
+        self, address: str, key: str | None = None, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        self._channel = auth.channel(address, key, credentials=credentials)
         self._stub = classifier_pb2_grpc.ClassifierServiceStub(self._channel)
 
     async def classify(
@@ -80,7 +82,10 @@ class Classification:
         mode = settings.classifier_mode
         local = local_model(settings.classifier_artifact_dir) if mode != "remote" else None
         key = settings.service_key.get_secret_value() if settings.service_key else None
-        remote = ClassifierClient(settings.classifier_address, key) if mode != "local" else None
+        credentials = tls.channel_credentials(
+            settings.peer_ca_file, settings.tls_cert_file, settings.tls_key_file
+        )
+        remote = ClassifierClient(settings.classifier_address, key, credentials) if mode != "local" else None
         return cls(
             local=local, remote=remote, remote_below_confidence=settings.classify_remote_below_confidence
         )

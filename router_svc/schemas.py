@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import referencing
 import referencing.exceptions
+import referencing.jsonschema
 import regex
 
 MAX_DEPTH = 32
@@ -42,6 +43,8 @@ def parse(text: str, max_bytes: int) -> dict[str, Any]:
         raise SchemaProblem("must be a JSON Schema document (JSON text)") from None
     if not isinstance(schema, dict):
         raise SchemaProblem("must be a JSON object")
+    if not isinstance(schema.get("$schema", ""), str):
+        raise SchemaProblem("$schema must be a string (the URI of a JSON Schema dialect)")
     for depth, node in _walk(schema):
         if depth > MAX_DEPTH:
             raise SchemaProblem(f"is nested more than {MAX_DEPTH} levels deep")
@@ -57,13 +60,53 @@ def parse(text: str, max_bytes: int) -> dict[str, Any]:
     except jsonschema.SchemaError as error:
         where = "/".join(map(str, error.absolute_path)) or "$"
         raise SchemaProblem(f"is not a valid JSON Schema at {where}: {error.message[:200]}") from None
+    _check_references(schema)
     return schema
+
+
+# Instances that make a validator follow the references it meets first: a reference that points
+# nowhere, or loops back without consuming the instance ({"$ref": "#"}), would otherwise only show
+# when an answer is checked, after the provider was paid.
+_PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})
+
+
+def _check_references(schema: dict[str, Any]) -> None:
+    resource = referencing.jsonschema.specification_with(
+        schema.get("$schema", ""), default=referencing.jsonschema.DRAFT202012
+    ).create_resource(schema)
+    registry = _NO_RETRIEVAL.with_resource(resource.id() or "", resource).crawl()
+    resolver = registry.resolver(base_uri=resource.id() or "")
+    for _, node in _walk(schema):
+        if isinstance(node, dict) and isinstance(node.get("$ref"), str) and "$id" not in node:
+            try:
+                resolver.lookup(node["$ref"])
+            except referencing.exceptions.Unresolvable:
+                raise SchemaProblem(
+                    f"$ref {node['$ref'][:80]!r} does not resolve within the schema"
+                ) from None
+    names = {
+        name
+        for _, node in _walk(schema)
+        if isinstance(node, dict) and isinstance(node.get("properties"), dict)
+        for name in node["properties"]
+    }
+    validator = _validator_class(schema)(schema, registry=_NO_RETRIEVAL)
+    for probe in (*_PROBES, dict.fromkeys(names)):
+        try:
+            for _ in validator.iter_errors(probe):
+                pass
+        except (RecursionError, referencing.exceptions.Unresolvable):
+            raise SchemaProblem("has a reference that does not resolve or loops without end") from None
 
 
 def mismatch(value: Any, schema: dict[str, Any]) -> str | None:
     """None when `value` matches; else where and which keyword failed (never the value itself)."""
     validator = _validator_class(schema)(schema, registry=_NO_RETRIEVAL)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except (RecursionError, referencing.exceptions.Unresolvable):
+        # A reference only this answer's shape reaches, and that does not resolve or never ends.
+        return "$:$ref"
     if error is None:
         return None
     where = "/".join(map(str, error.absolute_path)) or "$"

@@ -33,7 +33,7 @@ from router_svc.settings import RouterSettings
 from router_svc.shared import HEALTH_COMPONENT, SYNC_SECONDS, SharedCooldowns, SharedIdempotency, SharedState
 from router_svc.validators import Expectations
 from router_svc.warmup import most_used_models, warm_up, warm_up_plan
-from service_kit import auth, metadata
+from service_kit import auth, metadata, tls
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import TIER_BY_NAME
@@ -217,11 +217,16 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
         max_bytes=settings.spool_max_bytes,
         max_age_seconds=settings.spool_max_age_seconds,
         key=_service_key(settings),
+        credentials=_peer_credentials(settings),
     )
 
 
 def _service_key(settings: RouterSettings) -> str | None:
     return settings.service_key.get_secret_value() if settings.service_key else None
+
+
+def _peer_credentials(settings: RouterSettings) -> grpc.ChannelCredentials | None:
+    return tls.channel_credentials(settings.peer_ca_file, settings.tls_cert_file, settings.tls_key_file)
 
 
 async def create_server(
@@ -236,7 +241,9 @@ async def create_server(
     providers = Providers(settings.simulator, settings.simulator_url)
     classifier = Classification.from_settings(settings)
     sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
-    ledger_channel = auth.channel(settings.ledger_address, _service_key(settings))
+    ledger_channel = auth.channel(
+        settings.ledger_address, _service_key(settings), credentials=_peer_credentials(settings)
+    )
     budgets = (
         BudgetGate(
             ledger_pb2_grpc.LedgerServiceStub(ledger_channel),
@@ -298,7 +305,12 @@ async def create_server(
     router_pb2_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(router, settings, idempotency, shared), server
     )
-    running = await service_server.start(server, settings.address, [SERVICE_NAME])
+    running = await service_server.start(
+        server,
+        settings.address,
+        [SERVICE_NAME],
+        tls.server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file),
+    )
     try:
         await _start_background(running, settings, sink, policy, prices, classifier, ledger_channel, router)
         if shared is not None:

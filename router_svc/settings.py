@@ -34,6 +34,9 @@ class RouterSettings(ServiceSettings):
     # This router's API key (role `service`) for its calls to the ledger and the classifier, when they
     # require keys (docs/security.md).
     service_key: SecretStr | None = None
+    # TLS to the ledger and the classifier (service_kit/tls.py): the CA that signed their certificates;
+    # the router presents its own (tls_cert_file, tls_key_file) for mutual TLS. Unset: plaintext.
+    peer_ca_file: Path | None = None
     # Classification gets at most this long; then the policy's default tier is used.
     # (Room for the classifier's LLM: two attempts of CLASSIFIER_LLM_TIMEOUT_SECONDS, 1.2 s each.)
     classify_timeout_seconds: float = Field(default=3.0, gt=0)

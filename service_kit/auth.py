@@ -331,7 +331,15 @@ class _Bearer(
         return await continuation(self._with_key(client_call_details), request)
 
 
-def channel(address: str, key: str | None, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
-    """A channel to another service, carrying this service's key when it has one."""
+def channel(
+    address: str,
+    key: str | None,
+    options: list[tuple[str, Any]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.aio.Channel:
+    """A channel to another service, carrying this service's key when it has one, over TLS with
+    `credentials` (service_kit/tls.py)."""
     interceptors = [_Bearer(key)] if key else None
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)

@@ -73,15 +73,21 @@ class RunningServer:
             await close()
 
 
-async def start(server: grpc.aio.Server, address: str, service_names: Iterable[str]) -> RunningServer:
-    """Add health and reflection, bind `address` and start. Health stays NOT_SERVING until `set_serving`."""
+async def start(
+    server: grpc.aio.Server,
+    address: str,
+    service_names: Iterable[str],
+    credentials: grpc.ServerCredentials | None = None,
+) -> RunningServer:
+    """Add health and reflection, bind `address` (TLS with `credentials`) and start. Health stays
+    NOT_SERVING until `set_serving`."""
     names = tuple(service_names)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     await server.start()

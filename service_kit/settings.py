@@ -23,6 +23,11 @@ class ServiceSettings(BaseSettings):
     # service runs open, on a loopback host only, unless allow_open says the network controls access.
     keys_file: Path | None = None
     allow_open: bool = False
+    # TLS on the port (service_kit/tls.py): the certificate chain and its key (PEM). With a client CA,
+    # mutual TLS: only clients with a certificate it signed may connect.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
 
     @property
     def address(self) -> str:
