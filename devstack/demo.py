@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from devstack.stack import ROOT, Ports, Stack
+from devstack.stack import ROOT, WITH_GATEWAY, Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
@@ -52,9 +52,12 @@ def _stack(state: str, fresh: bool) -> Stack:
 def run_demo() -> None:
     workload = yaml.safe_load(WORKLOAD.read_text())
     stack = _stack("demo", fresh=True)
-    print(f"Starting simulator, ledger, classifier and router (logs in {stack.state_dir}) ...", flush=True)
+    print(
+        f"Starting simulator, ledger, classifier, router and gateway (logs in {stack.state_dir}) ...",
+        flush=True,
+    )
     with stack:
-        stack.start()
+        stack.start(WITH_GATEWAY)
         _banner(stack)
         with grpc.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
             router = router_pb2_grpc.RouterServiceStub(channel)
@@ -76,6 +79,7 @@ def run_demo() -> None:
         routed_cost = sum(r.usage.cost_usd for r in responses)
         stats = _stats_when_complete(stack, len(responses))
         _summary(stats, routed_cost, responses)
+        _through_the_gateway(stack)
     print("\nStopped all services.")
 
 
@@ -162,6 +166,29 @@ def _banner(stack: Stack) -> None:
     print(f"  classifier  127.0.0.1:{p.classifier}   (llmroute.classifier.v1.ClassifierService)")
     print(f"  ledger      127.0.0.1:{p.ledger}   (llmroute.ledger.v1.LedgerService)")
     print(f"  simulator   http://127.0.0.1:{p.simulator}/v1   (OpenAI-compatible)")
+    print(
+        f"  gateway     http://127.0.0.1:{p.gateway}/v1   (OpenAI-compatible: any OpenAI SDK, model llmroute/auto)"
+    )
+
+
+def _through_the_gateway(stack: Stack) -> None:
+    """One request as an application written for OpenAI sends it: only base_url and api_key differ."""
+    import openai
+
+    base_url = f"http://127.0.0.1:{stack.ports.gateway}/v1"
+    with openai.OpenAI(base_url=base_url, api_key="not-checked-yet") as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="llmroute/auto",
+            messages=[{"role": "user", "content": "Is this spam? 'You won a cruise, click here'"}],
+            user="demo-openai-sdk",
+        )
+    completion = raw.parse()
+    print(f"\nThe same through the gateway, with the openai SDK (base_url={base_url}):")
+    print(
+        f"  model {completion.model}, tier {raw.headers['x-llmroute-tier']}, "
+        f"cost ${float(raw.headers['x-llmroute-cost-usd']):.6f} "
+        f"(baseline ${float(raw.headers['x-llmroute-baseline-cost-usd']):.6f})"
+    )
 
 
 def run_foreground() -> None:
@@ -169,10 +196,11 @@ def run_foreground() -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     with stack:
-        stack.start()
+        stack.start(WITH_GATEWAY)
         _banner(stack)
         print(
             f"\nServing; logs in {stack.state_dir}. Try: grpcurl -plaintext 127.0.0.1:{stack.ports.router} list"
+            f"\nor any OpenAI SDK with base_url http://127.0.0.1:{stack.ports.gateway}/v1 and model llmroute/auto"
         )
         print("Ctrl-C stops everything.", flush=True)
         try:
