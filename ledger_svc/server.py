@@ -337,7 +337,15 @@ async def create_server(
     if store is None:
         store = await LedgerStore.open(settings)
     try:
-        gate = auth.gate("ledger", settings.host, settings.keys_file, settings.allow_open, RULES)
+        gate = auth.gate(
+            "ledger",
+            settings.host,
+            settings.keys_file,
+            settings.allow_open,
+            RULES,
+            settings.max_calls_per_principal,
+            settings.max_streams_per_principal,
+        )
     except BaseException:
         await store.close()
         raise

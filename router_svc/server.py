@@ -300,7 +300,15 @@ async def create_server(
         shared = SharedState(settings.redis_url, settings.redis_prefix)
         idempotency = SharedIdempotency(shared, local, settings.idempotency_ttl_seconds)
         shared_cooldowns = SharedCooldowns(shared, cooldowns)
-    gate = auth.gate("router", settings.host, settings.keys_file, settings.allow_open, RULES)
+    gate = auth.gate(
+        "router",
+        settings.host,
+        settings.keys_file,
+        settings.allow_open,
+        RULES,
+        settings.max_calls_per_principal,
+        settings.max_streams_per_principal,
+    )
     server = service_server.new_server(share_port=settings.workers > 1, gate=gate)
     router_pb2_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(router, settings, idempotency, shared), server

@@ -34,7 +34,7 @@ import grpc
 import structlog
 import yaml
 
-from service_kit.errors import PermissionDenied, ServiceError
+from service_kit.errors import PermissionDenied, ResourceExhausted, ServiceError
 
 log = structlog.get_logger()
 
@@ -224,10 +224,46 @@ class KeyRing:
 @dataclass(frozen=True)
 class Gate:
     """Who may call which method of one server: `rules` maps a method name (the part after the last
-    '/') to the roles allowed; a method not in it is admin-only. No key ring: open (loopback only)."""
+    '/') to the roles allowed; a method not in it is admin-only. No key ring: open (loopback only).
+
+    Each principal may have at most `max_calls` calls in progress at once, of which at most
+    `max_streams` streams (a watch or an export holds its slot until it ends): one team's flood, or
+    its idle streams, cannot take the service from the others. 0: no limit."""
 
     keys: KeyRing | None
     rules: Mapping[str, frozenset[str]]
+    max_calls: int = 0
+    max_streams: int = 0
+    _active: dict[tuple[str, bool], int] = field(default_factory=dict, compare=False)
+
+    def hold(self, principal: Principal | None, stream: bool) -> Callable[[], None]:
+        """Take a call slot for `principal` (RESOURCE_EXHAUSTED when it has none left); returns the
+        release."""
+        if principal is None:
+            return _nothing
+        limits = [(principal.name, False, self.max_calls)]
+        if stream:
+            limits.append((principal.name, True, self.max_streams))
+        for name, streams, limit in limits:
+            if limit and self._active.get((name, streams), 0) >= limit:
+                what = "streams" if streams else "calls"
+                raise ResourceExhausted(
+                    f"{principal.name} has {limit} {what} in progress, the most one principal may have",
+                    reason="TOO_MANY_CONCURRENT_CALLS",
+                    metadata={"principal": principal.name, "limit": str(limit), "kind": what},
+                )
+        for name, streams, _ in limits:
+            self._active[(name, streams)] = self._active.get((name, streams), 0) + 1
+
+        def release() -> None:
+            for name, streams, _ in limits:
+                left = self._active[(name, streams)] - 1
+                if left:
+                    self._active[(name, streams)] = left
+                else:
+                    del self._active[(name, streams)]
+
+        return release
 
     def admit(self, method: str, invocation_metadata: Any) -> Principal | None:
         """The principal of a call, or raises Unauthenticated / PermissionDenied."""
@@ -260,6 +296,10 @@ class Gate:
         _CURRENT.set(principal)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _bearer(invocation_metadata: Any) -> str:
     for key, value in invocation_metadata or ():
         if key == AUTHORIZATION:
@@ -279,13 +319,19 @@ def is_loopback(host: str) -> bool:
 
 
 def gate(
-    service: str, host: str, keys_file: Path | None, allow_open: bool, rules: Mapping[str, Iterable[str]]
+    service: str,
+    host: str,
+    keys_file: Path | None,
+    allow_open: bool,
+    rules: Mapping[str, Iterable[str]],
+    max_calls: int = 0,
+    max_streams: int = 0,
 ) -> Gate:
     """A server's gate from its settings. Without keys it runs open, which it says at start, and only
     on loopback unless `allow_open`; bound elsewhere without either, it refuses to start."""
     frozen = {method: frozenset(roles) for method, roles in rules.items()}
     if keys_file is not None:
-        return Gate(KeyRing(keys_file), frozen)
+        return Gate(KeyRing(keys_file), frozen, max_calls, max_streams)
     if is_loopback(host):
         log.warning("auth_open", service=service, host=host, detail="no keys file: open on loopback only")
     elif allow_open:

@@ -39,14 +39,16 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
         request_id = metadata.get(handler_call_details.invocation_metadata, metadata.REQUEST_ID)
-        admit = _admission(self._gate, method, handler_call_details.invocation_metadata)
+        invocation_metadata = handler_call_details.invocation_metadata
         if handler.unary_unary:
+            admit = _admission(self._gate, method, invocation_metadata, stream=False)
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, request_id, admit),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
+            admit = _admission(self._gate, method, invocation_metadata, stream=True)
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method, request_id, admit),
                 request_deserializer=handler.request_deserializer,
@@ -59,17 +61,26 @@ def _bind(method: str, request_id: str) -> None:
     structlog.contextvars.bind_contextvars(rpc_method=method, request_id=request_id or None)
 
 
-def _admission(gate: auth.Gate | None, method: str, invocation_metadata: Any) -> Callable[[], None]:
-    """Run inside the call's task: authenticate, check the method's roles, bind the principal."""
+def _admission(
+    gate: auth.Gate | None, method: str, invocation_metadata: Any, stream: bool
+) -> Callable[[], Callable[[], None]]:
+    """Run inside the call's task: authenticate, check the method's roles, bind the principal, take
+    one of its call slots. Returns the slot's release."""
 
-    def admit() -> None:
-        if gate is not None:
-            principal = gate.admit(method, invocation_metadata)
-            auth.Gate.bind(principal)
-            if principal is not None:
-                structlog.contextvars.bind_contextvars(principal=principal.name)
+    def admit() -> Callable[[], None]:
+        if gate is None:
+            return _no_slot
+        principal = gate.admit(method, invocation_metadata)
+        auth.Gate.bind(principal)
+        if principal is not None:
+            structlog.contextvars.bind_contextvars(principal=principal.name)
+        return gate.hold(principal, stream)
 
     return admit
+
+
+def _no_slot() -> None:
+    return None
 
 
 async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: float) -> None:
@@ -90,14 +101,18 @@ async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: fl
 
 
 def _wrap_unary(
-    behavior: Callable[..., Awaitable[Any]], method: str, request_id: str, admit: Callable[[], None]
+    behavior: Callable[..., Awaitable[Any]],
+    method: str,
+    request_id: str,
+    admit: Callable[[], Callable[[], None]],
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _bind(method, request_id)
         started = time.perf_counter()
         code = "OK"
+        release = _no_slot
         try:
-            admit()
+            release = admit()
             return await behavior(request, context)
         except grpc.aio.AbortError:
             code = _code(context)
@@ -109,6 +124,7 @@ def _wrap_unary(
             code = _error_code(error)
             await _fail(context, error, started)
         finally:
+            release()
             metrics.observe_rpc(method, code, time.perf_counter() - started)
 
     return wrapped
@@ -118,14 +134,15 @@ def _wrap_stream(
     behavior: Callable[..., AsyncGenerator[Any, None]],
     method: str,
     request_id: str,
-    admit: Callable[[], None],
+    admit: Callable[[], Callable[[], None]],
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _bind(method, request_id)
         started = time.perf_counter()
         code = "OK"
+        release = _no_slot
         try:
-            admit()
+            release = admit()
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response
@@ -139,6 +156,7 @@ def _wrap_stream(
             code = _error_code(error)
             await _fail(context, error, started)
         finally:
+            release()
             metrics.observe_rpc(method, code, time.perf_counter() - started)
 
     return wrapped

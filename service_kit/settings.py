@@ -23,6 +23,10 @@ class ServiceSettings(BaseSettings):
     # service runs open, on a loopback host only, unless allow_open says the network controls access.
     keys_file: Path | None = None
     allow_open: bool = False
+    # With keys: calls one principal may have in progress at once, and how many of them streams
+    # (RESOURCE_EXHAUSTED beyond, reason TOO_MANY_CONCURRENT_CALLS); 0: no limit.
+    max_calls_per_principal: int = Field(default=256, ge=0)
+    max_streams_per_principal: int = Field(default=8, ge=0)
     # TLS on the port (service_kit/tls.py): the certificate chain and its key (PEM). With a client CA,
     # mutual TLS: only clients with a certificate it signed may connect.
     tls_cert_file: Path | None = None

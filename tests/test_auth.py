@@ -254,3 +254,52 @@ async def test_the_cli_manages_keys_and_sends_the_key_from_the_environment(
     assert revoked.revoked
     with pytest.raises(SystemExit, match="no active key"):
         main(["keys", "revoke", entry.id, "--keys-file", keys_file])
+
+
+async def test_one_principals_streams_cannot_take_the_ledger_from_the_others(
+    stack: Stack, tmp_path: Path
+) -> None:
+    ledger = await start_ledger(
+        LedgerSettings(
+            port=0,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'limits.db'}",
+            keys_file=stack.keys_file,
+            max_streams_per_principal=2,
+        )
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ledger.running.port}")
+    stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+    watch = L.WatchSpendRequest(interval_seconds=60)
+    try:
+        held = []
+        for _ in range(2):
+            stream = stub.WatchSpend(watch, metadata=stack.as_("team-a"))
+            await stream.read()
+            held.append(stream)
+        extra = stub.WatchSpend(watch, metadata=stack.as_("team-a"))
+        code, reason, meta = await refused(extra.read())
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CONCURRENT_CALLS")
+        assert meta == {"principal": "team-a", "limit": "2", "kind": "streams"}
+        # Another principal is not affected; unary calls of the same one neither.
+        other = stub.WatchSpend(watch, metadata=stack.as_("victim"))
+        assert (await other.read()).totals is not None
+        await stub.GetStats(L.GetStatsRequest(), metadata=stack.as_("team-a"))
+        other.cancel()
+        # A stream that ends gives its slot back.
+        held.pop().cancel()
+        for _ in range(50):
+            again = stub.WatchSpend(watch, metadata=stack.as_("team-a"))
+            try:
+                await again.read()
+                break
+            except grpc.aio.AioRpcError as error:
+                assert details(error).reason == "TOO_MANY_CONCURRENT_CALLS"
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the cancelled stream's slot was never released")
+        again.cancel()
+        for stream in held:
+            stream.cancel()
+    finally:
+        await channel.close()
+        await stop_ledger(ledger)
