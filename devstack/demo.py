@@ -122,6 +122,11 @@ def _summary(
     print("\nSpend (from the ledger's GetStats):")
     print(f"  requests            {t.requests}   attempts {t.attempts}")
     print(f"  tokens              {t.input_tokens} in / {t.output_tokens} out")
+    if t.simulated_attempts:
+        print(
+            f"  simulated           {t.simulated_attempts} of {t.attempts} attempts answered by the bundled"
+            " simulator, priced at the models' real prices (no provider was paid)"
+        )
     print(
         f"  spend               ${t.cost_usd:.6f}   (the Route responses above: ${routed_cost:.6f}; the rest is the"
     )

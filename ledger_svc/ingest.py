@@ -203,6 +203,8 @@ async def insert_batch(conn: Any, statements: Statements, rows: list[dict[str, A
             row["baseline_reasoning_nusd"],
             cost + row["judge_nusd"] if explored else 0,
             1 if explored else 0,
+            1 if row["simulated"] else 0,
+            cost if row["simulated"] else 0,
         )
         for key in rollup_keys(
             row["ts"] // HOUR_US,

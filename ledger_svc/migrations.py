@@ -309,6 +309,17 @@ async def _v6(conn: AsyncConnection) -> None:
     await _create(conn, md)
 
 
+async def _v7(conn: AsyncConnection) -> None:
+    """The simulated flag on records, and its counters in the rollups."""
+    statements = (
+        "ALTER TABLE usage_records ADD COLUMN simulated BOOLEAN NOT NULL DEFAULT false",
+        "ALTER TABLE usage_hourly ADD COLUMN simulated_attempts BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_hourly ADD COLUMN simulated_nusd BIGINT NOT NULL DEFAULT 0",
+    )
+    for statement in statements:
+        await conn.execute(sa.text(statement))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage records, request states, hourly rollups with latency histograms", _v1),
     Migration(2, "budgets, feedback and sender spool reports", _v2),
@@ -318,6 +329,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(5, "the feedback loop: exploration, judge verdicts, feedback runs, policy rollups", _v5),
     Migration(6, "budget reservations of calls in flight", _v6),
+    Migration(7, "records answered by the bundled simulator", _v7),
 )
 LATEST = MIGRATIONS[-1].version
 

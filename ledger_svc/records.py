@@ -83,6 +83,7 @@ def to_row(record: ledger_pb2.UsageRecord, received_us: int) -> dict[str, Any]:
         "family": record.family,
         "exploration": record.exploration,
         "judge_verdict": int(record.judge_verdict),
+        "simulated": record.simulated,
     }
 
 
@@ -122,6 +123,7 @@ EXPORT_COLUMNS = (
     "family",
     "exploration",
     "judge_verdict",
+    "simulated",
 )
 
 
@@ -161,6 +163,7 @@ def export_fields(row: Mapping[Any, Any]) -> dict[str, Any]:
         "family": row["family"],
         "exploration": bool(row["exploration"]),
         "judge_verdict": enum_name(common_pb2.JudgeVerdict, row["judge_verdict"]),
+        "simulated": bool(row["simulated"]),
     }
 
 
@@ -183,7 +186,7 @@ def csv_line(row: Mapping[Any, Any]) -> str:
     fields = export_fields(row)
     for name in _MONEY:
         fields[name] = usd_text(fields[name])
-    for name in ("price_known", "cache_hit", "final", "exploration"):
+    for name in ("price_known", "cache_hit", "final", "exploration", "simulated"):
         fields[name] = "true" if fields[name] else "false"
     for name in _TEXT:
         fields[name] = _no_formula(fields[name])

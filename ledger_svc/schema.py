@@ -115,6 +115,8 @@ usage_records = sa.Table(
     # Migration 5: exploration attempts and the judge's verdicts, the feedback loop's evidence.
     sa.Column("exploration", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("judge_verdict", sa.SmallInteger, nullable=False, server_default="0"),
+    # Migration 7: the bundled simulator answered.
+    sa.Column("simulated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_usage_records_ts", "ts"),
 )
 
@@ -157,12 +159,14 @@ ROLLUP_COUNTERS = (
     "baseline_reasoning_nusd",
     "exploration_nusd",
     "exploration_attempts",
+    "simulated_attempts",
+    "simulated_nusd",
     "requests",
     "escalated_requests",
     "fallback_requests",
     "cache_hits",
 )
-ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:13]
+ATTEMPT_COUNTERS = ROLLUP_COUNTERS[:15]
 
 
 def attempt_sums(r: Any) -> list[Any]:
@@ -182,10 +186,12 @@ def attempt_sums(r: Any) -> list[Any]:
         sa.func.sum(r.baseline_reasoning_nusd),
         sa.func.sum(sa.case((explored, r.cost_nusd + r.judge_nusd), else_=0)),
         sa.func.sum(sa.case((explored, 1), else_=0)),
+        sa.func.sum(sa.case((r.simulated == sa.true(), 1), else_=0)),
+        sa.func.sum(sa.case((r.simulated == sa.true(), r.cost_nusd), else_=0)),
     ]
 
 
-REQUEST_COUNTERS = ROLLUP_COUNTERS[13:]
+REQUEST_COUNTERS = ROLLUP_COUNTERS[15:]
 ROLLUP_KEY = ("dim", "per_caller", "caller", "hour", "key")
 
 usage_hourly = sa.Table(

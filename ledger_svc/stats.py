@@ -302,6 +302,8 @@ def totals_pb(agg: Aggregate) -> ledger_pb2.Totals:
         baseline_reasoning_cost_usd=to_usd(g("baseline_reasoning_nusd")),
         exploration_cost_usd=to_usd(g("exploration_nusd")),
         exploration_attempts=g("exploration_attempts"),
+        simulated_attempts=g("simulated_attempts"),
+        simulated_cost_usd=to_usd(g("simulated_nusd")),
     )
 
 

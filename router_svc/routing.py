@@ -1018,6 +1018,7 @@ def _record(
         judge_cost_usd=attempt.judge_cost_usd,
         judge_verdict=attempt.judge_verdict,
         exploration=exploration,
+        simulated=outcome.simulated,
     )
     record.time.GetCurrentTime()
     return record

@@ -324,3 +324,22 @@ def test_plan_reads_the_shorter_side_of_partial_hours() -> None:
     assert (p.since_us, p.full_hours, p.add) == (base, (100, 103), ())
     assert p.subtract == ((base + 2 * HOUR_US + 50 * MIN, base + 3 * HOUR_US),)
     assert plan(base + 5 * MIN, base + 15 * MIN, base + HOUR_US) == Plan(base, base, None)
+
+
+async def test_simulated_attempts_are_their_own_line_from_rollups_and_raw_records(ledger: Ledger) -> None:
+    """A record the simulator answered is flagged, and GetStats says how many and at what real price,
+    over whole hours (rollups) and partial ones (raw records) alike."""
+    await ingest(
+        ledger,
+        [
+            record("s1", 1, at=H0 + 5 * MIN, cost=0.004, simulated=True),
+            record("s2", 1, at=H0 + 70 * MIN, cost=0.001, simulated=True),
+            record("p1", 1, at=H0 + 80 * MIN, cost=0.010),
+        ],
+    )
+    whole = await ledger.stub.GetStats(L.GetStatsRequest(window=window(H0, H0 + 2 * HOUR_US)))
+    assert whole.totals.simulated_attempts == 2 and whole.totals.attempts == 3
+    assert whole.totals.simulated_cost_usd == pytest.approx(0.005)
+    partial = await ledger.stub.GetStats(L.GetStatsRequest(window=window(H0 + 30 * MIN, H0 + 75 * MIN)))
+    assert partial.totals.simulated_attempts == 1
+    assert partial.totals.simulated_cost_usd == pytest.approx(0.001)

@@ -374,3 +374,10 @@ async def test_a_refused_request_still_accounts_for_a_paid_classification(
     [record] = recording_sink.records
     assert record.outcome == common_pb2.ATTEMPT_OUTCOME_NOT_ROUTED and record.usage.cost_usd == 0
     assert record.classifier_cost_usd > 0 and record.classifier_source == common_pb2.CLASSIFIER_SOURCE_LLM
+
+
+async def test_a_simulated_answer_is_recorded_as_simulated(router) -> None:
+    reply = await router.stub.Route(request(SPAM_CHECK))
+    assert reply.simulated
+    [record] = [r for r in router.sink.records if r.request_id == reply.request_id]
+    assert record.simulated and record.usage.cost_usd == reply.usage.cost_usd > 0
