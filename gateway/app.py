@@ -31,6 +31,7 @@ from gateway.errors import GatewayError, from_rpc_error, invalid_request
 from gateway.settings import GatewaySettings
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from service_kit import tls
 
 log = structlog.get_logger()
 Metadata = tuple[tuple[str, str], ...]
@@ -65,8 +66,17 @@ class Gateway:
         self._channels: list[grpc.aio.Channel] = []
 
     async def open(self) -> None:
-        router = grpc.aio.insecure_channel(self._settings.router_address)
-        ledger = grpc.aio.insecure_channel(self._settings.ledger_address)
+        settings = self._settings
+        credentials = tls.channel_credentials(
+            settings.peer_ca_file, settings.tls_cert_file, settings.tls_key_file
+        )
+
+        def channel(address: str) -> grpc.aio.Channel:
+            if credentials is None:
+                return grpc.aio.insecure_channel(address)
+            return grpc.aio.secure_channel(address, credentials)
+
+        router, ledger = channel(settings.router_address), channel(settings.ledger_address)
         self._channels = [router, ledger]
         self._router = router_pb2_grpc.RouterServiceStub(router)
         self._health = health_pb2_grpc.HealthStub(router)

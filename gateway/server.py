@@ -33,5 +33,8 @@ def create_server(settings: GatewaySettings) -> tuple[uvicorn.Server, socket.soc
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=math.ceil(settings.grace_seconds),
+        # HTTPS when the gateway has a certificate (GATEWAY_TLS_CERT_FILE / GATEWAY_TLS_KEY_FILE).
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
     )
     return uvicorn.Server(config), sock

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service_kit.policy import DEFAULT_POLICY_PATH
@@ -34,12 +34,25 @@ class GatewaySettings(BaseSettings):
     # they change.
     policy_path: Path = DEFAULT_POLICY_PATH
     price_overrides_path: Path | None = None
+    # TLS (service_kit/tls.py). peer_ca_file: the CA that signed the router's and the ledger's
+    # certificates; set, the gateway calls them over TLS (unset: plaintext, as on loopback).
+    # tls_cert_file + tls_key_file (PEM): the gateway serves HTTPS with them, and presents the
+    # certificate to the router and the ledger (mutual TLS, when they require a client certificate).
+    peer_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     log_level: str = "INFO"
     log_json: bool = True
     # Include libraries' own log messages (they may quote requests, so off by default).
     log_library_messages: bool = False
     # Seconds requests in flight get to finish on SIGTERM.
     grace_seconds: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _whole_tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE")
+        return self
 
     @property
     def address(self) -> str:
