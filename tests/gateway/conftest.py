@@ -60,7 +60,8 @@ Script = Callable[[Any], Any]
 @dataclass
 class ScriptedUpstream(router_pb2_grpc.RouterServiceServicer, ledger_pb2_grpc.LedgerServiceServicer):
     route: Script = lambda request: answer()
-    # RouteStream: a list of deltas, then the summary; a ServiceError in the list aborts there.
+    # RouteStream: a list of deltas, then the summary; a ServiceError in the list aborts there, a float
+    # pauses that many seconds.
     stream: Callable[[Any], list[Any]] = lambda request: ["Yes", ", spam.", answer("Yes, spam.")]
     stats: Script = lambda request: ledger_pb2.GetStatsResponse()
     seen: list[Seen] = field(default_factory=list)
@@ -86,6 +87,13 @@ class ScriptedUpstream(router_pb2_grpc.RouterServiceServicer, ledger_pb2_grpc.Le
     async def RouteStream(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[override]
         self._record("RouteStream", request, context)
         for event in self.stream(request):
+            if isinstance(event, float):  # a pause (the provider thinking), cancellable
+                try:
+                    await asyncio.sleep(event)
+                except asyncio.CancelledError:
+                    self.cancelled.set()
+                    raise
+                continue
             if isinstance(event, ServiceError):
                 await context.abort_with_status(event.to_status())
             if isinstance(event, str):

@@ -358,6 +358,19 @@ async def test_a_client_that_goes_away_cancels_the_router_call(harness: Harness)
     await asyncio.wait_for(harness.upstream.cancelled.wait(), timeout=5)
 
 
+async def test_a_client_that_leaves_a_stream_cancels_the_router_call(harness: Harness) -> None:
+    harness.upstream.stream = lambda request: ["Hello", 30.0, answer()]
+    async with (
+        httpx.AsyncClient(base_url=harness.url) as http,
+        http.stream(
+            "POST", "/v1/chat/completions", json={"model": "auto", "messages": USER, "stream": True}
+        ) as reply,
+    ):
+        first = await reply.aiter_lines().__anext__()
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["content"] == "Hello"
+    await asyncio.wait_for(harness.upstream.cancelled.wait(), timeout=5)
+
+
 async def test_stats_translates_the_query_and_forwards_credentials(harness: Harness) -> None:
     def stats(request: ledger_pb2.GetStatsRequest) -> ledger_pb2.GetStatsResponse:
         reply = ledger_pb2.GetStatsResponse(totals=ledger_pb2.Totals(requests=3, cost_usd=0.25))
