@@ -42,6 +42,8 @@ from service_kit.validation import bounded, message_violations
 
 log = structlog.get_logger()
 
+# A health component: SERVING when calls go to real providers, NOT_SERVING when the simulator answers all.
+PROVIDERS_HEALTH = "llmroute.real_providers"
 # Who may call what, when keys are required (service_kit/auth.py).
 RULES = {"Route": ("caller", "admin"), "RouteStream": ("caller", "admin")}
 
@@ -332,6 +334,16 @@ async def create_server(
         price_map_version=prices.current().version,
         baseline_model=policy.current().baseline_model,
     )
+    if providers.simulate_all and settings.simulator == "auto" and not auth.is_loopback(settings.host):
+        # Not a developer's machine, and no provider key: a typo in a key's name, or an empty
+        # `${OPENAI_API_KEY:-}`, would otherwise quietly answer every request from the simulator.
+        log.error(
+            "simulator_answers_every_call",
+            reason="no provider API key is set",
+            detail="set a key, or ROUTER_SIMULATOR=always to mean it, or never to fail instead",
+        )
+    # Health says who answers: the component is NOT_SERVING while every call goes to the simulator.
+    await running.set_component(PROVIDERS_HEALTH, not providers.simulate_all)
     await running.set_serving()
     return running
 

@@ -133,6 +133,10 @@ def _invalid(body: Any) -> str | None:
 
 
 def _fault_for(request: web.Request, body: dict[str, Any], state: SimulatorState) -> FaultSpec | None:
+    if not state.settings.faults_enabled:
+        if state.settings.weak_model_failures and not body.get("tools"):
+            return quality.silent_failure(body["model"], last_user_text(body["messages"]))
+        return None
     header = request.headers.get(faults.HEADER)
     if header:
         return faults.parse_spec(header)

@@ -37,11 +37,26 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/_sim/stats", _stats)
     app.router.add_post("/_sim/reset", _reset)
-    app.router.add_get("/_sim/faults", _list_faults)
-    app.router.add_post("/_sim/faults", _add_faults)
-    app.router.add_delete("/_sim/faults", _clear_faults)
-    app.router.add_delete("/_sim/faults/{rule_id:\\d+}", _delete_fault)
+    if settings.faults_enabled:
+        app.router.add_get("/_sim/faults", _list_faults)
+        app.router.add_post("/_sim/faults", _add_faults)
+        app.router.add_delete("/_sim/faults", _clear_faults)
+        app.router.add_delete("/_sim/faults/{rule_id:\\d+}", _delete_fault)
+    else:
+        app.router.add_route("*", "/_sim/faults{rest:.*}", _faults_off)
     return app
+
+
+async def _faults_off(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": "fault injection is off here (SIMULATOR_FAULTS=on enables it)",
+                "type": "forbidden",
+            }
+        },
+        status=403,
+    )
 
 
 async def start_simulator(settings: SimulatorSettings) -> tuple[web.AppRunner, int]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from service_kit.auth import is_loopback
 from service_kit.settings import ServiceSettings
 
 
@@ -23,3 +26,11 @@ class SimulatorSettings(ServiceSettings):
     # refusal (see simulator/quality.py). Off by default so tests control every fault; the demo turns
     # it on to show the router's validators and escalation at work.
     weak_model_failures: bool = False
+    # Fault injection (the x-sim-fault header, [[sim:fault=...]] in a prompt, /_sim/faults rules): on,
+    # off, or auto: on only when bound to loopback (the dev stack, the tests), so a simulator reachable
+    # by others cannot be told to fail every model for everyone.
+    faults: Literal["auto", "on", "off"] = "auto"
+
+    @property
+    def faults_enabled(self) -> bool:
+        return self.faults == "on" or (self.faults == "auto" and is_loopback(self.host))

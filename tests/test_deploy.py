@@ -483,7 +483,11 @@ SCALED = {"router-a": "router", "router-b": "router", "ledger-a": "ledger", "led
 
 
 def _compose_env(name: str) -> dict[str, str]:
-    return {key: str(value) for key, value in COMPOSE[name]["environment"].items()}
+    """A service's environment as compose would set it with nothing exported (`${X:-d}` is d)."""
+    return {
+        key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+        for key, value in COMPOSE[name]["environment"].items()
+    }
 
 
 def test_plain_compose_up_is_unchanged_and_the_scale_profile_holds_the_rest() -> None:

@@ -381,3 +381,42 @@ async def test_a_simulated_answer_is_recorded_as_simulated(router) -> None:
     assert reply.simulated
     [record] = [r for r in router.sink.records if r.request_id == reply.request_id]
     assert record.simulated and record.usage.cost_usd == reply.usage.cost_usd > 0
+
+
+@pytest.mark.parametrize(
+    ("host", "mode", "real", "error_logged"),
+    [
+        ("127.0.0.1", "auto", False, False),  # a developer's machine with no key: the simulator, said quietly
+        ("0.0.0.0", "auto", False, True),  # a deployment with no key: said loudly
+        ("0.0.0.0", "always", False, False),  # the simulator on purpose
+        ("0.0.0.0", "never", True, False),  # real providers only
+    ],
+)
+async def test_who_answers_is_visible_in_health_and_an_accidental_simulator_is_an_error(
+    simulator_url, tmp_path, recording_sink, monkeypatch, host, mode, real, error_logged
+) -> None:
+    import structlog
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from router_svc.server import PROVIDERS_HEALTH, create_server
+    from service_kit.providers import PROVIDER_KEYS
+    from tests.router.conftest import router_settings
+
+    for variable in PROVIDER_KEYS.values():
+        monkeypatch.delenv(variable, raising=False)
+    settings = router_settings(
+        "127.0.0.1:1", simulator_url, tmp_path, host=host, allow_open=True, simulator=mode
+    )
+    with structlog.testing.capture_logs() as logs:
+        running = await create_server(settings, usage_sink=recording_sink)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=PROVIDERS_HEALTH)
+            )
+    finally:
+        await running.stop(0)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert (reply.status == serving) is real
+    errors = [e for e in logs if e["event"] == "simulator_answers_every_call"]
+    assert bool(errors) is error_logged and all(e["log_level"] == "error" for e in errors)

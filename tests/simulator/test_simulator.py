@@ -606,3 +606,19 @@ async def test_python_m_simulator_serves_logs_no_secrets_and_stops_on_sigterm() 
     assert logged["model"] == "gpt-5-mini" and logged["completion_tokens"] > 0 and "latency_ms" in logged
     assert "hunter2zebra" not in output and "sk-secret" not in output
     assert lines[-1]["event"] == "simulator_stopped"
+
+
+async def test_fault_injection_is_off_unless_on_loopback_or_turned_on(start_sim) -> None:
+    """A simulator others can reach cannot be told to fail every model for everyone."""
+    exposed = await start_sim(host="0.0.0.0")
+    ruled = await exposed.http.post(
+        f"{exposed.base_url.removesuffix('/v1')}/_sim/faults", json=[{"fault": "status"}]
+    )
+    assert ruled.status == 403 and "SIMULATOR_FAULTS" in (await ruled.json())["error"]["message"]
+    body = {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hi [[sim:fault=status:500]]"}]}
+    reply = await exposed.chat(body, headers={"x-sim-fault": "status:503"})
+    assert reply.status == 200  # the header and the directive are ignored: an ordinary answer
+    on = await start_sim(host="0.0.0.0", faults="on")
+    assert (await on.chat(body)).status == 500
+    local = await start_sim()  # 127.0.0.1: the dev stack and the tests
+    assert (await local.chat(body)).status == 500
