@@ -58,16 +58,25 @@ class _Entry:
     expires: float
     response: router_pb2.RouteResponse | None = None
     running: asyncio.Future[router_pb2.RouteResponse] | None = None
+    size: int = 0  # the response's serialized bytes, counted against the cache's byte budget
 
 
 class IdempotencyCache:
-    """Per replica, in memory: bound keys with their finished response or in-flight run (bounded LRU)."""
+    """Per replica, in memory: bound keys with their finished response or in-flight run, an LRU
+    bounded in entries and in the bytes of the responses it keeps (a few long answers cannot take the
+    memory that ten thousand short ones would)."""
 
     def __init__(
-        self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl_seconds: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = 256 << 20,
     ) -> None:
         self._ttl = ttl_seconds
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
 
@@ -83,7 +92,7 @@ class IdempotencyCache:
         while True:
             entry = self._entries.get(key)
             if entry is not None and entry.running is None and entry.expires <= self._clock():
-                del self._entries[key]
+                self._drop(key)
                 entry = None
             if entry is None:
                 self._entries[key] = _Entry(digest, self._clock() + self._ttl, running=self._future())
@@ -113,9 +122,12 @@ class IdempotencyCache:
             return
         running, entry.running = entry.running, None
         entry.response = response
+        entry.size = response.ByteSize()
+        self._bytes += entry.size
         entry.expires = self._clock() + self._ttl
         if not running.done():
             running.set_result(response)
+        self._evict()
 
     def fail(self, key: Hashable, error: BaseException) -> None:
         """The owner's run ended without an answer. Waiters get the same error, except when the owner's
@@ -135,15 +147,26 @@ class IdempotencyCache:
         return asyncio.get_running_loop().create_future()
 
     def _evict(self) -> None:
-        """Oldest first, never a run in flight (its waiters and owner hold on to it)."""
-        excess = len(self._entries) - self._max
-        if excess <= 0:
+        """Oldest first, never a run in flight (its waiters and owner hold on to it), until both the
+        entries and the responses' bytes are within their bounds."""
+        count, size = len(self._entries), self._bytes
+        if count <= self._max and size <= self._max_bytes:
             return
         victims = []
         for key, entry in self._entries.items():
+            if count <= self._max and size <= self._max_bytes:
+                break
             if entry.running is None:
                 victims.append(key)
-                if len(victims) == excess:
-                    break
+                count, size = count - 1, size - entry.size
         for key in victims:
-            del self._entries[key]
+            self._drop(key)
+
+    def _drop(self, key: Hashable) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= entry.size
+
+    @property
+    def bytes(self) -> int:
+        """The serialized size of the responses kept."""
+        return self._bytes

@@ -295,7 +295,11 @@ async def create_server(
         judge=judge,
         explorer=explorer,
     )
-    local = IdempotencyCache(settings.idempotency_ttl_seconds, settings.idempotency_max_entries)
+    local = IdempotencyCache(
+        settings.idempotency_ttl_seconds,
+        settings.idempotency_max_entries,
+        max_bytes=settings.idempotency_max_bytes,
+    )
     idempotency: Idempotency = local
     shared = shared_cooldowns = None
     if settings.redis_url:

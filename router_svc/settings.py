@@ -114,6 +114,8 @@ class RouterSettings(ServiceSettings):
     # Remember finished responses by request_id this long, so a retried Route is not routed twice.
     idempotency_ttl_seconds: float = Field(default=600.0, ge=0)
     idempotency_max_entries: int = Field(default=10_000, ge=0)
+    # ...and the bytes of the answers it keeps for replay (serialized RouteResponses).
+    idempotency_max_bytes: int = Field(default=256 << 20, ge=0)
     # Shared state across router replicas (router_svc/shared.py): bound idempotency keys and their
     # runs, and cooldowns, in Redis (redis://host:6379/0). Empty: each replica keeps them in memory.
     redis_url: str = ""

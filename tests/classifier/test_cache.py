@@ -289,3 +289,20 @@ async def test_the_factory_puts_the_cache_in_front_when_enabled() -> None:
     conversation = Conversation.user("Summarize the meeting notes in three bullets.")
     assert (await on.classify(conversation)).source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
     assert (await on.classify(conversation)).source == common_pb2.CLASSIFIER_SOURCE_CACHE
+
+
+def test_remembered_embeddings_are_keyed_by_digest_and_bounded() -> None:
+    """A huge prompt costs the embedding memo its vector and a 32-byte digest, never its text."""
+    from classifier_svc import embeddings
+
+    embeddings.forget()
+    huge = "word " * 80_000
+    first = embeddings.embed([huge])
+    assert embeddings.remembered() == 1
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in embeddings._vectors)
+    assert (embeddings.embed([huge]) == first).all()  # remembered, the same vector
+    for i in range(embeddings._REMEMBERED + 10):
+        embeddings._vectors[i.to_bytes(32, "big")] = first[0]  # fill without embedding
+    embeddings.embed(["one more"])
+    assert embeddings.remembered() == embeddings._REMEMBERED
+    embeddings.forget()

@@ -116,6 +116,18 @@ async def test_eviction_keeps_runs_in_flight() -> None:
     assert (await waiter).run_id == "late"  # type: ignore[union-attr]
 
 
+async def test_the_kept_answers_are_bounded_in_bytes_not_only_in_entries() -> None:
+    long_answer = router_pb2.RouteResponse(content="x" * 100_000)
+    cache = IdempotencyCache(ttl_seconds=5, max_entries=1000, max_bytes=350_000)
+    for key in ("a", "b", "c", "d"):
+        assert await cache.claim(key, b"x") is None
+        cache.finish(key, long_answer)
+    assert cache.bytes <= 350_000
+    assert await cache.claim("a", b"x") is None  # the oldest went to make room
+    replay = await cache.claim("d", b"x")
+    assert replay is not None and replay.replayed and replay.content == long_answer.content
+
+
 # ---- through the router --------------------------------------------------------------------------
 
 
