@@ -144,10 +144,11 @@ async def test_an_oversized_batch_names_the_limit(backend: object) -> None:
         await stop_ledger(ledger)
 
 
-async def test_negative_sender_depth_is_refused(ledger: Ledger) -> None:
+@pytest.mark.parametrize("depth", [-1, 10**12 + 1])
+async def test_an_impossible_sender_depth_is_refused(ledger: Ledger, depth: int) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await ledger.stub.RecordUsage(L.RecordUsageRequest(sender="r", sender_spool_depth=-1))
-    assert "negative" in details(caught.value).violations["sender_spool_depth"]
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(sender="r", sender_spool_depth=depth))
+    assert f"between 0 and {10**12}; got {depth}" in details(caught.value).violations["sender_spool_depth"]
 
 
 async def test_unknown_enum_values_are_kept_not_refused(ledger: Ledger) -> None:
