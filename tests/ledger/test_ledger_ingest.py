@@ -148,7 +148,9 @@ async def test_an_oversized_batch_names_the_limit(backend: object) -> None:
 async def test_an_impossible_sender_depth_is_refused(ledger: Ledger, depth: int) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await ledger.stub.RecordUsage(L.RecordUsageRequest(sender="r", sender_spool_depth=depth))
-    assert f"between 0 and {10**12}; got {depth}" in details(caught.value).violations["sender_spool_depth"]
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert found.violations["sender_spool_depth"].endswith(f"got {depth}")
 
 
 async def test_unknown_enum_values_are_kept_not_refused(ledger: Ledger) -> None:
