@@ -20,6 +20,7 @@ from ledger_svc import records as conv
 from ledger_svc import stats as st
 from ledger_svc import validation as v
 from ledger_svc.settings import LedgerSettings
+from ledger_svc.snapshots import Snapshots
 from ledger_svc.store import BudgetRow, LedgerStore
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from service_kit import auth, metadata, tls
@@ -105,6 +106,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(self, store: LedgerStore, settings: LedgerSettings) -> None:
         self._store = store
         self._settings = settings
+        self._snapshots = Snapshots(store)
 
     @_database_errors
     async def RecordUsage(
@@ -165,7 +167,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     hour=0, minute=0, second=0, microsecond=0
                 )
                 window = v.Window(int(day.timestamp()) * 1_000_000, now)
-            totals = await self._store.totals(window, caller)
+            totals = await self._snapshots.totals(window, caller, request.last_minutes)
             yield ledger_pb2.WatchSpendResponse(time=_timestamp(now), totals=st.totals_pb(totals))
             if await self._store.changes.wait(interval):
                 await asyncio.sleep(min(_WATCH_COALESCE_SECONDS, interval))

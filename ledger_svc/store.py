@@ -126,8 +126,10 @@ class ChangeFeed:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.version = 0  # how many commits this replica has made; snapshots compare it
 
     def bump(self) -> None:
+        self.version += 1
         self._event.set()
         self._event = asyncio.Event()
 

@@ -41,6 +41,37 @@ async def test_watch_spend_sends_a_snapshot_at_once_then_on_change(ledger: Ledge
     call.cancel()
 
 
+async def test_many_watchers_of_the_same_figures_share_one_read(ledger: Ledger) -> None:
+    """A hundred streams on one caller's spend read the database about once, not a hundred times; a
+    new record is still seen by all of them at once."""
+    calls = [
+        ledger.stub.WatchSpend(L.WatchSpendRequest(interval_seconds=60, caller="carol")) for _ in range(100)
+    ]
+    original = ledger.store.totals
+    counted = 0
+
+    async def counting(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        nonlocal counted
+        counted += 1
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
+
+    ledger.store.totals = counting  # type: ignore[method-assign]
+    try:
+        firsts = await asyncio.gather(*(asyncio.wait_for(c.read(), 10) for c in calls))
+        assert all(f.totals.cost_usd == 0.0 for f in firsts)
+        assert counted <= 5, counted  # one read, give or take the streams that started late
+        await ledger.stub.RecordUsage(
+            L.RecordUsageRequest(records=[record("c1", 1, at=now_us() - MIN, caller="carol", cost=0.5)])
+        )
+        seconds = await asyncio.gather(*(asyncio.wait_for(c.read(), 10) for c in calls))
+        assert all(s.totals.cost_usd == 0.5 for s in seconds)  # the change reached every watcher
+        assert counted <= 10, counted
+    finally:
+        ledger.store.totals = original  # type: ignore[method-assign]
+        for c in calls:
+            c.cancel()
+
+
 async def test_watch_spend_ticks_every_interval_and_filters_by_caller(ledger: Ledger) -> None:
     await ledger.stub.RecordUsage(
         L.RecordUsageRequest(
