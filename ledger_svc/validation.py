@@ -126,13 +126,10 @@ def record_usage_violations(request: ledger_pb2.RecordUsageRequest, max_batch: i
         found.append(("records", f"at most {max_batch} records per call; got {len(request.records)}"))
         return found
     found += _text("sender", request.sender, required=False)
-    if not 0 <= request.sender_spool_depth <= MAX_SPOOL_DEPTH:
-        found.append(
-            (
-                "sender_spool_depth",
-                f"must be between 0 and {MAX_SPOOL_DEPTH}; got {request.sender_spool_depth}",
-            )
-        )
+    if request.sender_spool_depth < 0:
+        found.append(("sender_spool_depth", f"must not be negative; got {request.sender_spool_depth}"))
+    elif request.sender_spool_depth > MAX_SPOOL_DEPTH:
+        found.append(("sender_spool_depth", f"at most {MAX_SPOOL_DEPTH}; got {request.sender_spool_depth}"))
     return found
 
 
