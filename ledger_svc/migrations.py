@@ -320,6 +320,22 @@ async def _v7(conn: AsyncConnection) -> None:
         await conn.execute(sa.text(statement))
 
 
+async def _v8(conn: AsyncConnection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "api_keys",
+        md,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("roles", sa.String(100), nullable=False),
+        sa.Column("callers", sa.Text, nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("created_ts", sa.BigInteger, nullable=False),
+        sa.Column("revoked_ts", sa.BigInteger, nullable=False, server_default="0"),
+    )
+    await _create(conn, md)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "usage records, request states, hourly rollups with latency histograms", _v1),
     Migration(2, "budgets, feedback and sender spool reports", _v2),
@@ -330,6 +346,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "the feedback loop: exploration, judge verdicts, feedback runs, policy rollups", _v5),
     Migration(6, "budget reservations of calls in flight", _v6),
     Migration(7, "records answered by the bundled simulator", _v7),
+    Migration(8, "API keys created over CreateKey, as digests", _v8),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -251,6 +251,20 @@ reservations = sa.Table(
     sa.Index("ix_reservations_caller", "caller"),
 )
 
+# API keys created over CreateKey (docs/security.md): digests only. Roles and callers are
+# comma-separated (a caller name cannot contain a comma).
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("roles", sa.String(100), nullable=False),
+    sa.Column("callers", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("created_ts", sa.BigInteger, nullable=False),
+    sa.Column("revoked_ts", sa.BigInteger, nullable=False, server_default="0"),
+)
+
 # Each router replica's last reported spool depth.
 senders = sa.Table(
     "senders",

@@ -47,6 +47,10 @@ RULES = {
     "SetBudget": ("admin",),
     "ExportRecords": ("admin",),
     "ExportOutcomes": ("admin",),
+    "CreateKey": ("admin",),
+    "ListKeys": ("admin",),
+    "RevokeKey": ("admin",),
+    "LookupKey": ("service", "admin"),
 }
 # After a change-triggered WatchSpend snapshot, wait this long so a burst of batches is one snapshot.
 _WATCH_COALESCE_SECONDS = 0.05
@@ -54,6 +58,32 @@ _WATCH_COALESCE_SECONDS = 0.05
 
 def _timestamp(us: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def _api_key(row: Any) -> ledger_pb2.ApiKey:
+    info = ledger_pb2.ApiKey(
+        id=row["id"],
+        name=row["name"],
+        roles=[r for r in row["roles"].split(",") if r],
+        callers=[c for c in row["callers"].split(",") if c],
+        created=_timestamp(row["created_ts"]),
+    )
+    if row["revoked_ts"]:
+        info.revoked.CopyFrom(_timestamp(row["revoked_ts"]))
+    return info
+
+
+def key_lookup(store: LedgerStore) -> auth.Lookup:
+    """Keys in the ledger's database as principals: an active key whose digest matches."""
+
+    async def lookup(key_id: str, key_digest: str) -> auth.Principal | None:
+        row = await store.key(key_id)
+        if row is None or row["revoked_ts"] or not hmac.compare_digest(row["sha256"], key_digest):
+            return None
+        info = _api_key(row)
+        return auth.Principal(info.name, frozenset(info.roles), tuple(info.callers), info.id)
+
+    return lookup
 
 
 def _budget_status(row: BudgetRow) -> ledger_pb2.BudgetStatus:
@@ -102,7 +132,71 @@ def _database_errors_stream(handler: Callable[..., AsyncIterator[Any]]) -> Calla
     return wrapped
 
 
-class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+class _Keys:
+    """The key management RPCs, mixed into the servicer."""
+
+    _store: LedgerStore
+
+    @_database_errors
+    async def CreateKey(
+        self, request: ledger_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.CreateKeyResponse:
+        violations = v.caller_violations("name", request.name)
+        if not request.name:
+            violations.append(("name", "required: the principal the key acts as"))
+        roles = list(request.roles) or ["caller"]
+        if set(roles) - set(auth.ROLES):
+            violations.append(("roles", f"each one of {', '.join(auth.ROLES)}"))
+        if len(request.callers) > 50:
+            violations.append(("callers", "at most 50 patterns"))
+        for i, pattern in enumerate(request.callers):
+            violations += v.caller_violations(f"callers[{i}]", pattern)
+            if "," in pattern:
+                violations.append((f"callers[{i}]", "must not contain a comma"))
+        v.raise_if(violations)
+        key_id, key = auth.new_key()
+        created = await self._store.create_key(
+            key_id, request.name, roles, list(request.callers), auth.digest(key)
+        )
+        log.info("key_created", key_id=key_id, principal=request.name, roles=",".join(roles))
+        info = ledger_pb2.ApiKey(
+            id=key_id, name=request.name, roles=roles, callers=request.callers, created=_timestamp(created)
+        )
+        return ledger_pb2.CreateKeyResponse(key=key, info=info)
+
+    @_database_errors
+    async def ListKeys(
+        self, request: ledger_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ListKeysResponse:
+        return ledger_pb2.ListKeysResponse(keys=[_api_key(row) for row in await self._store.keys()])
+
+    @_database_errors
+    async def RevokeKey(
+        self, request: ledger_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.RevokeKeyResponse:
+        revoked = await self._store.revoke_key(request.id)
+        log.info("key_revoked", key_id=request.id, revoked=revoked)
+        return ledger_pb2.RevokeKeyResponse(revoked=revoked)
+
+    @_database_errors
+    async def LookupKey(
+        self, request: ledger_pb2.LookupKeyRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.LookupKeyResponse:
+        principal = await key_lookup(self._store)(request.id, request.sha256)
+        if principal is None:
+            return ledger_pb2.LookupKeyResponse(found=False)
+        return ledger_pb2.LookupKeyResponse(
+            found=True,
+            key=ledger_pb2.ApiKey(
+                id=principal.key_id,
+                name=principal.name,
+                roles=sorted(principal.roles),
+                callers=principal.callers,
+            ),
+        )
+
+
+class LedgerServicer(_Keys, ledger_pb2_grpc.LedgerServiceServicer):
     def __init__(self, store: LedgerStore, settings: LedgerSettings) -> None:
         self._store = store
         self._settings = settings
@@ -347,6 +441,7 @@ async def create_server(
             RULES,
             settings.max_calls_per_principal,
             settings.max_streams_per_principal,
+            auth.KeyCache(key_lookup(store), ttl=settings.key_cache_seconds, miss_ttl=1.0),
         )
     except BaseException:
         await store.close()

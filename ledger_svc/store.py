@@ -29,6 +29,7 @@ from ledger_svc.records import iso_us, to_row
 from ledger_svc.schema import (
     DIM_TOTAL,
     HOUR_US,
+    api_keys,
     budgets,
     feedback,
     ledger_meta,
@@ -382,6 +383,47 @@ class LedgerStore:
                 return
             last = page[-1]
             after = tuple(last[column.name] for column in order)
+
+    # ---- API keys -----------------------------------------------------------------------------
+
+    async def create_key(
+        self, key_id: str, name: str, roles: list[str], callers: list[str], sha256: str
+    ) -> int:
+        """Store a key's digest; returns its creation time (µs)."""
+        created = self._now()
+        async with self._engines.write.begin() as conn:
+            await conn.execute(
+                sa.insert(api_keys).values(
+                    id=key_id,
+                    name=name,
+                    roles=",".join(roles),
+                    callers=",".join(callers),
+                    sha256=sha256,
+                    created_ts=created,
+                    revoked_ts=0,
+                )
+            )
+        return created
+
+    async def keys(self) -> list[Mapping[Any, Any]]:
+        async with self._engines.read.connect() as conn:
+            result = await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_ts, api_keys.c.id))
+            return list(result.mappings().all())
+
+    async def key(self, key_id: str) -> Mapping[Any, Any] | None:
+        # The budget pool: a lookup stands between a caller and its Route, like a budget check.
+        async with self._engines.budgets.connect() as conn:
+            result = await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))
+            return result.mappings().first()
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self._engines.write.begin() as conn:
+            result = await conn.execute(
+                sa.update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_ts == 0)
+                .values(revoked_ts=self._now())
+            )
+            return bool(result.rowcount)
 
     # ---- budgets ------------------------------------------------------------------------------
 

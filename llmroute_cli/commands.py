@@ -100,6 +100,9 @@ def _budget(args: argparse.Namespace) -> None:
 
 
 def _keys(args: argparse.Namespace) -> None:
+    if args.in_ledger:
+        _keys_in_ledger(args)
+        return
     path = Path(args.keys_file)
     if args.action == "create":
         if not args.name:
@@ -116,6 +119,33 @@ def _keys(args: argparse.Namespace) -> None:
             )
     elif not auth.revoke_key(path, args.id):
         sys.exit(f"llmroute: no active key {args.id} in {path}")
+
+
+def _keys_in_ledger(args: argparse.Namespace) -> None:
+    """The same verbs over the ledger's key RPCs (an admin key in LLMROUTE_API_KEY)."""
+    with connect.channel(args.ledger) as channel:
+        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+        if args.action == "create":
+            if not args.name:
+                sys.exit("llmroute: keys create needs --name")
+            request = ledger_pb2.CreateKeyRequest(
+                name=args.name, roles=args.role or ["caller"], callers=args.caller
+            )
+            reply = ledger.CreateKey(request, timeout=30)
+            print(reply.key)
+            print(
+                f"[key {reply.info.id} for {args.name}: shown once, stored as a digest in the ledger]",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            for key in ledger.ListKeys(ledger_pb2.ListKeysRequest(), timeout=30).keys:
+                state = f"revoked {key.revoked.ToJsonString()}" if key.HasField("revoked") else "active"
+                callers = f" callers={','.join(key.callers)}" if key.callers else ""
+                print(
+                    f"{key.id}  {key.name}  roles={','.join(key.roles)}{callers}  {key.created.ToJsonString()}  {state}"
+                )
+        elif not ledger.RevokeKey(ledger_pb2.RevokeKeyRequest(id=args.id), timeout=30).revoked:
+            sys.exit(f"llmroute: no active key {args.id} in the ledger")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
         "--keys-file",
         default=os.environ.get("LLMROUTE_KEYS_FILE", "var/keys.yaml"),
         help="the services' *_KEYS_FILE",
+    )
+    keys.add_argument(
+        "--in-ledger", action="store_true", help="the ledger's database (its key RPCs), not a keys file"
     )
     keys.add_argument("--name", default="", help="create: the principal (the caller budgets and stats see)")
     keys.add_argument(

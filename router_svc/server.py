@@ -16,7 +16,7 @@ import grpc
 import structlog
 
 from llmroute.common.v1 import common_pb2
-from llmroute.ledger.v1 import ledger_pb2_grpc
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc import schemas
 from router_svc._litellm import litellm
@@ -223,6 +223,17 @@ def build_usage_sink(settings: RouterSettings) -> UsageSink:
     )
 
 
+def _ledger_keys(ledger: ledger_pb2_grpc.LedgerServiceStub) -> auth.Lookup:
+    async def lookup(key_id: str, key_digest: str) -> auth.Principal | None:
+        reply = await ledger.LookupKey(ledger_pb2.LookupKeyRequest(id=key_id, sha256=key_digest), timeout=2)
+        if not reply.found:
+            return None
+        key = reply.key
+        return auth.Principal(key.name, frozenset(key.roles), tuple(key.callers), key.id)
+
+    return lookup
+
+
 def _service_key(settings: RouterSettings) -> str | None:
     return settings.service_key.get_secret_value() if settings.service_key else None
 
@@ -314,6 +325,10 @@ async def create_server(
         RULES,
         settings.max_calls_per_principal,
         settings.max_streams_per_principal,
+        # Keys created over the ledger's CreateKey: asked of the ledger, remembered a few seconds.
+        auth.KeyCache(
+            _ledger_keys(ledger_pb2_grpc.LedgerServiceStub(ledger_channel)), ttl=settings.key_cache_seconds
+        ),
     )
     server = service_server.new_server(share_port=settings.workers > 1, gate=gate)
     router_pb2_grpc.add_RouterServiceServicer_to_server(

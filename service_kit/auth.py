@@ -25,7 +25,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import grpc
 import structlog
 import yaml
 
-from service_kit.errors import PermissionDenied, ResourceExhausted, ServiceError
+from service_kit.errors import PermissionDenied, ResourceExhausted, ServiceError, Unavailable
 
 log = structlog.get_logger()
 
@@ -234,6 +234,8 @@ class Gate:
     rules: Mapping[str, frozenset[str]]
     max_calls: int = 0
     max_streams: int = 0
+    # Keys not in the file: the ledger's database (created over CreateKey), asked through this.
+    remote: KeyCache | None = None
     _active: dict[tuple[str, bool], int] = field(default_factory=dict, compare=False)
 
     def hold(self, principal: Principal | None, stream: bool) -> Callable[[], None]:
@@ -265,7 +267,7 @@ class Gate:
 
         return release
 
-    def admit(self, method: str, invocation_metadata: Any) -> Principal | None:
+    async def admit(self, method: str, invocation_metadata: Any) -> Principal | None:
         """The principal of a call, or raises Unauthenticated / PermissionDenied."""
         if self.keys is None:
             return None
@@ -275,6 +277,8 @@ class Gate:
                 "send an API key: metadata 'authorization: Bearer <key>'", reason="API_KEY_MISSING"
             )
         principal = self.keys.authenticate(key)
+        if principal is None and self.remote is not None and key_id_of(key):
+            principal = await self.remote.principal(key_id_of(key), digest(key))
         if principal is None:
             raise Unauthenticated(
                 "the API key is unknown or revoked",
@@ -298,6 +302,40 @@ class Gate:
 
 def _nothing() -> None:
     return None
+
+
+Lookup = Callable[[str, str], Awaitable["Principal | None"]]
+
+
+class KeyCache:
+    """Keys looked up elsewhere (the ledger's database), by id and digest, remembered briefly: a key
+    found for `ttl` seconds (so a revocation takes effect within that), one not found for `miss_ttl`.
+    A lookup that fails is UNAVAILABLE, never taken as "no such key"."""
+
+    def __init__(
+        self, lookup: Lookup, ttl: float = 10.0, miss_ttl: float = 2.0, max_entries: int = 10_000
+    ) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._miss_ttl = miss_ttl
+        self._max = max_entries
+        self._known: dict[str, tuple[float, Principal | None]] = {}
+
+    async def principal(self, key_id: str, key_digest: str) -> Principal | None:
+        now = time.monotonic()
+        known = self._known.get(key_digest)
+        if known is not None and known[0] > now:
+            return known[1]
+        try:
+            found = await self._lookup(key_id, key_digest)
+        except Exception as error:  # the lookup's transport: said as such, never as a wrong key
+            raise Unavailable(
+                "API keys cannot be checked now; retry", reason="KEY_LOOKUP_UNAVAILABLE"
+            ) from error
+        if len(self._known) >= self._max:
+            self._known.clear()
+        self._known[key_digest] = (now + (self._ttl if found else self._miss_ttl), found)
+        return found
 
 
 def _bearer(invocation_metadata: Any) -> str:
@@ -326,12 +364,13 @@ def gate(
     rules: Mapping[str, Iterable[str]],
     max_calls: int = 0,
     max_streams: int = 0,
+    remote: KeyCache | None = None,
 ) -> Gate:
     """A server's gate from its settings. Without keys it runs open, which it says at start, and only
     on loopback unless `allow_open`; bound elsewhere without either, it refuses to start."""
     frozen = {method: frozenset(roles) for method, roles in rules.items()}
     if keys_file is not None:
-        return Gate(KeyRing(keys_file), frozen, max_calls, max_streams)
+        return Gate(KeyRing(keys_file), frozen, max_calls, max_streams, remote)
     if is_loopback(host):
         log.warning("auth_open", service=service, host=host, detail="no keys file: open on loopback only")
     elif allow_open:

@@ -63,14 +63,14 @@ def _bind(method: str, request_id: str) -> None:
 
 def _admission(
     gate: auth.Gate | None, method: str, invocation_metadata: Any, stream: bool
-) -> Callable[[], Callable[[], None]]:
+) -> Callable[[], Awaitable[Callable[[], None]]]:
     """Run inside the call's task: authenticate, check the method's roles, bind the principal, take
     one of its call slots. Returns the slot's release."""
 
-    def admit() -> Callable[[], None]:
+    async def admit() -> Callable[[], None]:
         if gate is None:
             return _no_slot
-        principal = gate.admit(method, invocation_metadata)
+        principal = await gate.admit(method, invocation_metadata)
         auth.Gate.bind(principal)
         if principal is not None:
             structlog.contextvars.bind_contextvars(principal=principal.name)
@@ -104,7 +104,7 @@ def _wrap_unary(
     behavior: Callable[..., Awaitable[Any]],
     method: str,
     request_id: str,
-    admit: Callable[[], Callable[[], None]],
+    admit: Callable[[], Awaitable[Callable[[], None]]],
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _bind(method, request_id)
@@ -112,7 +112,7 @@ def _wrap_unary(
         code = "OK"
         release = _no_slot
         try:
-            release = admit()
+            release = await admit()
             return await behavior(request, context)
         except grpc.aio.AbortError:
             code = _code(context)
@@ -134,7 +134,7 @@ def _wrap_stream(
     behavior: Callable[..., AsyncGenerator[Any, None]],
     method: str,
     request_id: str,
-    admit: Callable[[], Callable[[], None]],
+    admit: Callable[[], Awaitable[Callable[[], None]]],
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _bind(method, request_id)
@@ -142,7 +142,7 @@ def _wrap_stream(
         code = "OK"
         release = _no_slot
         try:
-            release = admit()
+            release = await admit()
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response

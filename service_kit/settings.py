@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     # (RESOURCE_EXHAUSTED beyond, reason TOO_MANY_CONCURRENT_CALLS); 0: no limit.
     max_calls_per_principal: int = Field(default=256, ge=0)
     max_streams_per_principal: int = Field(default=8, ge=0)
+    # Keys created over the ledger's CreateKey are looked up there and remembered this long: a
+    # revoked one stops working within it.
+    key_cache_seconds: float = Field(default=10.0, gt=0)
     # TLS on the port (service_kit/tls.py): the certificate chain and its key (PEM). With a client CA,
     # mutual TLS: only clients with a certificate it signed may connect.
     tls_cert_file: Path | None = None

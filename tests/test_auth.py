@@ -69,7 +69,12 @@ async def stack(tmp_path: Path, simulator_url: str) -> AsyncIterator[Stack]:
         "victim": auth.create_key(keys_file, "victim-team", ["caller"])[1],
     }
     ledger = await start_ledger(
-        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", keys_file=keys_file)
+        LedgerSettings(
+            port=0,
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}",
+            keys_file=keys_file,
+            key_cache_seconds=0.2,
+        )
     )
     ledger_address = f"127.0.0.1:{ledger.running.port}"
     classifier = await create_classifier(
@@ -86,6 +91,7 @@ async def stack(tmp_path: Path, simulator_url: str) -> AsyncIterator[Stack]:
         budget_check_ttl_seconds=0.1,
         keys_file=keys_file,
         service_key=keys["router"],
+        key_cache_seconds=0.2,
     )
     router = await create_router(settings, usage_sink=reporter)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
@@ -303,3 +309,73 @@ async def test_one_principals_streams_cannot_take_the_ledger_from_the_others(
     finally:
         await channel.close()
         await stop_ledger(ledger)
+
+
+async def test_keys_created_in_the_ledger_route_read_and_stop_when_revoked(stack: Stack) -> None:
+    """An admin creates a key over CreateKey; the router learns it from the ledger (LookupKey, with
+    its service key); the ledger keeps only its digest; a revocation reaches the router."""
+    ledger = stack.ledger()
+    admin = stack.as_("admin")
+    code, reason, _ = await refused(
+        ledger.CreateKey(L.CreateKeyRequest(name="team-d"), metadata=stack.as_("team-a"))
+    )
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "ROLE_REQUIRED")
+    bad = await refused(ledger.CreateKey(L.CreateKeyRequest(name="x", roles=["root"]), metadata=admin))
+    assert bad[0] == grpc.StatusCode.INVALID_ARGUMENT
+    created = await ledger.CreateKey(L.CreateKeyRequest(name="team-d", callers=["team-d/*"]), metadata=admin)
+    key = created.key
+    assert key.startswith("lrk_" + created.info.id) and list(created.info.roles) == ["caller"]
+    listed = await ledger.ListKeys(L.ListKeysRequest(), metadata=admin)
+    assert key not in str(listed) and created.info.id in {k.id for k in listed.keys}
+    # Only the router (service) may look keys up.
+    code, _, _ = await refused(
+        ledger.LookupKey(
+            L.LookupKeyRequest(id=created.info.id, sha256=auth.digest(key)), metadata=stack.as_("team-a")
+        )
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+    as_d = ((auth.AUTHORIZATION, f"Bearer {key}"),)
+    router = stack.route(None)
+    reply = await router.Route(request("team-d/search"), metadata=as_d)
+    assert reply.content
+    code, reason, _ = await refused(router.Route(request("team-a"), metadata=as_d))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+    assert await stack.reporter.flush(10)
+    mine = await ledger.GetStats(L.GetStatsRequest(caller="team-d/search"), metadata=as_d)
+    assert mine.totals.requests == 1
+
+    assert (await ledger.RevokeKey(L.RevokeKeyRequest(id=created.info.id), metadata=admin)).revoked
+    for _ in range(50):  # both caches hold a key 0.2 s here (10 s by default)
+        try:
+            await router.Route(request(), metadata=as_d)
+        except grpc.aio.AioRpcError as error:
+            assert details(error).reason == "API_KEY_INVALID"
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the revoked key still routes")
+    await asyncio.sleep(0.25)  # past the ledger's own cache of the key (0.2 s here)
+    code, reason, _ = await refused(ledger.GetStats(L.GetStatsRequest(), metadata=as_d))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID")
+
+
+async def test_the_cli_manages_keys_in_the_ledger(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmroute_cli.commands import main
+
+    ledger = ["--ledger", stack.ledger_address]
+    monkeypatch.setenv("LLMROUTE_API_KEY", stack.keys["admin"])
+    await asyncio.to_thread(main, [*ledger, "keys", "create", "--in-ledger", "--name", "team-e"])
+    # The in-process ledger logs to stdout too: the key is the line the CLI printed.
+    [key] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lrk_")]
+    await asyncio.to_thread(main, [*ledger, "keys", "list", "--in-ledger"])
+    listed = capsys.readouterr().out
+    key_id = auth.key_id_of(key)
+    assert f"{key_id}  team-e  roles=caller" in listed and "active" in listed and key not in listed
+    await asyncio.to_thread(main, [*ledger, "keys", "revoke", key_id, "--in-ledger"])
+    await asyncio.to_thread(main, [*ledger, "keys", "list", "--in-ledger"])
+    assert "revoked" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no active key"):
+        await asyncio.to_thread(main, [*ledger, "keys", "revoke", key_id, "--in-ledger"])
