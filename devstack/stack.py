@@ -8,6 +8,9 @@ simulator's /health, the gateway's /readyz), and shutdown is SIGTERM, as a conta
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import http.client
 import os
 import signal
 import socket
@@ -46,7 +49,12 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(5)))
+        # All bound at once, so the kernel cannot hand out the same free port twice.
+        with contextlib.ExitStack() as held:
+            sockets = [held.enter_context(socket.socket()) for _ in dataclasses.fields(cls)]
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            return cls(*(int(sock.getsockname()[1]) for sock in sockets))
 
 
 def free_port() -> int:
@@ -157,7 +165,7 @@ class Stack:
                     f"http://127.0.0.1:{getattr(self.ports, name)}{path}", timeout=1
                 ) as reply:
                     return bool(reply.status == 200)
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 return False
         port = self.replicas[name][1] if name in self.replicas else getattr(self.ports, name)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
