@@ -44,6 +44,10 @@ class Cooldowns:
         state.probing_until = now + self._seconds
         return True
 
+    def open_count(self) -> int:
+        """How many models are in cooldown now (the metrics' circuit-breaker gauge)."""
+        return sum(1 for model in list(self._states) if self.in_cooldown(model))
+
     def in_cooldown(self, model: str) -> bool:
         state = self._states.get(model)
         if state is None or state.failures < self._after:

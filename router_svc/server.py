@@ -18,7 +18,7 @@ import structlog
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc import schemas
+from router_svc import metering, schemas
 from router_svc._litellm import litellm
 from router_svc.budgets import BudgetGate
 from router_svc.classification import Classification
@@ -26,6 +26,7 @@ from router_svc.cooldown import Cooldowns
 from router_svc.exploration import ExplorationBudget, Explorer
 from router_svc.idempotency import IdempotencyCache, fingerprint
 from router_svc.judge import Judge
+from router_svc.metering import MeteredSink
 from router_svc.pricing import PriceSource
 from router_svc.providers import Providers
 from router_svc.routing import RouteInput, Router, UsageSink
@@ -234,6 +235,11 @@ def _ledger_keys(ledger: ledger_pb2_grpc.LedgerServiceStub) -> auth.Lookup:
     return lookup
 
 
+def _spool_depth(sink: UsageSink) -> int:
+    stats = getattr(sink, "stats", None)
+    return int(stats().depth) if stats is not None else 0
+
+
 def _service_key(settings: RouterSettings) -> str | None:
     return settings.service_key.get_secret_value() if settings.service_key else None
 
@@ -253,7 +259,7 @@ async def create_server(
     )
     providers = Providers(settings.simulator, settings.simulator_url)
     classifier = Classification.from_settings(settings)
-    sink = usage_sink if usage_sink is not None else build_usage_sink(settings)
+    sink: UsageSink = MeteredSink(usage_sink if usage_sink is not None else build_usage_sink(settings))
     ledger_channel = auth.channel(
         settings.ledger_address, _service_key(settings), credentials=_peer_credentials(settings)
     )
@@ -294,6 +300,7 @@ async def create_server(
             )
             explorer = Explorer(settings.exploration_rate, budget, draw)
     cooldowns = Cooldowns(settings.cooldown_after_failures, settings.cooldown_seconds)
+    metering.watch(cooldowns.open_count, lambda: _spool_depth(sink))
     router = Router(
         settings=settings,
         policy=policy.current,

@@ -59,3 +59,36 @@ async def test_rpcs_are_counted_by_method_and_status_code(router, metrics_port: 
     assert rpcs(after, ROUTE, "INVALID_ARGUMENT") - rpcs(before, ROUTE, "INVALID_ARGUMENT") == 1
     assert rpcs(after, STREAM, "OK") - rpcs(before, STREAM, "OK") == 1
     assert durations(after, ROUTE) - durations(before, ROUTE) == 2
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_provider_calls_spend_and_requests_are_counted_as_the_ledger_counts_them(
+    router, metrics_port: int
+) -> None:
+    before = await scrape(metrics_port)
+    reply = await router.stub.Route(request("Is this spam? 'free cruise'"))
+    after = await scrape(metrics_port)
+    tier = common_pb2.Tier.Name(reply.tier).removeprefix("TIER_").lower()
+    source = (
+        common_pb2.ClassifierSource.Name(reply.classification.source)
+        .removeprefix("CLASSIFIER_SOURCE_")
+        .lower()
+    )
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("llmroute_router_provider_calls_total", model=reply.model, outcome="ok") == 1
+    assert delta("llmroute_router_spend_usd_total", tier=tier, model=reply.model) == pytest.approx(
+        reply.usage.cost_usd
+    )
+    assert delta("llmroute_router_baseline_usd_total", tier=tier) == pytest.approx(
+        reply.usage.baseline_cost_usd
+    )
+    assert delta("llmroute_router_requests_total", tier=tier, source=source) == 1
+    assert delta("llmroute_router_simulated_calls_total") == 1
+    assert delta("llmroute_router_provider_call_duration_seconds_count", model=reply.model) == 1
+    assert value(after, "llmroute_router_models_in_cooldown") == 0
