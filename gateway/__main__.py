@@ -18,6 +18,7 @@ async def serve(settings: GatewaySettings) -> None:
         ledger=settings.ledger_address,
     )
     await server.serve(sockets=[sock])
+    structlog.get_logger().info("gateway_stopped")
 
 
 def main() -> None:

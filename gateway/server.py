@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, with SIGTERM and SIGINT handled on the event loop
+    (`loop.add_signal_handler`) and a clean exit after the graceful shutdown. uvicorn's own handling
+    raises the signal again once it has stopped, so a gateway stopped by SIGTERM would exit with
+    status 143 where the other services exit with 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        stops = (signal.SIGTERM, signal.SIGINT)
+        for stop in stops:
+            loop.add_signal_handler(stop, self.handle_exit, stop, None)
+        try:
+            yield
+        finally:
+            for stop in stops:
+                loop.remove_signal_handler(stop)
 
 
 def create_server(settings: GatewaySettings) -> tuple[uvicorn.Server, socket.socket]:
@@ -37,4 +64,4 @@ def create_server(settings: GatewaySettings) -> tuple[uvicorn.Server, socket.soc
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,
     )
-    return uvicorn.Server(config), sock
+    return _Server(config), sock

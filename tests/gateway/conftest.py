@@ -65,11 +65,13 @@ class ScriptedUpstream(router_pb2_grpc.RouterServiceServicer, ledger_pb2_grpc.Le
     stream: Callable[[Any], list[Any]] = lambda request: ["Yes", ", spam.", answer("Yes, spam.")]
     stats: Script = lambda request: ledger_pb2.GetStatsResponse()
     seen: list[Seen] = field(default_factory=list)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         metadata = {key: value for key, value in context.invocation_metadata() or ()}  # type: ignore[misc]
         self.seen.append(Seen(method, request, metadata, context.time_remaining()))
+        self.called.set()
 
     async def Route(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[override]
         self._record("Route", request, context)
@@ -113,7 +115,9 @@ class ScriptedUpstream(router_pb2_grpc.RouterServiceServicer, ledger_pb2_grpc.Le
 class Harness:
     upstream: ScriptedUpstream
     health: health.aio.HealthServicer
+    # The gateway's base URL, and the scripted services' gRPC address.
     url: str
+    upstream_address: str
 
 
 @contextlib.asynccontextmanager
@@ -151,6 +155,6 @@ async def harness() -> AsyncIterator[Harness]:
     )
     try:
         async with serve_gateway(settings) as url:
-            yield Harness(upstream, checker, url)
+            yield Harness(upstream, checker, url, f"127.0.0.1:{port}")
     finally:
         await server.stop(None)
