@@ -91,7 +91,7 @@ class Gateway:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise GatewayError(413, f"the body is over {limit} bytes", type="invalid_request_error")
-        body = b""
+        body = bytearray()
         async for piece in request.stream():
             body += piece
             if len(body) > limit:

@@ -413,3 +413,11 @@ async def test_responses_are_not_held_back_by_nagle(harness: Harness) -> None:
             await http.get("/healthz")
             timings.append(time.perf_counter() - started)
     assert statistics.median(timings) < 0.030
+
+
+async def test_a_body_over_the_limit_is_413_before_parsing(harness: Harness) -> None:
+    huge = {"model": "auto", "messages": [{"role": "user", "content": "x" * (9 * 1024 * 1024)}]}
+    async with httpx.AsyncClient(base_url=harness.url) as http:
+        reply = await http.post("/v1/chat/completions", json=huge)
+    assert reply.status_code == 413 and reply.json()["error"]["type"] == "invalid_request_error"
+    assert harness.upstream.seen == []
