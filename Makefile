@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 PROTOS := $(shell find protos -name '*.proto')
 export LITELLM_LOCAL_MODEL_COST_MAP ?= True
 
-.PHONY: help install protos run demo test test-fast bench replay lint format typecheck train-classifier eval-classifier calibrate clean
+.PHONY: help install protos run demo test test-fast bench soak replay lint format typecheck train-classifier eval-classifier calibrate clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test-fast: install ## Unit tests only (no end-to-end processes)
 
 bench: install ## Benchmarks: router and gateway overhead, ledger ingest and stats, classifier latency
 	$(PY) -m benchmarks.run
+
+soak: install ## Sustained mixed traffic with provider faults, then the books checked: make soak DURATION=60 RATE=20
+	$(PY) -m benchmarks.soak --duration $(or $(DURATION),60) --rate $(or $(RATE),20) $(ARGS)
 
 replay: install ## Outcome data through the running feedback loop: static vs loop vs fully informed (docs/feedback-loop.md)
 	$(PY) -m feedback_loop.replay $(ARGS)
