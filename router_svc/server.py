@@ -235,6 +235,18 @@ def _ledger_keys(ledger: ledger_pb2_grpc.LedgerServiceStub) -> auth.Lookup:
     return lookup
 
 
+def max_request_bytes(settings: RouterSettings) -> int:
+    """The largest Route request the limits admit, as gRPC receives it: every text at 4 bytes a
+    character (UTF-8's most), the schema, and room for the fields' framing. Anything larger is refused
+    by gRPC before it is decoded."""
+    return (
+        4 * settings.max_prompt_chars
+        + settings.max_json_schema_bytes
+        + 64 * settings.max_messages
+        + (64 << 10)
+    )
+
+
 def _spool_depth(sink: UsageSink) -> int:
     stats = getattr(sink, "stats", None)
     return int(stats().depth) if stats is not None else 0
@@ -337,7 +349,9 @@ async def create_server(
             _ledger_keys(ledger_pb2_grpc.LedgerServiceStub(ledger_channel)), ttl=settings.key_cache_seconds
         ),
     )
-    server = service_server.new_server(share_port=settings.workers > 1, gate=gate)
+    server = service_server.new_server(
+        share_port=settings.workers > 1, gate=gate, max_receive_bytes=max_request_bytes(settings)
+    )
     router_pb2_grpc.add_RouterServiceServicer_to_server(
         RouterServicer(router, settings, idempotency, shared), server
     )

@@ -28,14 +28,17 @@ log = structlog.get_logger()
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def new_server(share_port: bool = False, gate: auth.Gate | None = None) -> grpc.aio.Server:
+def new_server(
+    share_port: bool = False, gate: auth.Gate | None = None, max_receive_bytes: int = MAX_MESSAGE_BYTES
+) -> grpc.aio.Server:
     """A server with the shared interceptor (and its `gate`: who may call what). The port is exclusive
     (a second instance on it fails to start) unless `share_port`: worker processes of one service then
-    share it (SO_REUSEPORT)."""
+    share it (SO_REUSEPORT). A message over `max_receive_bytes` is refused by gRPC before it is
+    decoded (RESOURCE_EXHAUSTED)."""
     return grpc.aio.server(
         interceptors=[ServiceInterceptor(gate)],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 1 if share_port else 0),
         ],

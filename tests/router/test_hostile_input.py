@@ -105,3 +105,22 @@ def test_violations_are_bounded_whatever_the_request() -> None:
     empty = [common_pb2.ChatMessage(role="user", content="")] * 1000
     violations = message_violations(empty, max_chars=10**6)
     assert len(violations) == MAX_VIOLATIONS + 1 and "980 more" in violations[-1][1]
+
+
+async def test_a_request_larger_than_the_limits_admit_is_refused_before_it_is_decoded(router) -> None:
+    """gRPC's receive limit is sized to the router's own limits: a 3 MB message is refused by gRPC
+    (RESOURCE_EXHAUSTED), not decoded, and the router keeps serving."""
+    from router_svc.server import max_request_bytes
+
+    limit = max_request_bytes(router.settings)
+    assert limit < 3_000_000
+    huge = router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="x" * 3_000_000)], caller="tests"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await router.stub.Route(huge)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ok = await router.stub.Route(
+        router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")], caller="tests")
+    )
+    assert ok.content
