@@ -15,6 +15,7 @@ from llmroute.ledger.v1 import ledger_pb2
 from service_kit.errors import InvalidArgument
 
 MAX_ID_CHARS = 200
+MAX_ERROR_CHARS = 500  # the router sends a reason and a status, not the provider's text
 MAX_RUN_ID_CHARS = 64
 MAX_NOTE_CHARS = 10_000
 MAX_ATTEMPT = 10_000
@@ -94,6 +95,10 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
     found += _text(f"{p}.caller", record.caller, required=False)
     found += _text(f"{p}.model", record.model, required=False)
     found += _text(f"{p}.provider", record.provider, required=False)
+    # Free text a sender writes: bounded, so a record cannot carry a megabyte into exports.
+    found += _text(f"{p}.error", record.error, required=False, limit=MAX_ERROR_CHARS)
+    found += _text(f"{p}.classifier_version", record.classifier_version, required=False)
+    found += _text(f"{p}.price_map_version", record.price_map_version, required=False)
     for name in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"):
         value = getattr(record.usage, name)
         if value < 0:

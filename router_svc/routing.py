@@ -1008,7 +1008,7 @@ def _record(
         model=attempt.model,
         provider=attempt.provider,
         outcome=attempt.outcome,
-        error=attempt.error,
+        error=attempt.error[:ERROR_CHARS],
         usage=attempt.usage,
         price_map_version=request.pinned_prices.version,
         price_known=attempt.price_known,
@@ -1022,6 +1022,11 @@ def _record(
     )
     record.time.GetCurrentTime()
     return record
+
+
+# The ledger refuses a record whose error text is longer (ledger_svc/validation.py MAX_ERROR_CHARS): a
+# reason and a status fit; a judge's long explanation is cut rather than have its record refused.
+ERROR_CHARS = 500
 
 
 class _Dispatch:

@@ -162,3 +162,15 @@ async def test_unknown_enum_values_are_kept_not_refused(ledger: Ledger) -> None:
     stats = await ledger.stub.GetStats(L.GetStatsRequest(group_by=[L.GROUP_BY_CATEGORY]))
     assert stats.totals.cost_usd == 0.002
     assert [g.key for g in stats.breakdowns[0].groups] == ["42"]
+
+
+async def test_free_text_fields_are_bounded(ledger: Ledger) -> None:
+    """A record cannot carry a megabyte of text into the ledger and its exports."""
+    huge = record("t1", 1, at=now_us() - 60_000_000, error="e" * 1_000_000)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ledger.stub.RecordUsage(L.RecordUsageRequest(records=[huge]))
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 500" in found.violations["records[0].error"]
+    fits = record("t2", 1, at=now_us() - 60_000_000, error="e" * 500, classifier_version="v" * 200)
+    assert (await ledger.stub.RecordUsage(L.RecordUsageRequest(records=[fits]))).inserted == 1
