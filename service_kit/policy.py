@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -112,7 +112,9 @@ class Policy(BaseModel):
     offsets: Offsets = Field(default_factory=Offsets)
     tiers: dict[str, list[ModelSpec]]
     # Expected output tokens per category, when the request sets no max_output_tokens.
-    output_token_estimates: dict[str, int] = Field(default_factory=dict)
+    output_token_estimates: dict[str, Annotated[int, Field(ge=0, le=10_000_000)]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("tiers")
     @classmethod
@@ -155,14 +157,42 @@ class Policy(BaseModel):
         return f"v{self.version}-{digest}"
 
 
+# A policy is a few kilobytes; these bounds keep a malformed one (deep nesting, YAML aliases that
+# expand a billion-fold) from exhausting the stack or the memory of the service that reads it.
+MAX_POLICY_BYTES = 1 << 20
+MAX_POLICY_NODES = 100_000
+
+
 def load_policy(path: str | Path) -> Policy:
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        data = Path(path).read_bytes()
+        if len(data) > MAX_POLICY_BYTES:
+            raise PolicyError(f"policy {path} is {len(data)} bytes; at most {MAX_POLICY_BYTES}")
+        raw = yaml.safe_load(data.decode())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise PolicyError(f"cannot read policy {path}: {error}") from error
+    except RecursionError:
+        raise PolicyError(f"cannot read policy {path}: nested too deeply") from None
     if not isinstance(raw, dict):
         raise PolicyError(f"policy {path} must be a YAML mapping")
+    if _nodes(raw) > MAX_POLICY_NODES:
+        raise PolicyError(f"policy {path} has more than {MAX_POLICY_NODES} values (once YAML aliases expand)")
     try:
         return Policy.model_validate(raw)
     except ValueError as error:
         raise PolicyError(f"invalid policy {path}: {error}") from error
+
+
+def _nodes(root: object) -> int:
+    """How many values the document holds, aliases counted each time they are used; counting stops
+    just past the limit (a self-referencing alias never ends)."""
+    count, stack = 0, [root]
+    while stack and count <= MAX_POLICY_NODES:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
