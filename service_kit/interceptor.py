@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from service_kit import auth, metadata, metrics
-from service_kit.errors import ServiceError
+from service_kit.errors import InvalidArgument, ServiceError
 
 log = structlog.get_logger()
 
@@ -44,14 +45,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             admit = _admission(self._gate, method, invocation_metadata, stream=False)
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, request_id, admit),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             admit = _admission(self._gate, method, invocation_metadata, stream=True)
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method, request_id, admit),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -81,6 +82,32 @@ def _admission(
 
 def _no_slot() -> None:
     return None
+
+
+class _Undecodable:
+    """A request whose bytes are not the method's message: refused as INVALID_ARGUMENT once the caller
+    is admitted (grpc would answer UNKNOWN, quoting the parser's exception)."""
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return _Undecodable()
+
+    return parse
+
+
+def _decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            [("request", "is not a valid protobuf message of this method's request type")],
+            reason="MALFORMED_REQUEST",
+        )
 
 
 async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: float) -> None:
@@ -113,6 +140,7 @@ def _wrap_unary(
         release = _no_slot
         try:
             release = await admit()
+            _decoded(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             code = _code(context)
@@ -143,6 +171,7 @@ def _wrap_stream(
         release = _no_slot
         try:
             release = await admit()
+            _decoded(request)
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
                     yield response

@@ -83,3 +83,28 @@ class Loop:
 
     def close(self) -> None:
         self.loop.close()
+
+
+async def raw_call(
+    channel: grpc.aio.Channel,
+    method: str,
+    payload: bytes,
+    stream: bool,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> grpc.aio.AioRpcError | None:
+    """Send `payload` as the request bytes of `method` (/package.Service/Method), whatever they are;
+    read a stream's first message. The error, if the call failed."""
+    identity = bytes  # neither side decodes: the server's deserializer gets the bytes as they are
+    try:
+        if stream:
+            call = channel.unary_stream(method, request_serializer=identity, response_deserializer=identity)
+            responses = call(payload, metadata=metadata, timeout=30)
+            async for _ in responses:
+                break
+            responses.cancel()
+        else:
+            unary = channel.unary_unary(method, request_serializer=identity, response_deserializer=identity)
+            await unary(payload, metadata=metadata, timeout=30)
+    except grpc.aio.AioRpcError as error:
+        return error
+    return None

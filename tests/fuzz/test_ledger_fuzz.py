@@ -33,7 +33,7 @@ from llmroute.ledger.v1 import ledger_pb2 as L
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from service_kit import auth
 from tests.fuzz import hostile
-from tests.fuzz.conftest import Loop, clear_status, fuzz, serving
+from tests.fuzz.conftest import Loop, clear_status, fuzz, raw_call, serving
 from tests.ledger.conftest import Backend, start_ledger, stop_ledger
 
 MAX_BATCH = 50  # records per RecordUsage (LEDGER_MAX_BATCH_RECORDS), small so over-limit batches are cheap
@@ -478,3 +478,35 @@ async def test_regression_times_beyond_the_year_9999_are_refused(backend: Backen
 async def _drain(stream: Any) -> None:
     async for _ in stream:
         pass
+
+
+METHODS = list(L.DESCRIPTOR.services_by_name["LedgerService"].methods)
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_any_bytes_as_a_request_get_a_clear_status(world: World, data: Any) -> None:
+    """Bytes that are not the method's message were answered UNKNOWN by grpc (its parser's exception);
+    now INVALID_ARGUMENT (MALFORMED_REQUEST). Bytes that happen to parse are a request like any other."""
+    method = data.draw(st.sampled_from(METHODS))
+    payload = data.draw(
+        st.one_of(st.binary(max_size=64), st.sampled_from([b"\xff" * 8, b"\x0a\xff\xff\xff\xff\x0f"]))
+    )
+    role = "router" if method.name == "RecordUsage" else REQUESTS.get(method.name, ("ops",))[0]
+
+    async def play() -> None:
+        path = f"/{method.containing_service.full_name}/{method.name}"
+        error = await raw_call(world.channel, path, payload, method.server_streaming, world.auth(role))
+        event(f"{method.name}: {error.code().name if error else 'OK'}")
+        if error is None:
+            if method.name == "RecordUsage":
+                world.stored |= {_key(r) for r in L.RecordUsageRequest.FromString(payload).records}
+        else:
+            found = clear_status(error, {*ALLOWED, grpc.StatusCode.ALREADY_EXISTS})
+            if found.reason == "MALFORMED_REQUEST":
+                assert found.violations == {
+                    "request": "is not a valid protobuf message of this method's request type"
+                }
+        assert await _still_serving(world) == len(world.stored)
+
+    world.loop.run(play())
