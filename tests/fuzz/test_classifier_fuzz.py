@@ -33,7 +33,7 @@ from service_kit.validation import DEFAULT_MAX_MESSAGES, ROLES
 from simulator.server import start_simulator
 from simulator.settings import SimulatorSettings
 from tests.fuzz import hostile
-from tests.fuzz.conftest import Loop, clear_status, fuzz, serving
+from tests.fuzz.conftest import Loop, clear_status, fuzz, raw_call, serving
 
 MAX_PROMPT_CHARS = 200_000
 NORMAL = "Translate to German: 'Your parcel arrives tomorrow.'"
@@ -236,5 +236,25 @@ def test_the_checks_can_fail(world: World) -> None:
             }
         with pytest.raises(AssertionError):
             _sane(classifier_pb2.ClassifyResponse(tier=common_pb2.TIER_SIMPLE, score=0.5, rationale=MARKER))
+
+    world.loop.run(play())
+
+
+@fuzz(20)
+@given(
+    method=st.sampled_from(["Classify", "Describe"]),
+    payload=st.one_of(st.binary(max_size=64), st.just(b"\xff" * 8)),
+)
+def test_any_bytes_as_a_request_get_a_clear_status(world: World, method: str, payload: bytes) -> None:
+    async def play() -> None:
+        with pydantic_ai.models.override_allow_model_requests(True):
+            for channel in world.channels:
+                error = await raw_call(
+                    channel, f"/llmroute.classifier.v1.ClassifierService/{method}", payload, False
+                )
+                event(f"{method}: {error.code().name if error else 'OK'}")
+                if error is not None:
+                    clear_status(error, {grpc.StatusCode.INVALID_ARGUMENT})
+            await _still_serving(world)
 
     world.loop.run(play())

@@ -312,6 +312,31 @@ REQUESTS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
         "ops",
         _message(L.ExportOutcomesRequest, window=windows(), caller=callers, with_evidence_only=st.booleans()),
     ),
+    "CreateKey": (
+        "ops",
+        _message(
+            L.CreateKeyRequest,
+            name=callers,
+            roles=st.lists(
+                st.one_of(st.sampled_from(["caller", "admin", "service", "root", ""]), hostile.short_text),
+                max_size=4,
+            ),
+            callers=st.lists(
+                st.one_of(
+                    st.sampled_from(["*", "team/*", "[", "[!]", "\x00", "a" * 300]), hostile.short_text
+                ),
+                max_size=3,
+            ),
+        ),
+    ),
+    "ListKeys": ("ops", st.just(L.ListKeysRequest())),
+    "RevokeKey": ("ops", _message(L.RevokeKeyRequest, id=hostile.identifier())),
+    "LookupKey": (
+        "router",
+        _message(
+            L.LookupKeyRequest, id=hostile.identifier(), sha256=st.one_of(st.just("0" * 64), hostile.text())
+        ),
+    ),
 }
 STREAMS = {"WatchSpend", "ExportRecords", "ExportOutcomes"}
 

@@ -92,6 +92,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ) as stack:
         stack.start()
         yield stack
+        for channel in _CHANNELS.values():
+            channel.close()
+        _CHANNELS.clear()
 
 
 def grpcurl(address: str, method: str, data: str) -> subprocess.CompletedProcess[str]:
@@ -110,17 +113,23 @@ def provider_calls(stack: Stack) -> int:
     return int(reply.json()["totals"]["requests"])
 
 
+_CHANNELS: dict[int, grpc.Channel] = {}
+
+
+def _channel(port: int) -> grpc.Channel:
+    if port not in _CHANNELS:
+        _CHANNELS[port] = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return _CHANNELS[port]
+
+
 def still_serving(stack: Stack) -> None:
     """Every service SERVING, and a normal Route answered."""
     for port in (stack.ports.router, stack.ports.classifier, stack.ports.ledger):
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING, port
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.router}") as channel:
-        answer = router_pb2_grpc.RouterServiceStub(channel).Route(
-            router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=NORMAL)]),
-            timeout=30,
-        )
+        reply = health_pb2_grpc.HealthStub(_channel(port)).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, port
+    answer = router_pb2_grpc.RouterServiceStub(_channel(stack.ports.router)).Route(
+        router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=NORMAL)]), timeout=30
+    )
     assert answer.content
 
 
@@ -342,17 +351,20 @@ def test_a_malformed_policy_on_sighup_keeps_the_old_one(stack: Stack, kind: str)
 def test_after_a_malformed_policy_the_file_watcher_still_reloads(stack: Stack) -> None:
     """The watcher polls the file: a file it could not even decode used to end the watcher (the next,
     valid, policy was never loaded). Now the bad one is rejected and the good one after it taken."""
-    for service in ("router", "classifier"):
-        log = stack.log_path(service)
-        path = stack.state_dir / f"{service}-policy.yaml"
-        rejected = _count(log, "policy_rejected")
-        reloaded = _count(log, "policy_reloaded")
-        path.write_bytes(MALFORMED["not_utf8"])
-        _wait(lambda log=log, n=rejected: _count(log, "policy_rejected") > n, service)
-        good = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
-        good["baseline_model"] = "gpt-4.1"
-        path.write_text(yaml.safe_dump(good))
-        _wait(lambda log=log, n=reloaded: _count(log, "policy_reloaded") > n, service)
+    services = ("router", "classifier")
+    logs = {service: stack.log_path(service) for service in services}
+    rejected = {service: _count(log, "policy_rejected") for service, log in logs.items()}
+    reloaded = {service: _count(log, "policy_reloaded") for service, log in logs.items()}
+    for service in services:
+        (stack.state_dir / f"{service}-policy.yaml").write_bytes(MALFORMED["not_utf8"])
+    for service, log in logs.items():
+        _wait(lambda log=log, n=rejected[service]: _count(log, "policy_rejected") > n, service)
+    good = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    good["baseline_model"] = "gpt-4.1"
+    for service in services:
+        (stack.state_dir / f"{service}-policy.yaml").write_text(yaml.safe_dump(good))
+    for service, log in logs.items():
+        _wait(lambda log=log, n=reloaded[service]: _count(log, "policy_reloaded") > n, service)
         taken = [line for line in log.read_text().splitlines() if '"event": "policy_reloaded"' in line]
         assert '"baseline_model": "gpt-4.1"' in taken[-1], taken[-1]
     still_serving(stack)

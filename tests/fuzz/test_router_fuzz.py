@@ -14,6 +14,7 @@ enormous numbers, unknown or hostile model names, wrong caller ids and keys). Fo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from simulator.server import start_simulator
 from simulator.settings import SimulatorSettings
 from tests.doubles import RecordingSink
 from tests.fuzz import hostile
-from tests.fuzz.conftest import Loop, clear_status, fuzz, serving
+from tests.fuzz.conftest import Loop, clear_status, fuzz, raw_call, serving
 from tests.router.conftest import heuristic_policy, router_settings
 
 NORMAL = "Is this message spam? 'You won a free cruise, click here'"
@@ -486,3 +487,29 @@ def test_regression_a_reference_only_an_answer_reaches_rejects_the_answer_instea
     )
     assert schemas.mismatch({"a": {"b": 1}}, schema) == "$:$ref"
     assert schemas.mismatch({"a": {}}, schema) is None
+
+
+@fuzz(20)
+@given(stream=st.booleans(), payload=st.one_of(st.binary(max_size=64), st.just(b"\xff" * 8)))
+def test_any_bytes_as_a_request_get_a_clear_status(world: World, stream: bool, payload: bytes) -> None:
+    """Bytes that are not a RouteRequest: INVALID_ARGUMENT (MALFORMED_REQUEST), no call; bytes that
+    happen to parse are routed like any request, and recorded as such."""
+    method = f"/llmroute.router.v1.RouterService/{'RouteStream' if stream else 'Route'}"
+
+    async def play() -> None:
+        calls_before, records_before = await world.provider_calls(), len(world.sink.records)
+        key = ((auth.AUTHORIZATION, f"Bearer {world.keys['fuzz']}"),)
+        error = await raw_call(world.channel, method, payload, stream, key)
+        await asyncio.sleep(0.05)  # a stream cancelled after its first message records as it unwinds
+        paid = await world.provider_calls() - calls_before
+        _check_records(world, records_before, paid)
+        event(f"{method.rsplit('/', 1)[1]}: {error.code().name if error else 'OK'}")
+        if error is not None:
+            found = clear_status(error, ALLOWED)
+            if found.code in REFUSED_UNPAID:
+                assert paid == 0
+        calls_before, records_before = await world.provider_calls(), len(world.sink.records)
+        await _normal_request_succeeds(world)
+        _check_records(world, records_before, await world.provider_calls() - calls_before)
+
+    world.loop.run(play())
