@@ -75,7 +75,7 @@ format: install ## Format with ruff
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: install ## Type-check with mypy
-	$(VENV)/bin/mypy service_kit classifier_svc router_svc ledger_svc simulator devstack benchmarks llmroute_cli feedback_loop gateway
+	$(VENV)/bin/mypy service_kit classifier_svc router_svc ledger_svc simulator devstack benchmarks llmroute_cli llmroute_client feedback_loop gateway
 
 clean: ## Remove the virtualenv, generated code and local state
 	rm -rf $(VENV) gen var .pytest_cache

@@ -14,26 +14,21 @@ from google.protobuf import json_format
 
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from llmroute_cli import connect, loop
+from llmroute_client import Client, LLMRouteError
 from service_kit import auth
 
 PERIODS = {"daily": ledger_pb2.BUDGET_PERIOD_DAILY, "monthly": ledger_pb2.BUDGET_PERIOD_MONTHLY}
 
 
 def _route(args: argparse.Namespace) -> None:
-    options = router_pb2.RouteOptions()
-    if args.max_output_tokens is not None:
-        options.max_output_tokens = args.max_output_tokens
-    with connect.channel(args.router) as channel:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Route(
-            router_pb2.RouteRequest(
-                messages=[common_pb2.ChatMessage(role="user", content=args.prompt)],
-                caller=args.caller or ("" if connect.api_key() else "cli"),
-                request_id=args.request_id,
-                options=options,
-            ),
-            timeout=args.timeout,
+    options = {"max_output_tokens": args.max_output_tokens} if args.max_output_tokens is not None else {}
+    with Client(args.router, api_key=connect.api_key(), timeout=args.timeout) as client:
+        reply = client.route(
+            args.prompt,
+            caller=args.caller or ("" if connect.api_key() else "cli"),
+            request_id=args.request_id,
+            **options,
         )
     print(reply.content)
     usage = reply.usage
@@ -208,3 +203,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.run(args)
     except grpc.RpcError as error:
         sys.exit(f"llmroute: {error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+    except LLMRouteError as error:
+        sys.exit(f"llmroute: {error}")
