@@ -40,7 +40,8 @@ from simulator.server import start_simulator
 from simulator.settings import SimulatorSettings
 from tests.doubles import RecordingSink
 from tests.fuzz import hostile
-from tests.fuzz.conftest import Loop, clear_status, fuzz, raw_call, serving
+from tests.fuzz.conftest import Loop, clear_status, fuzz, is_over_receive_limit, raw_call, serving
+from tests.rich_status import details
 from tests.router.conftest import heuristic_policy, router_settings
 
 NORMAL = "Is this message spam? 'You won a free cruise, click here'"
@@ -364,9 +365,13 @@ def _check_call(world: World, call: Call) -> None:
             assert not must_refuse(call), "an invalid request was routed"
         else:
             found = clear_status(error, ALLOWED)
-            if must_refuse(call) and call.key in ("fuzz", "ops"):
+            if must_refuse(call) and call.key in ("fuzz", "ops") and not is_over_receive_limit(found):
                 assert found.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
-            if found.code in REFUSED_UNPAID or found.reason == "MAX_COST_EXCEEDED":
+            if (
+                found.code in REFUSED_UNPAID
+                or found.reason == "MAX_COST_EXCEEDED"
+                or is_over_receive_limit(found)
+            ):
                 assert paid == 0, f"{found.code.name} after {paid} provider calls"
         if must_refuse(call):
             assert paid == 0, f"{paid} provider calls for a request validation must refuse"
@@ -418,9 +423,9 @@ def test_the_oracle_and_the_checks_can_fail(world: World) -> None:
 
 
 def test_a_request_over_the_transport_limit_is_refused_and_the_router_keeps_serving(world: World) -> None:
-    """Over gRPC's 16 MB message limit the transport refuses (RESOURCE_EXHAUSTED) before the router
-    sees it: nothing is paid, and the router keeps serving."""
-    huge = [common_pb2.ChatMessage(role="user", content="x" * (17 * 1024 * 1024))]
+    """Over the router's gRPC receive limit (sized to its own limits) the transport refuses
+    (RESOURCE_EXHAUSTED) before the router decodes it: nothing is paid, and the router keeps serving."""
+    huge = [common_pb2.ChatMessage(role="user", content="\U0001f600" * 500_000)]  # 2 MB, 500k characters
 
     async def play() -> None:
         calls_before = await world.provider_calls()
@@ -430,7 +435,7 @@ def test_a_request_over_the_transport_limit_is_refused_and_the_router_keeps_serv
                 metadata=((auth.AUTHORIZATION, f"Bearer {world.keys['fuzz']}"),),
                 timeout=30,
             )
-        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert is_over_receive_limit(details(raised.value))
         assert await world.provider_calls() == calls_before
         await _normal_request_succeeds(world)
 
