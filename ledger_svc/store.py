@@ -375,14 +375,20 @@ class LedgerStore:
         after: tuple[Any, ...] | None = None
         while True:
             page_query = query if after is None else query.where(sa.tuple_(*order) > sa.tuple_(*after))
-            async with self._engines.read.connect() as conn:
-                page = (await conn.execute(page_query)).mappings().all()
+            # Shielded: a client that goes away cancels the export between pages, never inside a
+            # query (a connection cancelled mid-query is torn down, and aiosqlite's teardown can then
+            # wait forever on a worker thread that already stopped).
+            page = await asyncio.shield(self._page(page_query))
             for row in page:
                 yield row
             if len(page) < batch:
                 return
             last = page[-1]
             after = tuple(last[column.name] for column in order)
+
+    async def _page(self, query: Any) -> Sequence[Mapping[Any, Any]]:
+        async with self._engines.read.connect() as conn:
+            return (await conn.execute(query)).mappings().all()
 
     # ---- API keys -----------------------------------------------------------------------------
 

@@ -362,7 +362,7 @@ async def test_timeout_fault_hangs_until_the_client_gives_up(sim: Sim) -> None:
     started = time.perf_counter()
     with pytest.raises(litellm.Timeout):
         await complete(sim, "gpt-5-mini", extra_headers={"x-sim-fault": "timeout"}, timeout=0.3)
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 10  # the client's timeout, far below the hang (300 s)
 
     async def cancelled() -> bool:
         stats = await sim.stats()
