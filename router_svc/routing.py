@@ -33,6 +33,7 @@ from router_svc.pricing import PriceBook
 from router_svc.providers import Providers, Route
 from router_svc.settings import RouterSettings
 from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, Validator, first_failure
+from service_kit import tracing
 from service_kit.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -641,7 +642,8 @@ class Router:
         started = time.perf_counter()
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._acompletion(**kwargs)
+                with tracing.span("provider_call", **{"llmroute.model": choice.spec.model}):
+                    response = await self._acompletion(**kwargs)
         except asyncio.CancelledError:
             # The caller went away: the provider call is cancelled with us; charge the prompt it was sent.
             attempt.outcome = common_pb2.ATTEMPT_OUTCOME_CANCELLED

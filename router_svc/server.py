@@ -34,7 +34,7 @@ from router_svc.settings import RouterSettings
 from router_svc.shared import HEALTH_COMPONENT, SYNC_SECONDS, SharedCooldowns, SharedIdempotency, SharedState
 from router_svc.validators import Expectations
 from router_svc.warmup import most_used_models, warm_up, warm_up_plan
-from service_kit import auth, metadata, tls
+from service_kit import auth, metadata, tls, tracing
 from service_kit import server as service_server
 from service_kit.errors import InvalidArgument
 from service_kit.policy import TIER_BY_NAME
@@ -206,6 +206,7 @@ def _bound(route_input: RouteInput) -> RouteInput:
     structlog.contextvars.bind_contextvars(
         request_id=route_input.request_id, trace_id=route_input.trace_id, caller=route_input.caller
     )
+    tracing.tag_request(route_input.request_id)
     return route_input
 
 

@@ -13,7 +13,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from service_kit import auth, metadata, metrics
+from service_kit import auth, metadata, metrics, tracing
 from service_kit.errors import InvalidArgument, ServiceError
 
 log = structlog.get_logger()
@@ -60,6 +60,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 def _bind(method: str, request_id: str) -> None:
     structlog.contextvars.bind_contextvars(rpc_method=method, request_id=request_id or None)
+    tracing.tag_request(request_id)
 
 
 def _admission(

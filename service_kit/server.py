@@ -17,7 +17,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service_kit import auth, metrics
+from service_kit import auth, metrics, tracing
 from service_kit.interceptor import ServiceInterceptor
 from service_kit.logging import configure_logging
 from service_kit.settings import ServiceSettings
@@ -128,6 +128,8 @@ def run_service(
     if worker is not None:
         structlog.contextvars.bind_contextvars(worker=worker)
 
+    if tracing.configure(name):
+        log.info("tracing", exporter="otlp", endpoint=os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
     if settings.metrics_port:
         # Workers share the service's port, not the metrics one: worker i serves on metrics_port + i.
         port = metrics.serve(settings.host, settings.metrics_port + (worker or 0))
