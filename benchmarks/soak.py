@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -84,6 +85,11 @@ class Results:
     per_model_mismatches: dict[str, list[int]] = field(default_factory=dict)
     reconciled: bool = False
     watch_snapshots: int = 0
+    # Every 10 s: requests sent so far and each service's resident memory (KiB), to see growth.
+    memory: list[dict[str, int]] = field(default_factory=list)
+    # Per service: resident memory at the end over what it was once a tenth of the requests were sent
+    # (a run of 100k requests: memory after 100k over memory after 10k; the target is at most 1.10).
+    memory_growth: dict[str, float] = field(default_factory=dict)
 
 
 def _proc(pid: int) -> dict[str, int]:
@@ -103,6 +109,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _growth(
+    samples: list[dict[str, int]], services: tuple[str, ...], sent: int, after: dict[str, dict[str, int]]
+) -> dict[str, float]:
+    tenth = next((sample for sample in samples if sample["sent"] >= sent / 10), None)
+    if tenth is None:
+        return {}
+    return {name: round(after[name]["rss_kib"] / tenth[name], 3) for name in services if tenth[name]}
+
+
 def _quantiles(values: list[float]) -> dict[str, float]:
     return {q: round(_percentile(values, v), 2) for q, v in (("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999))}
 
@@ -112,8 +127,11 @@ def _provider_ms(response: router_pb2.RouteResponse) -> float:
 
 
 class Soak:
-    def __init__(self, stack: Stack, rate: float, duration: float, seed: int) -> None:
+    def __init__(self, stack: Stack, rate: float, duration: float, seed: int, pids: dict[str, int]) -> None:
         self.stack = stack
+        self.pids = pids
+        self.memory: list[dict[str, int]] = []
+        self.sent = 0
         self.rate = rate
         self.duration = duration
         self.random = random.Random(seed)
@@ -202,6 +220,7 @@ class Soak:
             )
             stop = asyncio.Event()
             watcher = asyncio.create_task(self.watch(ledger, stop))
+            sampler = asyncio.create_task(self.sample(stop))
             kinds, weights = zip(*MIX, strict=True)
             tasks: set[asyncio.Task[None]] = set()
             started, sent = time.monotonic(), 0
@@ -213,13 +232,23 @@ class Soak:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     sent += 1
+                    self.sent = sent
                 await asyncio.sleep(max(0.0, (due / self.rate) - (time.monotonic() - started)))
             ended = time.monotonic()
             await asyncio.gather(*tasks)
             drained = time.monotonic() - ended
             stop.set()
             await asyncio.wait_for(watcher, 5)
+            await sampler
             return sent, drained
+
+    async def sample(self, stop: asyncio.Event, every: float = 10.0) -> None:
+        while not stop.is_set():
+            self.memory.append(
+                {"sent": self.sent, **{name: _proc(pid)["rss_kib"] for name, pid in self.pids.items()}}
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
 
 def _stream_fields(request: router_pb2.RouteRequest) -> dict[str, Any]:
@@ -273,7 +302,7 @@ def soak(duration: float, rate: float, seed: int = 7, latency_scale: float = 1.0
             _simulator(stack, "/_sim/faults", FAULTS)
             pids = {name: stack.processes[name].pid for name in services}
             before = {name: _proc(pid) for name, pid in pids.items()}
-            runner = Soak(stack, rate, duration, seed)
+            runner = Soak(stack, rate, duration, seed, pids)
             sent, drained = asyncio.run(runner.run())
             after = {name: _proc(pid) for name, pid in pids.items()}
             sim, stats = _settle(stack)
@@ -308,6 +337,8 @@ def soak(duration: float, rate: float, seed: int = 7, latency_scale: float = 1.0
             per_model_mismatches=mismatches,
             reconciled=stats.totals.attempts == sim["totals"]["requests"] and not mismatches,
             watch_snapshots=runner.watch_snapshots,
+            memory=runner.memory,
+            memory_growth=_growth(runner.memory, services, sent, after),
         )
 
 
