@@ -38,7 +38,9 @@ def parse(text: str, max_bytes: int) -> dict[str, Any]:
     if _nesting(text) > MAX_DEPTH:  # before json.loads, whose recursion a deep document would exhaust
         raise SchemaProblem(f"is nested more than {MAX_DEPTH} levels deep")
     try:
-        schema = json.loads(text)
+        schema = json.loads(text, parse_constant=_not_json)
+    except SchemaProblem:
+        raise
     except ValueError:
         raise SchemaProblem("must be a JSON Schema document (JSON text)") from None
     if not isinstance(schema, dict):
@@ -111,6 +113,11 @@ def mismatch(value: Any, schema: dict[str, Any]) -> str | None:
         return None
     where = "/".join(map(str, error.absolute_path)) or "$"
     return f"{where}:{error.validator}"
+
+
+def _not_json(constant: str) -> None:
+    # Python reads NaN and Infinity; JSON has no such numbers, and a provider refuses a body with them.
+    raise SchemaProblem(f"is not JSON: {constant} is not a JSON number")
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

@@ -42,6 +42,20 @@ class ServiceError(Exception):
         return rpc_status.to_status(status)
 
 
+# A status travels in HTTP/2 trailers, which gRPC clients cap (8 KiB by default): past that the client
+# gets RESOURCE_EXHAUSTED and never sees the status. Descriptions quote what was sent (a role, a model
+# name), so the violations and the message are bounded in bytes: UTF-8 here, percent-encoded (up to
+# three times longer) in grpc-message and base64 in grpc-status-details-bin.
+_MAX_DESCRIPTION_BYTES = 200
+_MAX_VIOLATIONS_BYTES = 3000
+_MAX_MESSAGE_BYTES = 500
+
+
+def _cut(text: str, limit: int) -> str:
+    data = text.encode()
+    return text if len(data) <= limit else data[: limit - 3].decode(errors="ignore") + "..."
+
+
 class InvalidArgument(ServiceError):
     """Bad input; carries one BadRequest field violation per problem."""
 
@@ -49,9 +63,17 @@ class InvalidArgument(ServiceError):
     default_reason = "INVALID_ARGUMENT"
 
     def __init__(self, violations: Sequence[tuple[str, str]], **kwargs: object) -> None:
-        self.violations = list(violations)
+        self.violations = []
+        size = 0
+        for index, (field, description) in enumerate(violations):
+            violation = (_cut(field, _MAX_DESCRIPTION_BYTES), _cut(description, _MAX_DESCRIPTION_BYTES))
+            size += len(violation[0].encode()) + len(violation[1].encode())
+            if size > _MAX_VIOLATIONS_BYTES:
+                self.violations.append(("", f"and {len(violations) - index} more violations"))
+                break
+            self.violations.append(violation)
         message = "; ".join(f"{field}: {description}" for field, description in self.violations)
-        super().__init__(f"invalid request: {message}", **kwargs)  # type: ignore[arg-type]
+        super().__init__(_cut(f"invalid request: {message}", _MAX_MESSAGE_BYTES), **kwargs)  # type: ignore[arg-type]
 
     def details(self) -> list[any_pb2.Any]:
         bad_request = any_pb2.Any()

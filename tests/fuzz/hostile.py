@@ -118,6 +118,7 @@ _SCHEMAS = [
     "{" * 10_000,
     "[" * 100_000,
     '{"a": NaN}',
+    '{"type": "number", "maximum": Infinity}',
     _deep(8),
     _deep(40),
     json.dumps({"type": "object", "description": "x" * 70_000}),

@@ -258,3 +258,24 @@ def test_any_bytes_as_a_request_get_a_clear_status(world: World, method: str, pa
             await _still_serving(world)
 
     world.loop.run(play())
+
+
+def test_regression_a_long_list_of_violations_still_reaches_the_client(world: World) -> None:
+    """Twenty violations quoting a hostile role (40 four-byte characters, escaped) made a status of
+    about 12 KB in the trailers: over the client's 8 KiB limit, the client got RESOURCE_EXHAUSTED
+    ("Stream removed") instead of INVALID_ARGUMENT. The violations and the message are now bounded in
+    bytes, and the client reads the status."""
+    role = "\U0010fffd" * 40
+    request = classifier_pb2.ClassifyRequest(
+        messages=[common_pb2.ChatMessage(role=role, content=NORMAL)] * 25
+    )
+
+    async def play() -> None:
+        for stub in (world.local, world.llm):
+            error = await _classify(stub, request)
+            assert error is not None
+            found = clear_status(error, {grpc.StatusCode.INVALID_ARGUMENT})
+            assert "messages[0].role" in found.violations
+            assert any("more violations" in description for description in found.violations.values())
+
+    world.loop.run(play())
