@@ -75,15 +75,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
 
 async def create_server(settings: ClassifierSettings) -> service_server.RunningServer:
     """Start the server; health turns SERVING only once the strategy has warmed up."""
-    gate = auth.gate(
-        "classifier",
-        settings.host,
-        settings.keys_file,
-        settings.allow_open,
-        RULES,
-        settings.max_calls_per_principal,
-        settings.max_streams_per_principal,
-    )
+    gate = auth.gate_for("classifier", settings, RULES)
     policy = PolicySource(settings.policy_path)
     strategy = build_strategy(settings, lambda: policy.current().thresholds)
     if isinstance(strategy, CachedStrategy):

@@ -433,14 +433,10 @@ async def create_server(
     if store is None:
         store = await LedgerStore.open(settings)
     try:
-        gate = auth.gate(
+        gate = auth.gate_for(
             "ledger",
-            settings.host,
-            settings.keys_file,
-            settings.allow_open,
+            settings,
             RULES,
-            settings.max_calls_per_principal,
-            settings.max_streams_per_principal,
             auth.KeyCache(key_lookup(store), ttl=settings.key_cache_seconds, miss_ttl=1.0),
         )
     except BaseException:

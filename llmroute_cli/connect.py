@@ -3,21 +3,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import grpc
 
+from llmroute_client.client import from_environment
+
 
 def secret(name: str) -> str:
     """`NAME` from the environment, else the contents of the file `NAME_FILE` names, else ''."""
-    value = os.environ.get(name, "")
-    if value:
-        return value.strip()
-    path = os.environ.get(f"{name}_FILE", "")
-    return Path(path).read_text().strip() if path else ""
+    return from_environment(name)
 
 
 def api_key() -> str:

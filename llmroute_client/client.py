@@ -22,7 +22,8 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 Messages = str | Sequence[tuple[str, str]] | Sequence[common_pb2.ChatMessage]
 
 
-def _environment(name: str) -> str:
+def from_environment(name: str) -> str:
+    """`NAME` from the environment, else the contents of the file `NAME_FILE` names, else ''."""
     value = os.environ.get(name, "")
     if value:
         return value.strip()
@@ -50,13 +51,22 @@ def _request(
     )
 
 
+def _stream_request(
+    prompt: Messages, caller: str, request_id: str, options: dict[str, Any]
+) -> router_pb2.RouteStreamRequest:
+    base = _request(prompt, caller, request_id, options)
+    return router_pb2.RouteStreamRequest(
+        messages=base.messages, caller=base.caller, request_id=base.request_id, options=base.options
+    )
+
+
 class _Settings:
     def __init__(
         self, address: str | None, api_key: str | None, ca_file: str | None, timeout: float, retries: int
     ) -> None:
-        self.address = address or _environment("LLMROUTE_ADDRESS") or DEFAULT_ADDRESS
-        self.api_key = api_key if api_key is not None else _environment("LLMROUTE_API_KEY")
-        ca = ca_file or _environment("LLMROUTE_CA_FILE")
+        self.address = address or from_environment("LLMROUTE_ADDRESS") or DEFAULT_ADDRESS
+        self.api_key = api_key if api_key is not None else from_environment("LLMROUTE_API_KEY")
+        ca = ca_file or from_environment("LLMROUTE_CA_FILE")
         self.credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes()) if ca else None
         self.timeout = timeout
         self.retries = retries
@@ -121,10 +131,7 @@ class AsyncClient:
         **options: Any,
     ) -> AsyncIterator[str]:
         """The answer's text as it arrives. A stream is not retried once text has arrived."""
-        base = _request(prompt, caller, request_id, options)
-        request = router_pb2.RouteStreamRequest(
-            messages=base.messages, caller=base.caller, request_id=base.request_id, options=base.options
-        )
+        request = _stream_request(prompt, caller, request_id, options)
         s = self._settings
         for attempt in range(s.retries + 1):
             sent = False
@@ -206,10 +213,7 @@ class Client:
         timeout: float | None = None,
         **options: Any,
     ) -> Iterator[str]:
-        base = _request(prompt, caller, request_id, options)
-        request = router_pb2.RouteStreamRequest(
-            messages=base.messages, caller=base.caller, request_id=base.request_id, options=base.options
-        )
+        request = _stream_request(prompt, caller, request_id, options)
         s = self._settings
         for attempt in range(s.retries + 1):
             sent = False

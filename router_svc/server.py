@@ -337,19 +337,11 @@ async def create_server(
         shared = SharedState(settings.redis_url, settings.redis_prefix)
         idempotency = SharedIdempotency(shared, local, settings.idempotency_ttl_seconds)
         shared_cooldowns = SharedCooldowns(shared, cooldowns)
-    gate = auth.gate(
-        "router",
-        settings.host,
-        settings.keys_file,
-        settings.allow_open,
-        RULES,
-        settings.max_calls_per_principal,
-        settings.max_streams_per_principal,
-        # Keys created over the ledger's CreateKey: asked of the ledger, remembered a few seconds.
-        auth.KeyCache(
-            _ledger_keys(ledger_pb2_grpc.LedgerServiceStub(ledger_channel)), ttl=settings.key_cache_seconds
-        ),
+    # Keys created over the ledger's CreateKey: asked of the ledger, remembered a few seconds.
+    ledger_keys = auth.KeyCache(
+        _ledger_keys(ledger_pb2_grpc.LedgerServiceStub(ledger_channel)), ttl=settings.key_cache_seconds
     )
+    gate = auth.gate_for("router", settings, RULES, ledger_keys)
     server = service_server.new_server(
         share_port=settings.workers > 1, gate=gate, max_receive_bytes=max_request_bytes(settings)
     )

@@ -356,6 +356,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def gate_for(
+    service: str, settings: Any, rules: Mapping[str, Iterable[str]], remote: KeyCache | None = None
+) -> Gate:
+    """`gate` from a service's settings (service_kit.settings.ServiceSettings)."""
+    return gate(
+        service,
+        settings.host,
+        settings.keys_file,
+        settings.allow_open,
+        rules,
+        settings.max_calls_per_principal,
+        settings.max_streams_per_principal,
+        remote,
+    )
+
+
 def gate(
     service: str,
     host: str,
