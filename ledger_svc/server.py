@@ -174,6 +174,7 @@ class _Keys:
     async def RevokeKey(
         self, request: ledger_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.RevokeKeyResponse:
+        v.raise_if(v.key_violations(request))
         revoked = await self._store.revoke_key(request.id)
         log.info("key_revoked", key_id=request.id, revoked=revoked)
         return ledger_pb2.RevokeKeyResponse(revoked=revoked)
@@ -182,6 +183,7 @@ class _Keys:
     async def LookupKey(
         self, request: ledger_pb2.LookupKeyRequest, context: grpc.aio.ServicerContext
     ) -> ledger_pb2.LookupKeyResponse:
+        v.raise_if(v.key_violations(request))
         principal = await key_lookup(self._store)(request.id, request.sha256)
         if principal is None:
             return ledger_pb2.LookupKeyResponse(found=False)

@@ -58,12 +58,24 @@ def _bad_number(value: float, *, allow_negative: bool = False) -> str | None:
     return None
 
 
-def _text(field: str, value: str, *, required: bool, limit: int = MAX_ID_CHARS) -> Violations:
+def _text(
+    field: str, value: str, *, required: bool, limit: int = MAX_ID_CHARS, nul_ok: bool = False
+) -> Violations:
     if required and not value.strip():
         return [(field, "is required")]
     if len(value) > limit:
         return [(field, f"is {len(value)} characters; at most {limit}")]
+    if "\x00" in value and not nul_ok:
+        # PostgreSQL cannot store NUL in text (SQLite can): refused alike on both.
+        return [(field, "must not contain NUL characters")]
     return []
+
+
+def key_violations(request: ledger_pb2.RevokeKeyRequest | ledger_pb2.LookupKeyRequest) -> Violations:
+    found = _text("id", request.id, required=True)
+    if isinstance(request, ledger_pb2.LookupKeyRequest):
+        found += _text("sha256", request.sha256, required=True, limit=64)
+    return found
 
 
 def caller_violations(field: str, caller: str) -> Violations:
@@ -81,10 +93,12 @@ def caller_violations(field: str, caller: str) -> Violations:
 def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us: int) -> Violations:
     p = f"records[{index}]"
     found: Violations = []
-    found += _text(f"{p}.request_id", record.request_id, required=True)
-    found += _text(f"{p}.run_id", record.run_id, required=False, limit=MAX_RUN_ID_CHARS)
-    found += _text(f"{p}.policy_version", record.policy_version, required=False, limit=MAX_RUN_ID_CHARS)
-    found += _text(f"{p}.family", record.family, required=False, limit=MAX_RUN_ID_CHARS)
+    found += _text(f"{p}.request_id", record.request_id, required=True, nul_ok=True)
+    found += _text(f"{p}.run_id", record.run_id, required=False, limit=MAX_RUN_ID_CHARS, nul_ok=True)
+    found += _text(
+        f"{p}.policy_version", record.policy_version, required=False, limit=MAX_RUN_ID_CHARS, nul_ok=True
+    )
+    found += _text(f"{p}.family", record.family, required=False, limit=MAX_RUN_ID_CHARS, nul_ok=True)
     if not 1 <= record.attempt <= MAX_ATTEMPT:
         found.append((f"{p}.attempt", f"must be between 1 and {MAX_ATTEMPT}; got {record.attempt}"))
     if not record.HasField("time") or record.time.seconds <= 0:
@@ -92,13 +106,13 @@ def record_violations(index: int, record: ledger_pb2.UsageRecord, max_future_us:
     elif timestamp_us(record.time) > max_future_us:
         found.append((f"{p}.time", "is in the future beyond the allowed clock skew"))
     # Spend is counted whatever the caller id looks like; only its length is bounded.
-    found += _text(f"{p}.caller", record.caller, required=False)
-    found += _text(f"{p}.model", record.model, required=False)
-    found += _text(f"{p}.provider", record.provider, required=False)
+    found += _text(f"{p}.caller", record.caller, required=False, nul_ok=True)
+    found += _text(f"{p}.model", record.model, required=False, nul_ok=True)
+    found += _text(f"{p}.provider", record.provider, required=False, nul_ok=True)
     # Free text a sender writes: bounded, so a record cannot carry a megabyte into exports.
-    found += _text(f"{p}.error", record.error, required=False, limit=MAX_ERROR_CHARS)
-    found += _text(f"{p}.classifier_version", record.classifier_version, required=False)
-    found += _text(f"{p}.price_map_version", record.price_map_version, required=False)
+    found += _text(f"{p}.error", record.error, required=False, limit=MAX_ERROR_CHARS, nul_ok=True)
+    found += _text(f"{p}.classifier_version", record.classifier_version, required=False, nul_ok=True)
+    found += _text(f"{p}.price_map_version", record.price_map_version, required=False, nul_ok=True)
     for name in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"):
         value = getattr(record.usage, name)
         if value < 0:

@@ -535,3 +535,42 @@ def test_any_bytes_as_a_request_get_a_clear_status(world: World, data: Any) -> N
         assert await _still_serving(world) == len(world.stored)
 
     world.loop.run(play())
+
+
+async def test_regression_nul_characters_are_counted_or_refused_never_internal(backend: Backend) -> None:
+    """On PostgreSQL (which cannot store NUL in text) a NUL in any text field answered INTERNAL:
+    RecordUsage (which the router's reporter retries for ever, its spool stuck behind the record),
+    RecordFeedback, ReserveBudget, RevokeKey and LookupKey. A record's text is now stored with U+FFFD
+    in place of NUL, so its spend counts (and a re-delivery is still a duplicate); elsewhere NUL is a
+    field violation. The same on SQLite."""
+    ledger = await start_ledger(backend.settings())
+    texts = ("request_id", "caller", "run_id", "model", "provider", "error", "classifier_version")
+    try:
+        record = _record("nul\x00id", cost_usd=0.5)
+        for name in texts[1:]:
+            setattr(record, name, f"x\x00{name}")
+        request = L.RecordUsageRequest(records=[record])
+        first = await ledger.stub.RecordUsage(request, timeout=30)
+        again = await ledger.stub.RecordUsage(request, timeout=30)
+        assert (first.inserted, again.inserted, again.duplicates) == (1, 0, 1)
+        stats = await ledger.stub.GetStats(L.GetStatsRequest(group_by=[L.GROUP_BY_CALLER]), timeout=30)
+        assert (stats.totals.attempts, stats.totals.cost_usd) == (1, 0.5)
+        assert [g.key for g in stats.breakdowns[0].groups] == ["x\ufffdcaller"]
+        refused = {
+            "RecordFeedback": ledger.stub.RecordFeedback(
+                L.RecordFeedbackRequest(request_id="r\x00", caller="c", verdict=L.FEEDBACK_VERDICT_GOOD)
+            ),
+            "ReserveBudget": ledger.stub.ReserveBudget(
+                L.ReserveBudgetRequest(caller="c", request_id="r\x00", amount_usd=1)
+            ),
+            "RevokeKey": ledger.stub.RevokeKey(L.RevokeKeyRequest(id="\x00")),
+            "LookupKey": ledger.stub.LookupKey(L.LookupKeyRequest(id="k\x00", sha256="0" * 64)),
+            "RecordUsage(sender)": ledger.stub.RecordUsage(L.RecordUsageRequest(sender="s\x00")),
+        }
+        for name, call in refused.items():
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            found = clear_status(raised.value, {grpc.StatusCode.INVALID_ARGUMENT})
+            assert "must not contain NUL characters" in found.violations.values(), name
+    finally:
+        await stop_ledger(ledger)
