@@ -27,14 +27,13 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from ledger_svc.server import create_server
-from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2 as L
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from service_kit import auth
 from tests.fuzz import hostile
 from tests.fuzz.conftest import Loop, clear_status, fuzz, raw_call, serving
-from tests.ledger.conftest import Backend, start_ledger, stop_ledger
+from tests.ledger.conftest import Backend, _scratch_schema, start_ledger, stop_ledger
 
 MAX_BATCH = 50  # records per RecordUsage (LEDGER_MAX_BATCH_RECORDS), small so over-limit batches are cheap
 ALLOWED = {
@@ -61,8 +60,9 @@ class World:
         return ((auth.AUTHORIZATION, f"Bearer {self.keys.get(who, who)}"),)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A ledger on SQLite, and one on PostgreSQL (a scratch schema): each property runs on both."""
     tmp = tmp_path_factory.mktemp("ledger-fuzz")
     loop = Loop()
     keys_file = tmp / "keys.yaml"
@@ -71,15 +71,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "ops": auth.create_key(keys_file, "ops", ["admin"])[1],
         "team": auth.create_key(keys_file, "team", ["caller"], callers=["team/*"])[1],
     }
-    settings = LedgerSettings(
-        host="127.0.0.1",
-        port=0,
-        database_url=f"sqlite+aiosqlite:///{tmp / 'ledger.db'}",
-        keys_file=keys_file,
-        max_batch_records=MAX_BATCH,
-        export_chunk_bytes=4096,
-        retention_interval_seconds=0,
-        log_level="WARNING",
+    scratch = _scratch_schema() if request.param == "postgresql" else None
+    backend = (
+        loop.run(scratch.__aenter__())
+        if scratch is not None
+        else Backend("sqlite", f"sqlite+aiosqlite:///{tmp / 'ledger.db'}")
+    )
+    settings = backend.settings(
+        keys_file=keys_file, max_batch_records=MAX_BATCH, export_chunk_bytes=4096, log_level="WARNING"
     )
 
     async def start() -> tuple[Any, World]:
@@ -95,6 +94,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         async def stop() -> None:
             await world.channel.close()
             await running.stop(0)
+            if scratch is not None:
+                await scratch.__aexit__(None, None, None)
 
         loop.run(stop())
         loop.close()
@@ -370,7 +371,7 @@ async def _still_serving(world: World) -> int:
 _examples = iter(range(10**9))
 
 
-@fuzz(60)
+@fuzz(30)
 @given(data=st.data())
 def test_record_usage_stores_what_it_acknowledges_once(world: World, data: Any) -> None:
     example = next(_examples)
@@ -398,7 +399,7 @@ def test_record_usage_stores_what_it_acknowledges_once(world: World, data: Any) 
     world.loop.run(play())
 
 
-@fuzz(120)
+@fuzz(60)
 @given(data=st.data())
 def test_every_other_rpc_gets_a_clear_status(world: World, data: Any) -> None:
     rpc = data.draw(st.sampled_from(sorted(REQUESTS)))
@@ -508,7 +509,7 @@ async def _drain(stream: Any) -> None:
 METHODS = list(L.DESCRIPTOR.services_by_name["LedgerService"].methods)
 
 
-@fuzz(30)
+@fuzz(15)
 @given(data=st.data())
 def test_any_bytes_as_a_request_get_a_clear_status(world: World, data: Any) -> None:
     """Bytes that are not the method's message were answered UNKNOWN by grpc (its parser's exception);
