@@ -187,7 +187,7 @@ async def _still_serving(world: World) -> None:
         _sane(await stub.Classify(request, timeout=30))
 
 
-@fuzz(50)
+@fuzz(30)
 @given(messages=conversations(), skip_cache=st.booleans())
 def test_any_conversation_gets_a_clear_status_and_a_sane_verdict(
     world: World, messages: list[common_pb2.ChatMessage], skip_cache: bool

@@ -399,7 +399,7 @@ def test_record_usage_stores_what_it_acknowledges_once(world: World, data: Any) 
     world.loop.run(play())
 
 
-@fuzz(60)
+@fuzz(45)
 @given(data=st.data())
 def test_every_other_rpc_gets_a_clear_status(world: World, data: Any) -> None:
     rpc = data.draw(st.sampled_from(sorted(REQUESTS)))

@@ -84,6 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "SIMULATOR_LOG_LEVEL": "WARNING",
             "ROUTER_SIMULATOR": "always",
             "ROUTER_WARM_UP": "false",
+            "ROUTER_GRACE_SECONDS": "0",  # nothing in flight at the end: stop at once
+            "CLASSIFIER_GRACE_SECONDS": "0",
+            "LEDGER_GRACE_SECONDS": "0",
             "ROUTER_CLASSIFIER_MODE": "remote",  # no learned model to load: a faster start
             "CLASSIFIER_STRATEGY": "heuristic",
             "ROUTER_POLICY_PATH": str(state_dir / "router-policy.yaml"),
@@ -248,7 +251,7 @@ def _check(stack: Stack, method: str, data: str) -> None:
         assert paid == 0
 
 
-@fuzz(20)
+@fuzz(15)
 @given(data=st.data())
 def test_wrong_json_types_through_grpcurl_get_a_clear_answer(stack: Stack, data: Any) -> None:
     method = data.draw(st.sampled_from(sorted(TARGETS)))

@@ -344,13 +344,13 @@ def _check_records(world: World, since: int, provider_calls: int) -> None:
         world.keys_seen.add(key)
 
 
-@fuzz(50)
+@fuzz(30)
 @given(data=st.data())
 def test_any_route_request_gets_a_clear_status_and_pays_only_when_valid(world: World, data: Any) -> None:
     _check_call(world, data.draw(calls(world.models)))
 
 
-@fuzz(50)
+@fuzz(40)
 @given(data=st.data())
 def test_one_hostile_field_in_a_valid_request(world: World, data: Any) -> None:
     _check_call(world, data.draw(one_field_calls(world.models)))
