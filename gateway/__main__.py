@@ -1,11 +1,13 @@
 """`python -m gateway`: serve the OpenAI-compatible gateway until SIGTERM."""
 
 import asyncio
+import os
 
 import structlog
 
 from gateway.server import create_server
 from gateway.settings import GatewaySettings
+from service_kit import tracing
 from service_kit.logging import configure_logging
 
 
@@ -24,6 +26,12 @@ async def serve(settings: GatewaySettings) -> None:
 def main() -> None:
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level, settings.log_json, settings.log_library_messages)
+    # Before the app opens its channels: the gRPC client instrumentation covers channels created after
+    # it, so Route, RouteStream and GetStats carry the trace on to the router and the ledger.
+    if tracing.configure("gateway"):
+        structlog.get_logger().info(
+            "tracing", exporter="otlp", endpoint=os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        )
     asyncio.run(serve(settings))
 
 

@@ -1,8 +1,10 @@
 """The gateway's HTTP endpoints (a Starlette app), each a thin translation onto one gRPC call.
 
 `POST /v1/chat/completions` → Route (or RouteStream with `stream: true`), `GET /stats` → GetStats,
-`GET /readyz` → the router's health service; `GET /v1/models` reads the policy and the price map
-(`gateway/catalog.py`). The HTTP `Authorization` header goes on every call unchanged as gRPC metadata
+`GET /stats/stream` → WatchSpend (server-sent events), `GET /readyz` → the router's health service;
+`GET /v1/models` reads the policy and the price map (`gateway/catalog.py`); `GET /` is the live spend
+page (`gateway/static/`, which reads /stats and /stats/stream); `GET /metrics` is Prometheus'
+(`gateway/metrics.py`). The HTTP `Authorization` header goes on every call unchanged as gRPC metadata
 `authorization`, and `X-Request-Id` as `x-request-id` (the services' tracing id).
 """
 
@@ -14,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,19 +24,32 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
-from gateway import chat, stats
+from gateway import chat, metrics, stats
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, from_rpc_error, invalid_request
 from gateway.settings import GatewaySettings
-from llmroute.ledger.v1 import ledger_pb2_grpc
+from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from service_kit import tls
 
 log = structlog.get_logger()
+STATIC = Path(__file__).resolve().parent / "static"
+# The spend page loads only its own files and talks only to this gateway.
+PAGE_HEADERS = {
+    "cache-control": "no-cache",
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -71,10 +87,14 @@ class Gateway:
             settings.peer_ca_file, settings.tls_cert_file, settings.tls_key_file
         )
 
+        # round_robin: an address that resolves to several pods (Kubernetes' router-headless Service)
+        # gets a connection to each and spreads the calls; one address behaves as before.
+        options = [("grpc.lb_policy_name", "round_robin")]
+
         def channel(address: str) -> grpc.aio.Channel:
             if credentials is None:
-                return grpc.aio.insecure_channel(address)
-            return grpc.aio.secure_channel(address, credentials)
+                return grpc.aio.insecure_channel(address, options=options)
+            return grpc.aio.secure_channel(address, credentials, options=options)
 
         router, ledger = channel(settings.router_address), channel(settings.ledger_address)
         self._channels = [router, ledger]
@@ -209,6 +229,32 @@ class Gateway:
             raise from_rpc_error(error, stats.param_for) from None
         return JSONResponse(stats.to_json(reply))
 
+    async def stats_stream(self, request: Request) -> Response:
+        """WatchSpend as server-sent events: one `data: {"time", "totals"}` per snapshot. As with a
+        streamed completion, the first snapshot decides the HTTP status (a missing key is 401 here);
+        an error after it is an `event: error` with the error's JSON."""
+        call = self._ledger.WatchSpend(
+            stats.parse_watch(request.query_params), metadata=forwarded_metadata(request)
+        )
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(request, call))
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, stats.param_for) from None
+        except asyncio.CancelledError:
+            if watcher.done():
+                return Response(status_code=499)
+            raise
+        finally:
+            watcher.cancel()
+        if first is grpc.aio.EOF:
+            raise GatewayError(502, "the ledger ended the stream without a snapshot", type="server_error")
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        return StreamingResponse(_snapshots(call, first), media_type="text/event-stream", headers=headers)
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -225,6 +271,23 @@ class Gateway:
         return JSONResponse(
             {"status": "ready" if ready else "not_ready", "router": router_status}, 200 if ready else 503
         )
+
+
+async def _snapshots(
+    call: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    first: ledger_pb2.WatchSpendResponse,
+) -> AsyncIterator[bytes]:
+    event: Any = first
+    try:
+        while event is not grpc.aio.EOF:
+            yield b"data: " + json.dumps(stats.snapshot_to_json(event)).encode() + b"\n\n"
+            event = await call.read()
+    except grpc.aio.AioRpcError as error:
+        failure = from_rpc_error(error, stats.param_for)
+        log.info("stats_stream_failed", status=failure.status, code=failure.code)
+        yield b"event: error\ndata: " + json.dumps(failure.body()).encode() + b"\n\n"
+    finally:
+        call.cancel()  # a page closed mid-stream ends the ledger's watch
 
 
 def _log_completed(reply: router_pb2.RouteResponse, *, stream: bool, started: float) -> None:
@@ -283,9 +346,14 @@ def create_app(settings: GatewaySettings, catalog: Catalog | None = None) -> Sta
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", gateway.model, methods=["GET"]),
             Route("/stats", gateway.stats, methods=["GET"]),
+            Route("/stats/stream", gateway.stats_stream, methods=["GET"]),
             Route("/healthz", gateway.healthz, methods=["GET"]),
             Route("/readyz", gateway.readyz, methods=["GET"]),
+            Route("/metrics", metrics.metrics, methods=["GET"]),
+            Route("/", gateway.page, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
+        middleware=[Middleware(metrics.MetricsMiddleware)],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

@@ -1,8 +1,13 @@
-"""GET /stats: query options → GetStatsRequest, and the reply as JSON (field names as in the proto).
+"""GET /stats and GET /stats/stream: query options → GetStatsRequest / WatchSpendRequest, and the
+replies as JSON (field names as in the proto).
 
-Options: `last_minutes` (N > 0), or `since` / `until` (ISO 8601; UTC when no offset is given);
+/stats options: `last_minutes` (N > 0), or `since` / `until` (ISO 8601; UTC when no offset is given);
 nothing: all time. `group_by` (repeatable or comma-separated): model, tier, caller, category, hour,
 policy_version; nothing: the ledger's default (model, tier, caller). `caller`: only that caller.
+
+/stats/stream options (WatchSpend's): `last_minutes` (0 or absent: since 00:00 UTC today),
+`interval_seconds` (the longest wait between snapshots; the ledger also sends one soon after new
+records land), `caller`. The ledger checks the values' ranges.
 """
 
 from __future__ import annotations
@@ -62,6 +67,28 @@ def parse(params: QueryParams) -> ledger_pb2.GetStatsRequest:
     return request
 
 
+_WATCH_KNOWN = frozenset({"last_minutes", "interval_seconds", "caller"})
+
+
+def parse_watch(params: QueryParams) -> ledger_pb2.WatchSpendRequest:
+    unknown = sorted(set(params) - _WATCH_KNOWN)
+    if unknown:
+        raise invalid_request(unknown[0], "unknown option; expected " + ", ".join(sorted(_WATCH_KNOWN)))
+    request = ledger_pb2.WatchSpendRequest(caller=params.get("caller", ""))
+    last = params.get("last_minutes")
+    if last is not None:
+        if not last.isdigit() or int(last) >= 2**31:
+            raise invalid_request("last_minutes", "must be a whole number of minutes (0: today, UTC)")
+        request.last_minutes = int(last)
+    interval = params.get("interval_seconds")
+    if interval is not None:
+        try:
+            request.interval_seconds = float(interval)
+        except ValueError:
+            raise invalid_request("interval_seconds", "must be a number of seconds") from None
+    return request
+
+
 def param_for(field: str) -> str:
     """A GetStats field in the ledger's violations → the query option it came from."""
     return field.removeprefix("window.")
@@ -71,6 +98,11 @@ def to_json(reply: ledger_pb2.GetStatsResponse) -> dict[str, Any]:
     """The reply with the proto's field names, every field present (zeros too: a dashboard reads
     `totals.cost_usd` whether or not anything was spent), counts as JSON numbers (not the strings
     proto3's JSON mapping makes of 64-bit integers), enums by name, times in ISO 8601."""
+    return _message(reply)
+
+
+def snapshot_to_json(reply: ledger_pb2.WatchSpendResponse) -> dict[str, Any]:
+    """A WatchSpend snapshot, like `to_json`."""
     return _message(reply)
 
 

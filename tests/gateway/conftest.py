@@ -64,6 +64,8 @@ class ScriptedUpstream(router_pb2_grpc.RouterServiceServicer, ledger_pb2_grpc.Le
     # pauses that many seconds.
     stream: Callable[[Any], list[Any]] = lambda request: ["Yes", ", spam.", answer("Yes, spam.")]
     stats: Script = lambda request: ledger_pb2.GetStatsResponse()
+    # WatchSpend: snapshots, a ServiceError in the list aborts there; the stream then stays open.
+    watch: Callable[[Any], list[Any]] = lambda request: [ledger_pb2.WatchSpendResponse()]
     seen: list[Seen] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -102,6 +104,18 @@ class ScriptedUpstream(router_pb2_grpc.RouterServiceServicer, ledger_pb2_grpc.Le
                 yield router_pb2.RouteStreamResponse(delta=router_pb2.ContentDelta(content=event))
             else:
                 yield router_pb2.RouteStreamResponse(summary=event)
+
+    async def WatchSpend(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:  # type: ignore[override]
+        self._record("WatchSpend", request, context)
+        for event in self.watch(request):
+            if isinstance(event, ServiceError):
+                await context.abort_with_status(event.to_status())
+            yield event
+        try:
+            await asyncio.Event().wait()  # open until the gateway cancels it
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
 
     async def GetStats(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[override]
         self._record("GetStats", request, context)
