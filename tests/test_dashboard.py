@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+import gateway.metrics
 import router_svc.metering
 import router_svc.shared
 import service_kit.metrics
@@ -22,7 +23,8 @@ SUFFIXES = {
 
 def exported() -> set[str]:
     """The sample names the process's registry exports, with the suffixes Prometheus sees."""
-    assert router_svc.metering and router_svc.shared and service_kit.metrics  # their metrics registered
+    # Their metrics registered: the router's, every service's RPCs, the gateway's HTTP requests.
+    assert router_svc.metering and router_svc.shared and service_kit.metrics and gateway.metrics
     return {
         family.name + suffix for family in REGISTRY.collect() for suffix in SUFFIXES.get(family.type, ("",))
     }
