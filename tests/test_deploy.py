@@ -26,6 +26,8 @@ from pydantic_settings import BaseSettings
 from sqlalchemy.engine import make_url
 
 from classifier_svc.settings import ClassifierSettings
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
 from ledger_svc.client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from router_svc.routing import Router
@@ -45,18 +47,22 @@ POLICY = ROOT / "config" / "policy.yaml"
 KUBERNETES_VERSIONS = ("1.32.0", "1.37.0")
 OVERLAYS = ("base", "overlays/production", "overlays/dev")
 SERVICES = ("router", "classifier", "ledger")
+# The HTTP gateway: probed over HTTP, scaled like the router, stateless.
+GATEWAY = "gateway"
 # Container (and compose service) → the settings class its process builds from the environment.
 SETTINGS: dict[str, type[BaseSettings]] = {
     "router": RouterSettings,
     "classifier": ClassifierSettings,
     "ledger": LedgerSettings,
     "simulator": SimulatorSettings,
+    "gateway": GatewaySettings,
 }
 DOCKERFILES = {
     "router": "router_svc",
     "classifier": "classifier_svc",
     "ledger": "ledger_svc",
     "simulator": "simulator",
+    "gateway": "gateway",
 }
 
 Obj = dict[str, Any]
@@ -226,7 +232,7 @@ def test_each_service_has_its_deployment_service_autoscaler_and_disruption_budge
     autoscalers = objects(overlay, "HorizontalPodAutoscaler")
     budgets = objects(overlay, "PodDisruptionBudget")
     # The simulator only where every call is simulated on purpose.
-    assert set(deployments) == {*SERVICES, *(["simulator"] if overlay == "overlays/dev" else [])}
+    assert set(deployments) == {*SERVICES, GATEWAY, *(["simulator"] if overlay == "overlays/dev" else [])}
     # The router's pods also by their own addresses, for clients balancing calls (round_robin).
     headless = services["router-headless"]
     assert headless["spec"]["clusterIP"] == "None"
@@ -247,8 +253,9 @@ def test_each_service_has_its_deployment_service_autoscaler_and_disruption_budge
         budget = budgets[name]
         assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
         assert budget["spec"]["maxUnavailable"] == 1
-    # The router and the classifier scale on CPU; the ledger (bounded by its database) does not.
-    assert set(autoscalers) == {"router", "classifier"}
+    # The router, the classifier and the gateway scale on CPU; the ledger (bounded by its database)
+    # does not.
+    assert set(autoscalers) == {"router", "classifier", GATEWAY}
     for name, autoscaler in autoscalers.items():
         target = autoscaler["spec"]["scaleTargetRef"]
         assert (target["kind"], target["name"]) == ("Deployment", name)
@@ -348,7 +355,7 @@ def test_the_policy_config_map_is_the_repositorys_policy_mounted_as_a_directory(
     overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config_maps = objects(overlay, "ConfigMap")
-    for name in ("router", "classifier"):
+    for name in ("router", "classifier", GATEWAY):
         settings = settings_from(monkeypatch, name, environment(overlay, name))
         path = Path(settings.policy_path)
         mount, volume = _mounts(overlay, name)[str(path.parent)]
@@ -373,6 +380,11 @@ def test_termination_grace_outlasts_the_services_drain(overlay: str, monkeypatch
         # The kubelet's countdown starts with the preStop hook, before SIGTERM.
         needed = pre_stop + settings.grace_seconds + (explorations + spool_drain if name == "router" else 0)
         assert pod["terminationGracePeriodSeconds"] > needed, name
+    # The gateway (gateway/server.py): uvicorn lets requests in flight finish for grace_seconds.
+    pod = deployment(overlay, GATEWAY)["spec"]["template"]["spec"]
+    settings = settings_from(monkeypatch, GATEWAY, environment(overlay, GATEWAY))
+    pre_stop = container(overlay, GATEWAY)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.grace_seconds
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -382,6 +394,42 @@ def test_every_container_has_requests_and_limits(overlay: str) -> None:
             requests, limits = spec["resources"]["requests"], spec["resources"]["limits"]
             for resource in ("cpu", "memory"):
                 assert 0 < quantity(requests[resource]) <= quantity(limits[resource]), (name, resource)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_is_probed_over_http_and_reaches_the_services_by_their_services(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_from(monkeypatch, GATEWAY, environment(overlay, GATEWAY))
+    assert settings.host == "0.0.0.0"  # the kubelet probes the pod's IP
+    spec = container(overlay, GATEWAY)
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert ports == {"http": settings.port}
+    paths = {route.path for route in create_app(settings).routes}  # type: ignore[attr-defined]
+    expected = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for kind, path in expected.items():
+        probe = spec[kind]
+        assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"httpGet"}, kind
+        assert ports[probe["httpGet"]["port"]] == settings.port and probe["httpGet"]["path"] == path
+        assert path in paths
+    # Prometheus scrapes the app's own /metrics, on the serving port.
+    annotations = deployment(overlay, GATEWAY)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(settings.port)
+    assert annotations["prometheus.io/path"] in paths
+    # Its Service's port; the router by its headless Service, so the channel's round_robin reaches
+    # every router pod (through the ClusterIP Service all its calls would go to one).
+    services = objects(overlay, "Service")
+    assert services[GATEWAY]["spec"]["ports"][0]["targetPort"] == "http"
+    assert settings.router_address.startswith("dns:///")
+    router_host, router_port = settings.router_address.removeprefix("dns:///").split(":")
+    assert services[router_host]["spec"]["clusterIP"] == "None"
+    assert int(router_port) == services[router_host]["spec"]["ports"][0]["port"]
+    ledger_host, ledger_port = settings.ledger_address.split(":")
+    assert int(ledger_port) == services[ledger_host]["spec"]["ports"][0]["port"]
+    ledger = settings_from(monkeypatch, "ledger", environment(overlay, "ledger"))
+    assert int(ledger_port) == ledger.port
+    # One event loop: more than a core of limit buys nothing.
+    assert quantity(spec["resources"]["limits"]["cpu"]) <= 1
 
 
 # ---- Kubernetes: the overlays -----------------------------------------------------------------------
@@ -394,7 +442,7 @@ def test_production_calls_real_providers_with_pinned_images_in_a_restricted_name
     for obj in render(overlay):
         if obj["kind"] != "Namespace":
             assert obj["metadata"]["namespace"] == namespace["metadata"]["name"], obj["metadata"]["name"]
-    for name in SERVICES:
+    for name in (*SERVICES, GATEWAY):
         image = container(overlay, name)["image"]
         repository, _, tag = image.rpartition(":")
         assert "/" in repository and tag and tag != "latest", image
