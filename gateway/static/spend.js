@@ -79,12 +79,14 @@ function chartSize() {
 }
 
 function makeChart() {
+  // Steps, not slopes: between two snapshots the totals rose at times nobody observed.
+  const paths = uPlot.paths.stepped({ align: 1 });
   const series = [
     {},
-    { label: "spend", stroke: "#dc2626", width: 2 },
-    { label: "baseline", stroke: "#6b7280", width: 2, dash: [6, 4] },
-    { label: "gross savings", stroke: "#2563eb", width: 2 },
-    { label: "net savings", stroke: "#059669", width: 2 },
+    { label: "spend", stroke: "#dc2626", width: 2, paths },
+    { label: "baseline", stroke: "#6b7280", width: 2, dash: [6, 4], paths },
+    { label: "gross savings", stroke: "#2563eb", width: 2, paths },
+    { label: "net savings", stroke: "#059669", width: 2, paths },
   ];
   const options = {
     ...chartSize(),
@@ -113,12 +115,15 @@ function point(seconds, totals) {
   return [seconds, totals.cost_usd, totals.baseline_cost_usd, totals.gross_savings_usd, totals.net_savings_usd];
 }
 
-// The history: cumulative totals at the end of each whole hour since midnight (GetStats by hour).
-function history(stats, midnight, now) {
+// The history: cumulative totals at the end of each whole hour since midnight (GetStats by hour),
+// from the start of the first hour with traffic (the current hour's, when there is none before).
+function history(stats, now) {
   const hours = (stats.breakdowns.find((b) => b.group_by === "GROUP_BY_HOUR") || { groups: [] }).groups;
   hours.sort((a, b) => a.key.localeCompare(b.key));
   const sum = { cost_usd: 0, baseline_cost_usd: 0, gross_savings_usd: 0, net_savings_usd: 0 };
-  const points = [point(midnight / 1000, sum)];
+  const first = hours.find((g) => g.totals.requests > 0);
+  const start = first ? Date.parse(first.key) : Math.floor(now / 3600000) * 3600000;
+  const points = [point(start / 1000, sum)];
   for (const group of hours) {
     const end = Date.parse(group.key) + 3600 * 1000;
     if (end > now) break; // the current hour comes from the live snapshots
@@ -153,7 +158,7 @@ function groups(stats, dimension) {
 function showTables(stats) {
   const total = stats.totals.requests || 1;
   const tiers = groups(stats, "GROUP_BY_TIER").slice().sort((a, b) => b.totals.requests - a.totals.requests);
-  fillTable("tiers", tiers.map((g) => [g.key, g.totals.requests, percent(g.totals.requests / total), usd(g.totals.cost_usd)]));
+  fillTable("tiers", tiers.map((g) => [g.key.replace(/^TIER_/, "").toLowerCase(), g.totals.requests, percent(g.totals.requests / total), usd(g.totals.cost_usd)]));
   // The ledger orders groups by descending cost.
   fillTable(
     "callers",
@@ -200,7 +205,7 @@ async function load() {
   const { midnight, path } = todayQuery("hour,tier,caller,model");
   const stats = await getJson(path);
   state.day = utcDay(midnight);
-  state.points = history(stats, midnight.getTime(), Date.now());
+  state.points = history(stats, Date.now());
   state.tablesFor = stats.totals.requests;
   showTables(stats);
   if (!state.chart) state.chart = makeChart();

@@ -137,7 +137,7 @@ def test_the_page_shows_the_ledgers_numbers_and_follows_a_new_request(stack: Sta
         assert set(column(browser, "callers")) == callers  # the router's warm-up call is one too
         assert callers >= {caller for caller, _ in TRAFFIC}
         tiers = {
-            g["key"]: g["totals"]["requests"]
+            g["key"].removeprefix("TIER_").lower(): g["totals"]["requests"]
             for b in before["breakdowns"]
             if b["group_by"] == "GROUP_BY_TIER"
             for g in b["groups"]
