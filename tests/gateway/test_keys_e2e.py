@@ -13,6 +13,7 @@ import pytest
 
 from devstack.stack import WITH_GATEWAY, Ports, Stack
 from service_kit import auth
+from tests.gateway.webdriver import chromium, require_chromium
 
 pytestmark = pytest.mark.e2e
 SPAM = [{"role": "user", "content": "Is this spam? 'Claim your prize'"}]
@@ -78,3 +79,33 @@ def test_models_and_health_need_no_key(keyed: tuple[Stack, str]) -> None:
     for path in ("/healthz", "/readyz", "/v1/models"):
         with urllib.request.urlopen(base + path, timeout=10) as reply:
             assert reply.status == 200
+
+
+def test_the_spend_page_asks_for_a_key_and_sends_it_as_a_header(keyed: tuple[Stack, str]) -> None:
+    require_chromium()
+    stack, key = keyed
+    base = f"http://127.0.0.1:{stack.ports.gateway}"
+
+    def ledger_requests() -> str:  # re-read each time: the earlier tests' reports may still be landing
+        request = urllib.request.Request(
+            base + "/stats?last_minutes=1440", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return str(json.loads(reply.read())["totals"]["requests"])
+
+    with chromium() as browser:
+        browser.get(base + "/")
+        browser.wait_for(lambda: browser.text("#status") == "an API key is needed", what="the key prompt")
+        assert browser.attribute("#requests", "data-value") == ""
+        browser.script(
+            "document.getElementById('key').value = arguments[0];"
+            "document.getElementById('key-form').requestSubmit();",
+            key,
+        )
+        browser.wait_for(lambda: browser.text("#status") == "live", what="the stream with the key")
+        browser.wait_for(
+            lambda: browser.attribute("#requests", "data-value") == ledger_requests() != "0",
+            what="the key's numbers",
+        )
+        # The key went in a header: not in the address, not in the page.
+        assert key not in str(browser.script("return location.href + document.documentElement.outerHTML;"))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from devstack.stack import WITH_GATEWAY, Ports, Stack
-from tests.gateway.webdriver import Browser, chromium, chromium_paths, is_png
+from tests.gateway.webdriver import Browser, chromium, is_png, require_chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -40,12 +40,7 @@ SECRET_PROMPT = "Reply with the word zebra-71c3 and nothing else"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if chromium_paths() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
-        pytest.skip(
-            "chromium and chromium-driver are not installed: apt-get install -y chromium chromium-driver"
-        )
+    require_chromium()
     with Stack(
         state_dir=tmp_path_factory.mktemp("spend-page-stack"),
         ports=Ports.free(),

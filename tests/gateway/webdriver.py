@@ -33,6 +33,18 @@ def chromium_paths() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def require_chromium() -> None:
+    """Skip without Debian's chromium and chromium-driver, except under CI (.ci/run installs them)."""
+    import pytest
+
+    if chromium_paths() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip(
+            "chromium and chromium-driver are not installed: apt-get install -y chromium chromium-driver"
+        )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
