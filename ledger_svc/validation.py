@@ -67,7 +67,7 @@ def _text(
         return [(field, f"is {len(value)} characters; at most {limit}")]
     if "\x00" in value and not nul_ok:
         # PostgreSQL cannot store NUL in text (SQLite can): refused alike on both.
-        return [(field, "must not contain NUL characters")]
+        return [(field, "must not contain NUL, a control character PostgreSQL cannot store")]
     return []
 
 

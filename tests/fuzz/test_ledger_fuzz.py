@@ -572,6 +572,6 @@ async def test_regression_nul_characters_are_counted_or_refused_never_internal(b
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await call
             found = clear_status(raised.value, {grpc.StatusCode.INVALID_ARGUMENT})
-            assert "must not contain NUL characters" in found.violations.values(), name
+            assert any("must not contain NUL" in d for d in found.violations.values()), name
     finally:
         await stop_ledger(ledger)
