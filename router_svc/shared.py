@@ -30,6 +30,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 from prometheus_client import Counter, Gauge
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from llmroute.router.v1 import router_pb2
 from router_svc.cooldown import Cooldowns
@@ -101,7 +103,15 @@ class SharedState:
     """The Redis connection, and whether it works now."""
 
     def __init__(self, url: str, prefix: str = "llmroute:") -> None:
-        self.redis: aioredis.Redis = aioredis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # One retry on a fresh connection for a connection error: after Redis restarts, every pooled
+        # connection is dead, and without it each would fail one call (and that call go local).
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.exceptions.ConnectionError],
+        )
         self.prefix = prefix
         self.available = True
         self.last_error = ""
