@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import time
@@ -21,7 +22,7 @@ from ledger_svc import stats as st
 from ledger_svc import validation as v
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.snapshots import Snapshots
-from ledger_svc.store import BudgetRow, LedgerStore
+from ledger_svc.store import EXPORT_KEY, BudgetRow, LedgerStore
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from service_kit import auth, metadata, tls
 from service_kit import server as service_server
@@ -274,25 +275,33 @@ class LedgerServicer(_Keys, ledger_pb2_grpc.LedgerServiceServicer):
     ) -> AsyncIterator[ledger_pb2.ExportRecordsResponse]:
         window, violations = v.resolve_window(request.window, v.now_us())
         violations += v.export_violations(request)
-        v.raise_if(violations)
+        after, token_violations = v.page_token(request.page_token)
+        v.raise_if(violations + token_violations)
         assert window is not None
         as_csv = request.format == ledger_pb2.EXPORT_FORMAT_CSV
         line = conv.csv_line if as_csv else conv.json_line
         limit = self._settings.export_chunk_bytes
-        buffer: list[str] = [conv.csv_header()] if as_csv else []
+        # A page that goes on from a token continues the same file: no second header.
+        buffer: list[str] = [conv.csv_header()] if as_csv and after is None else []
         size = sum(len(part) for part in buffer)
-        exported = 0
-        async for row in self._store.export(window):
-            text = line(row)
-            buffer.append(text)
-            size += len(text)
-            exported += 1
-            if size >= limit:
-                yield ledger_pb2.ExportRecordsResponse(chunk="".join(buffer).encode())
-                buffer, size = [], 0
-        if buffer:
-            yield ledger_pb2.ExportRecordsResponse(chunk="".join(buffer).encode())
-        log.info("records_exported", records=exported, format="csv" if as_csv else "jsonl")
+        exported, next_token = 0, ""
+        async with contextlib.aclosing(self._store.export(window, after=after)) as rows:
+            async for row in rows:
+                text = line(row)
+                buffer.append(text)
+                size += len(text)
+                exported += 1
+                if exported == self._settings.export_max_records:
+                    next_token = v.encode_page_token(tuple(row[c] for c in EXPORT_KEY))
+                    break
+                if size >= limit:
+                    yield ledger_pb2.ExportRecordsResponse(chunk="".join(buffer).encode())
+                    buffer, size = [], 0
+        if buffer or next_token:
+            yield ledger_pb2.ExportRecordsResponse(chunk="".join(buffer).encode(), next_page_token=next_token)
+        log.info(
+            "records_exported", records=exported, format="csv" if as_csv else "jsonl", more=bool(next_token)
+        )
 
     def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
         expected = self._settings.admin_token

@@ -38,6 +38,8 @@ class LedgerSettings(ServiceSettings):
     admin_token: SecretStr | None = None
     # Bytes per ExportRecords chunk.
     export_chunk_bytes: int = Field(default=64 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # Records per ExportRecords call; a longer window is exported in pages (next_page_token).
+    export_max_records: int = Field(default=100_000, ge=1)
 
     @field_validator("admin_token")
     @classmethod

@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -73,6 +73,10 @@ class StatsResult:
     totals: queries.Aggregate
     breakdowns: list[tuple[int, dict[Any, queries.Aggregate]]]
     spool_depth: int
+
+
+# The order an export reads records in, and the key a page token carries.
+EXPORT_KEY = ("ts", "request_id", "caller", "run_id", "attempt")
 
 
 @dataclass(frozen=True)
@@ -353,26 +357,21 @@ class LedgerStore:
     async def totals(self, window: Window, caller: str | None) -> queries.Aggregate:
         return (await self.stats(window, (), caller)).totals
 
-    async def export(self, window: Window, batch: int = 1000) -> AsyncIterator[Mapping[Any, Any]]:
+    async def export(
+        self, window: Window, batch: int = 1000, after: tuple[Any, ...] | None = None
+    ) -> AsyncGenerator[Mapping[Any, Any], None]:
         """Raw records of the window, oldest first (pruned hours have none).
 
         Read a page at a time, each page its own short query after the last row's key: a client that
         reads slowly (or stops) holds no database connection between pages, and a cancelled export
         never leaves a connection to be torn down mid-query."""
-        order = (
-            usage_records.c.ts,
-            usage_records.c.request_id,
-            usage_records.c.caller,
-            usage_records.c.run_id,
-            usage_records.c.attempt,
-        )
+        order = tuple(usage_records.c[name] for name in EXPORT_KEY)
         query = (
             sa.select(usage_records)
             .where(usage_records.c.ts >= window.since_us, usage_records.c.ts < window.until_us)
             .order_by(*order)
             .limit(batch)
         )
-        after: tuple[Any, ...] | None = None
         while True:
             page_query = query if after is None else query.where(sa.tuple_(*order) > sa.tuple_(*after))
             # Shielded: a client that goes away cancels the export between pages, never inside a

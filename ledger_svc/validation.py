@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 import time
 from collections.abc import Iterable
@@ -286,6 +289,26 @@ DEFAULT_FEEDBACK_GROUP_BY = (
     ledger_pb2.FEEDBACK_GROUP_BY_CALLER,
     ledger_pb2.FEEDBACK_GROUP_BY_SCORE_BAND,
 )
+
+
+def encode_page_token(key: tuple[Any, ...]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def page_token(token: str) -> tuple[tuple[Any, ...] | None, Violations]:
+    """An export's page token: the last exported record's key, or a violation."""
+    if not token:
+        return None, []
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+        ts, request_id, caller, run_id, attempt = key
+        if not (isinstance(ts, int) and isinstance(attempt, int)):
+            raise ValueError(token)
+        if not all(isinstance(part, str) for part in (request_id, caller, run_id)):
+            raise ValueError(token)
+    except (ValueError, TypeError, binascii.Error):
+        return None, [("page_token", "is not a token this ledger gave (next_page_token)")]
+    return (ts, request_id, caller, run_id, attempt), []
 
 
 def export_violations(request: ledger_pb2.ExportRecordsRequest) -> Violations:

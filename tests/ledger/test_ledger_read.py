@@ -417,3 +417,40 @@ async def test_stalled_exports_cannot_starve_the_budget_check(ledger: Ledger) ->
     finally:
         for stream in stalled:
             stream.cancel()
+
+
+async def test_a_long_export_comes_in_pages_that_join_into_the_whole(ledger_settings, tmp_path) -> None:
+    """Over LEDGER_EXPORT_MAX_RECORDS, a call stops with a next_page_token; the pages, joined, are the
+    export in one piece (same records, one CSV header), and a token that is not the ledger's is refused."""
+    from tests.ledger.conftest import start_ledger, stop_ledger
+
+    whole = await start_ledger(ledger_settings.model_copy(update={"export_max_records": 1_000_000}))
+    try:
+        at = now_us() - 60 * MIN
+        await whole.stub.RecordUsage(
+            L.RecordUsageRequest(records=[record(f"p{i}", 1, at=at + i, cost=0.001) for i in range(25)])
+        )
+        csv = L.EXPORT_FORMAT_CSV
+        one = b"".join([c.chunk async for c in whole.stub.ExportRecords(L.ExportRecordsRequest(format=csv))])
+    finally:
+        await stop_ledger(whole)
+    paged = await start_ledger(ledger_settings.model_copy(update={"export_max_records": 10}))
+    try:
+        pages, token = [], ""
+        while True:
+            messages = [
+                m
+                async for m in paged.stub.ExportRecords(L.ExportRecordsRequest(format=csv, page_token=token))
+            ]
+            pages.append(b"".join(m.chunk for m in messages))
+            token = messages[-1].next_page_token if messages else ""
+            if not token:
+                break
+        assert len(pages) == 3  # 10 + 10 + 5
+        assert b"".join(pages) == one and one.count(b"request_id") == 1
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in paged.stub.ExportRecords(L.ExportRecordsRequest(page_token="bm90LWEtdG9rZW4")):
+                pass
+        assert "page_token" in details(raised.value).violations
+    finally:
+        await stop_ledger(paged)
