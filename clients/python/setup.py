@@ -26,11 +26,17 @@ PROTOS = (
 
 def stage() -> None:
     shutil.rmtree(STAGE, ignore_errors=True)
-    shutil.copytree(ROOT / "llmroute_client", STAGE / "llmroute_client", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "llmroute_client", STAGE / "llmroute_client", ignore=shutil.ignore_patterns("__pycache__")
+    )
     protoc = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}"]
     outputs = [f"--python_out={STAGE}", f"--pyi_out={STAGE}", f"--grpc_python_out={STAGE}"]
     subprocess.run([*protoc, *outputs, *PROTOS], check=True)
-    for directory in [STAGE / "llmroute", *(STAGE / "llmroute").glob("*"), *(STAGE / "llmroute").glob("*/v1")]:
+    for directory in [
+        STAGE / "llmroute",
+        *(STAGE / "llmroute").glob("*"),
+        *(STAGE / "llmroute").glob("*/v1"),
+    ]:
         (directory / "__init__.py").touch()
 
 
