@@ -33,9 +33,11 @@ def configure(service: str, processor: SpanProcessor | None = None) -> bool:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         processor = BatchSpanProcessor(OTLPSpanExporter())
-    provider = TracerProvider(resource=Resource.create({"service.name": f"llmroute-{service}"}))
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # the global provider can be set once per process
+        provider = TracerProvider(resource=Resource.create({"service.name": f"llmroute-{service}"}))
+        trace.set_tracer_provider(provider)
     provider.add_span_processor(processor)
-    trace.set_tracer_provider(provider)
     if not _instrumented:
         from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
 

@@ -76,3 +76,48 @@ async def test_a_route_is_one_trace_through_classifier_ledger_and_provider(
     assert (
         call.context.trace_id == route.context.trace_id and call.attributes["llmroute.model"] == reply.model
     )
+
+
+async def test_a_chat_completion_through_the_gateway_is_one_trace_from_the_gateway_on(
+    exporter: InMemorySpanExporter, tmp_path: Path, simulator_url: str
+) -> None:
+    import httpx
+
+    from gateway.settings import GatewaySettings
+    from tests.gateway.conftest import serve_gateway
+
+    ledger = await start_ledger(
+        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+    )
+    classifier = await create_classifier(
+        ClassifierSettings(port=0, strategy="heuristic", cache_enabled=False)
+    )
+    address = f"127.0.0.1:{ledger.running.port}"
+    settings = router_settings(
+        f"127.0.0.1:{classifier.port}", simulator_url, tmp_path, ledger_address=address, budgets_enabled=True
+    )
+    router = await create_router(settings, usage_sink=LedgerReporter(address, tmp_path / "spool.db"))
+    gateway = GatewaySettings(port=0, router_address=f"127.0.0.1:{router.port}", ledger_address=address)
+    try:
+        async with serve_gateway(gateway) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            reply = await http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "llmroute/auto",
+                    "messages": [{"role": "user", "content": "Is this spam? 'cruise'"}],
+                },
+                headers={"Idempotency-Key": "trace-gw-1"},
+            )
+            assert reply.status_code == 200, reply.text
+    finally:
+        await router.stop(0)
+        await classifier.stop(0)
+        await stop_ledger(ledger)
+    spans = exporter.get_finished_spans()
+    route = "/llmroute.router.v1.RouterService/Route"
+    [client] = [s for s in spans if s.name == route and s.kind.name == "CLIENT"]  # the gateway's call
+    [server] = [s for s in spans if s.name == route and s.kind.name == "SERVER"]
+    assert server.parent is not None and server.parent.span_id == client.context.span_id
+    in_trace = {s.name for s in spans if s.context.trace_id == client.context.trace_id}
+    assert {"/llmroute.classifier.v1.ClassifierService/Classify", "provider_call"} <= in_trace
+    assert server.attributes[tracing.REQUEST_ID] == "trace-gw-1"
