@@ -3,7 +3,7 @@ its provider call, all in one trace, with the request id on the router's span (i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -35,9 +35,11 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     tracing._instrumented = False
 
 
-async def test_a_route_is_one_trace_through_classifier_ledger_and_provider(
+@pytest.fixture
+async def services(
     exporter: InMemorySpanExporter, tmp_path: Path, simulator_url: str
-) -> None:
+) -> AsyncIterator[tuple[str, str]]:
+    """A ledger, a classifier and a router, started once tracing is on: (router, ledger) addresses."""
     ledger = await start_ledger(
         LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
     )
@@ -50,73 +52,61 @@ async def test_a_route_is_one_trace_through_classifier_ledger_and_provider(
     )
     router = await create_router(settings, usage_sink=LedgerReporter(address, tmp_path / "spool.db"))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
-            reply = await router_pb2_grpc.RouterServiceStub(channel).Route(
-                router_pb2.RouteRequest(
-                    messages=[common_pb2.ChatMessage(role="user", content="Is this spam? 'free cruise'")],
-                    caller="tracing",
-                    request_id="trace-me-1",
-                )
-            )
+        yield f"127.0.0.1:{router.port}", address
     finally:
         await router.stop(0)
         await classifier.stop(0)
         await stop_ledger(ledger)
+
+
+ROUTE = "/llmroute.router.v1.RouterService/Route"
+
+
+async def test_a_route_is_one_trace_through_classifier_ledger_and_provider(
+    exporter: InMemorySpanExporter, services: tuple[str, str]
+) -> None:
+    async with grpc.aio.insecure_channel(services[0]) as channel:
+        reply = await router_pb2_grpc.RouterServiceStub(channel).Route(
+            router_pb2.RouteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content="Is this spam? 'free cruise'")],
+                caller="tracing",
+                request_id="trace-me-1",
+            )
+        )
     spans = exporter.get_finished_spans()
-    [route] = [
-        s for s in spans if s.name == "/llmroute.router.v1.RouterService/Route" and s.kind.name == "SERVER"
-    ]
+    [route] = [s for s in spans if s.name == ROUTE and s.kind.name == "SERVER"]
     assert route.attributes[tracing.REQUEST_ID] == reply.request_id == "trace-me-1"
     in_trace = {s.name for s in spans if s.context.trace_id == route.context.trace_id}
     assert "/llmroute.classifier.v1.ClassifierService/Classify" in in_trace  # the classifier's own span
-    assert any(
-        name.startswith("/llmroute.ledger.v1.LedgerService/") for name in in_trace
-    )  # budget check, hold
+    # The budget check and the hold, on the ledger.
+    assert any(name.startswith("/llmroute.ledger.v1.LedgerService/") for name in in_trace)
     [call] = [s for s in spans if s.name == "provider_call"]
-    assert (
-        call.context.trace_id == route.context.trace_id and call.attributes["llmroute.model"] == reply.model
-    )
+    assert call.context.trace_id == route.context.trace_id
+    assert call.attributes["llmroute.model"] == reply.model
 
 
 async def test_a_chat_completion_through_the_gateway_is_one_trace_from_the_gateway_on(
-    exporter: InMemorySpanExporter, tmp_path: Path, simulator_url: str
+    exporter: InMemorySpanExporter, services: tuple[str, str]
 ) -> None:
     import httpx
 
     from gateway.settings import GatewaySettings
     from tests.gateway.conftest import serve_gateway
 
-    ledger = await start_ledger(
-        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
-    )
-    classifier = await create_classifier(
-        ClassifierSettings(port=0, strategy="heuristic", cache_enabled=False)
-    )
-    address = f"127.0.0.1:{ledger.running.port}"
-    settings = router_settings(
-        f"127.0.0.1:{classifier.port}", simulator_url, tmp_path, ledger_address=address, budgets_enabled=True
-    )
-    router = await create_router(settings, usage_sink=LedgerReporter(address, tmp_path / "spool.db"))
-    gateway = GatewaySettings(port=0, router_address=f"127.0.0.1:{router.port}", ledger_address=address)
-    try:
-        async with serve_gateway(gateway) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
-            reply = await http.post(
-                "/v1/chat/completions",
-                json={
-                    "model": "llmroute/auto",
-                    "messages": [{"role": "user", "content": "Is this spam? 'cruise'"}],
-                },
-                headers={"Idempotency-Key": "trace-gw-1"},
-            )
-            assert reply.status_code == 200, reply.text
-    finally:
-        await router.stop(0)
-        await classifier.stop(0)
-        await stop_ledger(ledger)
+    gateway = GatewaySettings(port=0, router_address=services[0], ledger_address=services[1])
+    async with serve_gateway(gateway) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        reply = await http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "llmroute/auto",
+                "messages": [{"role": "user", "content": "Is this spam? 'cruise'"}],
+            },
+            headers={"Idempotency-Key": "trace-gw-1"},
+        )
+        assert reply.status_code == 200, reply.text
     spans = exporter.get_finished_spans()
-    route = "/llmroute.router.v1.RouterService/Route"
-    [client] = [s for s in spans if s.name == route and s.kind.name == "CLIENT"]  # the gateway's call
-    [server] = [s for s in spans if s.name == route and s.kind.name == "SERVER"]
+    [client] = [s for s in spans if s.name == ROUTE and s.kind.name == "CLIENT"]  # the gateway's call
+    [server] = [s for s in spans if s.name == ROUTE and s.kind.name == "SERVER"]
     assert server.parent is not None and server.parent.span_id == client.context.span_id
     in_trace = {s.name for s in spans if s.context.trace_id == client.context.trace_id}
     assert {"/llmroute.classifier.v1.ClassifierService/Classify", "provider_call"} <= in_trace
