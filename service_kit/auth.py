@@ -34,6 +34,7 @@ import grpc
 import structlog
 import yaml
 
+from service_kit import metadata
 from service_kit.errors import PermissionDenied, ResourceExhausted, ServiceError, Unavailable
 
 log = structlog.get_logger()
@@ -339,12 +340,8 @@ class KeyCache:
 
 
 def _bearer(invocation_metadata: Any) -> str:
-    for key, value in invocation_metadata or ():
-        if key == AUTHORIZATION:
-            text = value.decode() if isinstance(value, bytes) else value
-            scheme, _, token = text.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
-    return ""
+    scheme, _, token = metadata.get(invocation_metadata, AUTHORIZATION).partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def is_loopback(host: str) -> bool:
@@ -359,37 +356,22 @@ def is_loopback(host: str) -> bool:
 def gate_for(
     service: str, settings: Any, rules: Mapping[str, Iterable[str]], remote: KeyCache | None = None
 ) -> Gate:
-    """`gate` from a service's settings (service_kit.settings.ServiceSettings)."""
-    return gate(
-        service,
-        settings.host,
-        settings.keys_file,
-        settings.allow_open,
-        rules,
-        settings.max_calls_per_principal,
-        settings.max_streams_per_principal,
-        remote,
-    )
-
-
-def gate(
-    service: str,
-    host: str,
-    keys_file: Path | None,
-    allow_open: bool,
-    rules: Mapping[str, Iterable[str]],
-    max_calls: int = 0,
-    max_streams: int = 0,
-    remote: KeyCache | None = None,
-) -> Gate:
-    """A server's gate from its settings. Without keys it runs open, which it says at start, and only
-    on loopback unless `allow_open`; bound elsewhere without either, it refuses to start."""
+    """A server's gate from its settings (service_kit.settings.ServiceSettings). Without keys it runs
+    open, which it says at start, and only on loopback unless `allow_open`; bound elsewhere without
+    either, it refuses to start."""
     frozen = {method: frozenset(roles) for method, roles in rules.items()}
-    if keys_file is not None:
-        return Gate(KeyRing(keys_file), frozen, max_calls, max_streams, remote)
+    if settings.keys_file is not None:
+        return Gate(
+            KeyRing(settings.keys_file),
+            frozen,
+            settings.max_calls_per_principal,
+            settings.max_streams_per_principal,
+            remote,
+        )
+    host = settings.host
     if is_loopback(host):
         log.warning("auth_open", service=service, host=host, detail="no keys file: open on loopback only")
-    elif allow_open:
+    elif settings.allow_open:
         log.warning("auth_open", service=service, host=host, detail="no keys file: open (ALLOW_OPEN)")
     else:
         raise AuthConfigError(
