@@ -11,13 +11,9 @@ import time
 
 import yaml
 
-from classifier_svc import embeddings
 from classifier_svc.cache import CachedStrategy
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
-from classifier_svc.strategies.base import Conversation
-from classifier_svc.strategies.heuristic import HeuristicStrategy
-from classifier_svc.strategies.learned import LearnedStrategy
 from devstack.demo import WORKLOAD
+from difficulty import DEFAULT_ARTIFACT_DIR, Conversation, HeuristicStrategy, LearnedStrategy, embeddings
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:

@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.records import to_nusd
 from ledger_svc.schema import HOUR_US, latency_bucket, requests, usage_records
 from ledger_svc.server import create_server
@@ -49,7 +49,7 @@ from service_kit.logging import configure_logging
 
 PG_URL = os.environ.get("LEDGER_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 CALLERS = [f"team-{i:02d}" for i in range(20)]
-MODELS = {
+MODELS: dict[int, list[str]] = {
     C.TIER_SIMPLE: ["groq/openai/gpt-oss-20b", "gpt-5-nano"],
     C.TIER_MODERATE: ["gpt-5-mini", "claude-haiku-4-5"],
     C.TIER_COMPLEX: ["gpt-5", "claude-sonnet-4-5"],
@@ -63,7 +63,9 @@ REQUEST_COLUMNS = [c.name for c in requests.columns]
 def _attempts(rnd: random.Random, request_id: str, at: int) -> list[dict[str, Any]]:
     """One request's attempts as table rows: mostly one attempt, some fallbacks and escalations."""
     caller, category = rnd.choice(CALLERS), rnd.choice(CATEGORIES)
-    tier = rnd.choice([C.TIER_SIMPLE] * 4 + [C.TIER_MODERATE] * 3 + [C.TIER_COMPLEX] * 2 + [C.TIER_REASONING])
+    tier: int = rnd.choice(
+        [C.TIER_SIMPLE] * 4 + [C.TIER_MODERATE] * 3 + [C.TIER_COMPLEX] * 2 + [C.TIER_REASONING]
+    )
     n = rnd.choices([1, 2, 3], weights=[80, 15, 5])[0]
     cache_hit = rnd.random() < 0.25
     rows = []
@@ -91,6 +93,7 @@ def _attempts(rnd: random.Random, request_id: str, at: int) -> list[dict[str, An
                 "total_ms": rnd.lognormvariate(6.5, 0.8) if last else 0.0, "cache_hit": cache_hit, "final": last,
                 "received_ts": at + 5000, "judge_nusd": 0, "run_id": f"run-{request_id}",
                 "baseline_reasoning_nusd": 0, "policy_version": "v1-bench", "family": "open",
+                "exploration": False, "judge_verdict": 0, "simulated": True,
             }
         )  # fmt: skip
         if outcome == C.ATTEMPT_OUTCOME_ESCALATED and tier < C.TIER_REASONING:
@@ -106,6 +109,7 @@ def _request_state(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cache_hit": first["cache_hit"], "attempt_count": len(rows),
         "escalated": any(r["outcome"] == C.ATTEMPT_OUTCOME_ESCALATED for r in rows),
         "total_ms": final["total_ms"], "lat_bucket": latency_bucket(final["total_ms"]),
+        "policy_version": first["policy_version"],
     }  # fmt: skip
 
 

@@ -10,16 +10,14 @@ router's own work costs. Run by the benchmark as `python -m benchmarks.passthrou
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from collections.abc import AsyncIterator
 
 import grpc
-import litellm
 
 from benchmarks.router_bench import MODEL
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from service_kit.litellm_offline import litellm
 
 
 class Passthrough(router_pb2_grpc.RouterServiceServicer):
@@ -27,7 +25,9 @@ class Passthrough(router_pb2_grpc.RouterServiceServicer):
         self._simulator_url = simulator_url
 
     async def Route(
-        self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
+        self,
+        request: router_pb2.RouteRequest,
+        context: grpc.aio.ServicerContext[router_pb2.RouteRequest, router_pb2.RouteResponse],
     ) -> router_pb2.RouteResponse:
         response = await litellm.acompletion(
             model=f"openai/{MODEL}",
@@ -37,6 +37,15 @@ class Passthrough(router_pb2_grpc.RouterServiceServicer):
             num_retries=0,
         )
         return router_pb2.RouteResponse(content=response.choices[0].message.content or "", model=MODEL)
+
+    def RouteStream(
+        self,
+        request: router_pb2.RouteStreamRequest,
+        context: grpc.aio.ServicerContext[router_pb2.RouteStreamRequest, router_pb2.RouteStreamResponse],
+    ) -> AsyncIterator[router_pb2.RouteStreamResponse]:
+        """Not measured: UNIMPLEMENTED, as a servicer that leaves the method out answers."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        raise NotImplementedError("the passthrough answers Route only")
 
 
 async def serve(port: int, simulator_url: str) -> None:

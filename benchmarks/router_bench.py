@@ -37,8 +37,7 @@ MODEL = "groq/openai/gpt-oss-120b"
 async def bare_call(simulator_url: str, prompt: str) -> Any:
     """The baseline every router benchmark compares with: one `litellm.acompletion` to the simulator,
     as an application calling LiteLLM directly makes it."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+    from service_kit.litellm_offline import litellm
 
     return await litellm.acompletion(
         model=f"openai/{MODEL}",
@@ -118,7 +117,7 @@ def _client(mode: str, target: str, concurrency: int, total: int) -> dict[str, f
     """Run one load in a fresh client process; returns throughput, latency percentiles and the client
     process's CPU milliseconds per request (imports excluded: LiteLLM's alone take seconds)."""
     code = (
-        "import asyncio, json, os, resource; os.environ.setdefault('LITELLM_LOCAL_MODEL_COST_MAP', 'True'); "
+        "import asyncio, json, os, resource; import service_kit.litellm_offline; "
         "import grpc, litellm; from benchmarks import router_bench as b; "
         "cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2]); before = cpu(); "
         f"r = asyncio.run(b._{mode}({target!r}, {concurrency}, {total})); print(json.dumps([cpu() - before, *r]))"

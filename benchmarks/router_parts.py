@@ -29,6 +29,12 @@ CONCURRENCY, TOTAL = 32, int(os.environ.get("BENCH_PARTS_N", 1500))
 
 
 class _DroppedRecords:
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     def submit(self, records: Sequence[Any]) -> None:
         pass
 
@@ -48,18 +54,18 @@ async def _cpu_ms_per_request(one: Callable[[], Awaitable[None]]) -> float:
 
 
 async def _run(simulator_url: str, state: Path) -> None:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from classifier_svc.strategies.heuristic import HeuristicStrategy
-    from ledger_svc.client import LedgerReporter
+    from difficulty import HeuristicStrategy
+    from ledger_client import LedgerReporter
     from llmroute.common.v1 import common_pb2
     from router_svc.classification import Classification
     from router_svc.cooldown import Cooldowns
-    from router_svc.pricing import PriceSource
     from router_svc.providers import Providers
-    from router_svc.routing import RouteInput, Router
+    from router_svc.request import RouteInput
+    from router_svc.router import Router
     from router_svc.settings import RouterSettings
     from service_kit.logging import configure_logging
     from service_kit.policy_source import PolicySource
+    from service_kit.pricing import PriceSource
 
     settings = RouterSettings(
         simulator="always", simulator_url=simulator_url, classifier_mode="local", budgets_enabled=False

@@ -6,7 +6,14 @@ import asyncio
 import os
 import platform
 
-from benchmarks import classifier_bench, gateway_bench, ledger_bench, router_bench, router_parts
+from benchmarks import (
+    classifier_bench,
+    gateway_bench,
+    ledger_bench,
+    overhead_bench,
+    router_bench,
+    router_parts,
+)
 
 
 def main() -> None:
@@ -16,6 +23,7 @@ def main() -> None:
     asyncio.run(classifier_bench.main())
     router_bench.main()
     router_parts.main()
+    overhead_bench.main()
     gateway_bench.main()
     asyncio.run(ledger_bench.main())
 

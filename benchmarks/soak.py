@@ -1,6 +1,9 @@
 """Soak: the whole system under sustained mixed traffic with provider faults, then the books checked.
 
-`make soak DURATION=60 RATE=20` (seconds, requests per second; it stops by itself). The services run
+`make soak DURATION=60 RATE=20` (seconds, requests per second; it stops by itself), or a number of
+requests with a cap on those in flight: `make soak RATE=60 ARGS="--requests 100000 --max-in-flight 16
+--latency-scale 0.2"` (the memory target: each service's memory after 100k requests against after
+10k, in as little time as the machine allows). The services run
 as separate processes (devstack), the simulator answers with realistic latency (its model profiles:
 a few hundred milliseconds to the first token) and about 1% of provider calls fail (500, 429 with
 retry-after, malformed bodies, cut streams). The traffic, open loop at RATE: Route, RouteStream,
@@ -10,7 +13,9 @@ with a hard budget it exceeds, GetStats, and one WatchSpend stream throughout.
 Reported (and written as JSON with `--json PATH`): throughput; p50/p99/p99.9 of the router's added
 overhead (the client's latency minus the provider time the response reports); errors by status; each
 service's resident memory and open file descriptors at the start and the end; and the reconciliation:
-the ledger's attempts against the calls the simulator received, in total and per model, exact.
+the ledger's records against the calls the simulator received, in total and per model
+(benchmarks/books.py: exact but for attempts a client's deadline cut before the call reached the
+simulator, which are recorded and counted as `phantoms`).
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ import random
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from benchmarks.books import check, simulator
 from devstack.stack import Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -82,11 +87,17 @@ class Results:
     services: dict[str, dict[str, int]] = field(default_factory=dict)
     ledger_attempts: int = 0
     simulator_calls: int = 0
-    per_model_mismatches: dict[str, list[int]] = field(default_factory=dict)
+    # What does not reconcile (benchmarks/books.py), and attempts recorded for calls a client's
+    # deadline cut before they reached the simulator (recorded, as the router cannot tell them apart).
+    problems: list[str] = field(default_factory=list)
+    phantoms: int = 0
     reconciled: bool = False
     watch_snapshots: int = 0
     # Every 10 s: requests sent so far and each service's resident memory (KiB), to see growth.
     memory: list[dict[str, int]] = field(default_factory=list)
+    # The first sample taken once a tenth of the requests were sent (requests sent then, and each
+    # service's resident memory in KiB): memory after 10k requests in a run of 100k.
+    memory_tenth: dict[str, int] = field(default_factory=dict)
     # Per service: resident memory at the end over what it was once a tenth of the requests were sent
     # (a run of 100k requests: memory after 100k over memory after 10k; the target is at most 1.10).
     memory_growth: dict[str, float] = field(default_factory=dict)
@@ -109,11 +120,16 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _tenth(samples: list[dict[str, int]], sent: int) -> dict[str, int]:
+    """The first memory sample taken once a tenth of the requests were sent."""
+    return next((sample for sample in samples if sample["sent"] >= sent / 10), {})
+
+
 def _growth(
     samples: list[dict[str, int]], services: tuple[str, ...], sent: int, after: dict[str, dict[str, int]]
 ) -> dict[str, float]:
-    tenth = next((sample for sample in samples if sample["sent"] >= sent / 10), None)
-    if tenth is None:
+    tenth = _tenth(samples, sent)
+    if not tenth:
         return {}
     return {name: round(after[name]["rss_kib"] / tenth[name], 3) for name in services if tenth[name]}
 
@@ -127,8 +143,24 @@ def _provider_ms(response: router_pb2.RouteResponse) -> float:
 
 
 class Soak:
-    def __init__(self, stack: Stack, rate: float, duration: float, seed: int, pids: dict[str, int]) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        rate: float,
+        duration: float,
+        seed: int,
+        pids: dict[str, int],
+        sample_every: float = 10.0,
+        requests: int | None = None,
+        max_in_flight: int | None = None,
+    ) -> None:
         self.stack = stack
+        self.sample_every = sample_every
+        # A number of requests to send (instead of sending for `duration`), and a cap on requests in
+        # flight (the sender waits at the cap: the rate becomes an upper bound, and a machine slower
+        # than the rate is not overloaded without bound).
+        self.requests = requests
+        self.max_in_flight = max_in_flight
         self.pids = pids
         self.memory: list[dict[str, int]] = []
         self.sent = 0
@@ -141,6 +173,7 @@ class Soak:
         self.provider: list[float] = []
         self.answered = 0
         self.watch_snapshots = 0
+        self.cut_short_ids: set[str] = set()  # request ids sent with a deadline shorter than the call
 
     def request(self, caller: str, request_id: str = "") -> router_pb2.RouteRequest:
         text = f"{self.random.choice(PROMPTS)} (#{self.random.randrange(10**9)})"
@@ -167,7 +200,8 @@ class Soak:
                 if summary is not None:
                     self._overhead(started, summary)
             elif kind == "cancel":
-                await router.Route(self.request("soak"), timeout=self.random.uniform(0.05, 0.4))
+                self.cut_short_ids.add(request_id := f"soak-cancel-{n}")
+                await router.Route(self.request("soak", request_id), timeout=self.random.uniform(0.05, 0.4))
             elif kind == "retry":
                 request = self.request("soak", request_id=f"soak-retry-{n}")
                 first = await router.Route(request, timeout=60)
@@ -201,9 +235,9 @@ class Soak:
         finally:
             stream.cancel()
 
-    async def run(self) -> tuple[int, float]:
-        """Send for `duration` seconds; returns how many requests were sent and how long the ones
-        still in flight then took to finish."""
+    async def run(self) -> tuple[int, float, float]:
+        """Send for `duration` seconds (or `requests` requests); returns how many requests were sent,
+        for how long, and how long the ones still in flight then took to finish."""
         p = self.stack.ports
         async with (
             grpc.aio.insecure_channel(f"127.0.0.1:{p.router}") as router_channel,
@@ -220,17 +254,24 @@ class Soak:
             )
             stop = asyncio.Event()
             watcher = asyncio.create_task(self.watch(ledger, stop))
-            sampler = asyncio.create_task(self.sample(stop))
+            sampler = asyncio.create_task(self.sample(stop, self.sample_every))
             kinds, weights = zip(*MIX, strict=True)
             tasks: set[asyncio.Task[None]] = set()
+            slots = asyncio.Semaphore(self.max_in_flight) if self.max_in_flight else None
             started, sent = time.monotonic(), 0
-            while (elapsed := time.monotonic() - started) < self.duration:
-                due = int(elapsed * self.rate) + 1
+            while not self._done(time.monotonic() - started, sent):
+                due = int((time.monotonic() - started) * self.rate) + 1
+                if self.requests is not None:
+                    due = min(due, self.requests)
                 while sent < due:
+                    if slots is not None:
+                        await slots.acquire()
                     kind = self.random.choices(kinds, weights)[0]
                     task = asyncio.create_task(self.one(router, ledger, kind, sent))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    if slots is not None:
+                        task.add_done_callback(lambda _: slots.release())
                     sent += 1
                     self.sent = sent
                 await asyncio.sleep(max(0.0, (due / self.rate) - (time.monotonic() - started)))
@@ -240,13 +281,17 @@ class Soak:
             stop.set()
             await asyncio.wait_for(watcher, 5)
             await sampler
-            return sent, drained
+            return sent, ended - started, drained
+
+    def _done(self, elapsed: float, sent: int) -> bool:
+        return sent >= self.requests if self.requests is not None else elapsed >= self.duration
 
     async def sample(self, stop: asyncio.Event, every: float = 10.0) -> None:
         while not stop.is_set():
-            self.memory.append(
-                {"sent": self.sent, **{name: _proc(pid)["rss_kib"] for name, pid in self.pids.items()}}
-            )
+            sample = {"sent": self.sent, **{name: _proc(pid)["rss_kib"] for name, pid in self.pids.items()}}
+            self.memory.append(sample)
+            if len(self.memory) % 6 == 1:  # every sixth on stderr (a minute by default): progress
+                print(f"soak: {json.dumps(sample)} {dict(self.statuses)}", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
 
@@ -255,32 +300,17 @@ def _stream_fields(request: router_pb2.RouteRequest) -> dict[str, Any]:
     return {"messages": request.messages, "caller": request.caller, "request_id": request.request_id}
 
 
-def _simulator(stack: Stack, path: str, body: object = None) -> Any:
-    url = f"http://127.0.0.1:{stack.ports.simulator}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return json.loads(reply.read())
-
-
-def _settle(stack: Stack, timeout: float = 60) -> tuple[dict[str, Any], ledger_pb2.GetStatsResponse]:
-    """Wait until every attempt the router made is in the ledger (its reports are asynchronous)."""
-    deadline, last = time.monotonic() + timeout, None
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.ledger}") as channel:
-        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
-        while True:
-            sim = _simulator(stack, "/_sim/stats")
-            stats = ledger.GetStats(
-                ledger_pb2.GetStatsRequest(group_by=[ledger_pb2.GROUP_BY_MODEL]), timeout=10
-            )
-            now = (sim["totals"]["requests"], stats.totals.attempts)
-            if (sim["in_flight"] == 0 and now == last and now[0] == now[1]) or time.monotonic() > deadline:
-                return sim, stats
-            last = now
-            time.sleep(0.5)
-
-
-def soak(duration: float, rate: float, seed: int = 7, latency_scale: float = 1.0) -> Results:
+def soak(
+    duration: float,
+    rate: float,
+    seed: int = 7,
+    latency_scale: float = 1.0,
+    sample_every: float = 10.0,
+    requests: int | None = None,
+    max_in_flight: int | None = None,
+) -> Results:
+    """The soak: for `duration` seconds, or until `requests` requests were sent (then `duration` is
+    unused), at most `rate` a second and `max_in_flight` at a time."""
     with tempfile.TemporaryDirectory(prefix="llmroute-soak-") as state:
         stack = Stack(
             state_dir=Path(state),
@@ -299,29 +329,23 @@ def soak(duration: float, rate: float, seed: int = 7, latency_scale: float = 1.0
         services = ("simulator", "ledger", "classifier", "router")
         with stack:
             stack.start(services)
-            _simulator(stack, "/_sim/faults", FAULTS)
+            simulator(stack, "/_sim/faults", FAULTS)
             pids = {name: stack.processes[name].pid for name in services}
             before = {name: _proc(pid) for name, pid in pids.items()}
-            runner = Soak(stack, rate, duration, seed, pids)
-            sent, drained = asyncio.run(runner.run())
+            runner = Soak(stack, rate, duration, seed, pids, sample_every, requests, max_in_flight)
+            sent, sending, drained = asyncio.run(runner.run())
             after = {name: _proc(pid) for name, pid in pids.items()}
-            sim, stats = _settle(stack)
-        by_model = {g.key: g.totals.attempts for b in stats.breakdowns for g in b.groups}
-        mismatches = {
-            model: [counted["requests"], by_model.get(model, 0)]
-            for model, counted in sim["models"].items()
-            if counted["requests"] != by_model.get(model, 0)
-        }
+            books = check(stack, runner.cut_short_ids)
         return Results(
-            duration_s=duration,
+            duration_s=round(sending, 1),
             rate=rate,
             sent=sent,
             by_status=dict(runner.statuses),
             overhead_ms=_quantiles(runner.overheads),
             overhead_one_attempt_ms=_quantiles(runner.clean_overheads),
             provider_ms_p50=round(_percentile(runner.provider, 0.5), 1),
-            offered_rps=round(sent / duration, 1),
-            answered_rps=round(runner.answered / (duration + drained), 1),
+            offered_rps=round(sent / sending, 1),
+            answered_rps=round(runner.answered / (sending + drained), 1),
             drained_s=round(drained, 1),
             services={
                 name: {
@@ -332,12 +356,14 @@ def soak(duration: float, rate: float, seed: int = 7, latency_scale: float = 1.0
                 }
                 for name in services
             },
-            ledger_attempts=stats.totals.attempts,
-            simulator_calls=sim["totals"]["requests"],
-            per_model_mismatches=mismatches,
-            reconciled=stats.totals.attempts == sim["totals"]["requests"] and not mismatches,
+            ledger_attempts=books.stats.totals.attempts,
+            simulator_calls=books.sim["totals"]["requests"],
+            problems=books.problems,
+            phantoms=books.phantoms,
+            reconciled=not books.problems,
             watch_snapshots=runner.watch_snapshots,
             memory=runner.memory,
+            memory_tenth=_tenth(runner.memory, sent),
             memory_growth=_growth(runner.memory, services, sent, after),
         )
 
@@ -346,10 +372,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds")
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second")
+    parser.add_argument(
+        "--requests", type=int, help="send this many requests (at RATE; instead of a duration)"
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, help="at most this many requests at a time (RATE then an upper bound)"
+    )
     parser.add_argument("--latency-scale", type=float, default=1.0, help="the simulator's latency scale")
+    parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between memory samples")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    results = soak(args.duration, args.rate, latency_scale=args.latency_scale)
+    results = soak(
+        args.duration,
+        args.rate,
+        latency_scale=args.latency_scale,
+        sample_every=args.sample_every,
+        requests=args.requests,
+        max_in_flight=args.max_in_flight,
+    )
     text = json.dumps(asdict(results), indent=2)
     print(text)
     if args.json:

@@ -1,7 +1,7 @@
 """Builds the configured classification strategy from settings.
 
     heuristic  keyword rules
-    local      the learned model (the heuristic when its module or artifact is missing)
+    local      the learned model (the heuristic when its artifact is missing)
     llm        the LLM classifier, the local model when it fails
     cascade    the local model, and the LLM classifier when the local model is unsure (if one is configured)
 
@@ -11,41 +11,31 @@ serving: it loads the model and embeddings and classifies a few fixed prompts.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
 from classifier_svc.cache import CachedStrategy
 from classifier_svc.settings import ClassifierSettings
-from classifier_svc.strategies.base import Strategy, Verdict
-from classifier_svc.strategies.heuristic import HeuristicStrategy
-from service_kit.policy import Thresholds, load_policy
+from difficulty import HeuristicStrategy, Strategy, Verdict, load_local_model
+from service_kit.policy import Thresholds
 
 if TYPE_CHECKING:
     from classifier_svc.strategies.llm import LLMStrategy
 
-__all__ = ["LLMNotConfiguredError", "build_local_strategy", "build_strategy", "local_model"]
+__all__ = ["LLMNotConfiguredError", "build_local_strategy", "build_strategy"]
 
 log = structlog.get_logger()
-
-_LEARNED_MODULE = "classifier_svc.strategies.learned"
 
 
 class LLMNotConfiguredError(ValueError):
     """strategy=llm, but neither llm_base_url nor the model provider's API key is set."""
 
 
-def build_strategy(
-    settings: ClassifierSettings, thresholds: Callable[[], Thresholds] | None = None
-) -> Strategy:
+def build_strategy(settings: ClassifierSettings, thresholds: Callable[[], Thresholds]) -> Strategy:
     """The configured strategy. `thresholds` gives the policy's current thresholds, which place the LLM
-    classifier's verdicts (default: the policy file's, read once)."""
-    if thresholds is None:
-        fixed = load_policy(settings.policy_path).thresholds
-        thresholds = lambda: fixed  # noqa: E731
+    classifier's verdicts (the server's live policy: the policy file is read in one place)."""
     strategy = _build_uncached(settings, thresholds)
     if not settings.cache_enabled:
         return strategy
@@ -75,31 +65,11 @@ def build_strategy(
 
 
 def build_local_strategy(settings: ClassifierSettings) -> Strategy:
-    """The in-process model of the configured strategy: the keyword rules, or the learned model."""
+    """The in-process model of the configured strategy: the keyword rules, or the learned model (the
+    keyword rules when there is no artifact)."""
     if settings.strategy == "heuristic":
         return HeuristicStrategy()
-    return local_model(settings.artifact_dir)
-
-
-def local_model(artifact_dir: Path) -> Strategy:
-    """The learned model when available, else the heuristic (said in a log event). Also what the
-    router runs in its own process (router_svc.classification)."""
-    try:
-        learned = importlib.import_module(_LEARNED_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != _LEARNED_MODULE:
-            raise  # the module exists but one of its imports is missing: a broken install, not a choice
-        log.warning("local_model_unavailable", reason="no learned strategy module", fallback="heuristic")
-        return HeuristicStrategy()
-    # A missing artifact is a supported set-up (heuristic only); one that exists but does not load is
-    # an error, raised by warm_up before the service reports SERVING.
-    artifact = artifact_dir / getattr(learned, "ARTIFACT_FILE", "model.npz")
-    if not artifact.is_file():
-        log.warning(
-            "local_model_unavailable", reason="no artifact", artifact=str(artifact), fallback="heuristic"
-        )
-        return HeuristicStrategy()
-    return learned.LearnedStrategy(artifact_dir)
+    return load_local_model(settings.artifact_dir)
 
 
 def _build_uncached(settings: ClassifierSettings, thresholds: Callable[[], Thresholds]) -> Strategy:
@@ -108,7 +78,7 @@ def _build_uncached(settings: ClassifierSettings, thresholds: Callable[[], Thres
         return local
     # Imported here: pydantic-ai takes seconds to import, and only these two strategies need it.
     from classifier_svc.strategies.cascade import CascadeStrategy
-    from classifier_svc.strategies.llm import llm_configured
+    from classifier_svc.strategies.llm_model import llm_configured
 
     configured = llm_configured(settings)
     if settings.strategy == "llm":
@@ -129,7 +99,8 @@ def _build_uncached(settings: ClassifierSettings, thresholds: Callable[[], Thres
 def _build_llm(
     settings: ClassifierSettings, local: Strategy, thresholds: Callable[[], Thresholds]
 ) -> LLMStrategy:
-    from classifier_svc.strategies.llm import LLMStrategy, build_llm_model
+    from classifier_svc.strategies.llm import LLMStrategy
+    from classifier_svc.strategies.llm_model import build_llm_model
 
     return LLMStrategy(
         build_llm_model(settings),

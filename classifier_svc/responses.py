@@ -1,14 +1,15 @@
-"""A strategy's verdict as the Classify RPC answers it; shared by the service and the router's
-in-process classification, so both answer in one shape."""
+"""A strategy's verdict as the Classify RPC answers it."""
 
 from __future__ import annotations
 
-from classifier_svc.strategies.base import Verdict
+from difficulty import Verdict
 from llmroute.classifier.v1 import classifier_pb2
 from llmroute.common.v1 import common_pb2
 
 
-def classify_response(verdict: Verdict, tier: int, latency_ms: float) -> classifier_pb2.ClassifyResponse:
+def classify_response(
+    verdict: Verdict, tier: common_pb2.Tier.ValueType, latency_ms: float
+) -> classifier_pb2.ClassifyResponse:
     return classifier_pb2.ClassifyResponse(
         tier=tier,
         score=verdict.score,

@@ -14,7 +14,7 @@ from classifier_svc.cache import CachedStrategy
 from classifier_svc.factory import build_strategy
 from classifier_svc.responses import classify_response
 from classifier_svc.settings import ClassifierSettings
-from classifier_svc.strategies.base import Conversation, Message, Strategy
+from difficulty import Conversation, Message, Strategy
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from service_kit import auth, tls
 from service_kit import server as service_server
@@ -45,12 +45,16 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         self._description = description or classifier_pb2.DescribeResponse(strategy=strategy.name)
 
     async def Describe(
-        self, request: classifier_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: classifier_pb2.DescribeRequest,
+        context: grpc.aio.ServicerContext[classifier_pb2.DescribeRequest, classifier_pb2.DescribeResponse],
     ) -> classifier_pb2.DescribeResponse:
         return self._description
 
     async def Classify(
-        self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+        self,
+        request: classifier_pb2.ClassifyRequest,
+        context: grpc.aio.ServicerContext[classifier_pb2.ClassifyRequest, classifier_pb2.ClassifyResponse],
     ) -> classifier_pb2.ClassifyResponse:
         violations = message_violations(request.messages, self._max_prompt_chars)
         if violations:
@@ -124,7 +128,7 @@ def describe(settings: ClassifierSettings) -> classifier_pb2.DescribeResponse:
     """What the Describe RPC reports: the strategy, and the LLM classifier when one is configured."""
     llm_model = ""
     if settings.strategy in ("cascade", "llm"):
-        from classifier_svc.strategies.llm import llm_configured
+        from classifier_svc.strategies.llm_model import llm_configured
 
         llm_model = settings.llm_model if llm_configured(settings) else ""
     return classifier_pb2.DescribeResponse(

@@ -8,10 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from difficulty import DEFAULT_ARTIFACT_DIR
 from service_kit.policy import DEFAULT_POLICY_PATH
 from service_kit.settings import ServiceSettings
-
-DEFAULT_ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 
 
 class ClassifierSettings(ServiceSettings):
@@ -23,7 +22,7 @@ class ClassifierSettings(ServiceSettings):
     # cascade: local model, then the LLM when unsure (if one is configured); local: learned model only;
     # heuristic: keyword rules only; llm: the LLM classifier only (falls back to local on failure).
     strategy: Literal["cascade", "local", "heuristic", "llm"] = "cascade"
-    # Directory of the learned model artifact (committed; see docs/classifier.md).
+    # Directory of the learned model artifact (committed in difficulty/artifacts; see docs/classifier.md).
     artifact_dir: Path = DEFAULT_ARTIFACT_DIR
     # LLM classifier: a pydantic-ai model name ("anthropic:claude-haiku-4-5", "openai:gpt-5-nano", ...).
     llm_model: str = "anthropic:claude-haiku-4-5"

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import structlog
 
-from classifier_svc.strategies.base import Verdict
+from difficulty import Verdict
 
 log = structlog.get_logger()
 

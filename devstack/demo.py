@@ -71,7 +71,7 @@ def run_demo() -> None:
                 prompt = item["prompt"].replace("\n", " ")
                 print(
                     f"{item['caller']:<15} {NAME_BY_TIER.get(response.tier, '?'):<10} "
-                    f"{response.classification.score:>5.2f} {SOURCE_NAMES.get(response.classification.source, '?'):<6} "
+                    f"{response.decision.score:>5.2f} {SOURCE_NAMES.get(response.decision.source, '?'):<6} "
                     f"{response.model:<26} "
                     f"{response.usage.cost_usd:>10.6f} {response.usage.baseline_cost_usd:>10.6f}  "
                     f"{prompt[:48]}{'…' if len(prompt) > 48 else ''}{_retries(response)}"

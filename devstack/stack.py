@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+
+from service_kit import health_rpc
 
 ROOT = Path(__file__).resolve().parent.parent
 # Service name → the module each container runs (`python -m <module>`).
@@ -124,7 +126,6 @@ class Stack:
     ) -> None:
         env = {
             **os.environ,
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             **service_env,
             **self.extra_env,
             **(overrides or {}),
@@ -170,9 +171,7 @@ class Stack:
         port = self.replicas[name][1] if name in self.replicas else getattr(self.ports, name)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=1
-                )
+                reply = health_rpc.check(channel)(health_pb2.HealthCheckRequest(service=""), timeout=1)
             except grpc.RpcError:
                 return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -62,7 +62,7 @@ def to_runs(outcomes: Sequence[ledger_pb2.Outcome]) -> list[Run]:
 def reference_costs(policy: Policy) -> np.ndarray:
     """Each tier's cheapest priced model for a typical request (500 tokens in, 300 out), in US dollars:
     the tuner scales these to the costs it observes, for tiers the outcomes say too little about."""
-    from router_svc.pricing import PriceBook  # LiteLLM's map: imported only when needed
+    from service_kit.pricing import PriceBook  # LiteLLM's map: imported only when needed
 
     prices = PriceBook.from_litellm()
     costs = []

@@ -41,21 +41,21 @@ import grpc
 import httpx
 import numpy as np
 
-from classifier_svc.training import data
+from classifier_training import data
 from feedback_loop import tuning
 from feedback_loop.outcomes import reference_costs, to_runs
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.server import create_server as create_ledger
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc.judge import Grade
-from router_svc.pricing import PriceBook
 from router_svc.server import create_server as create_router
 from router_svc.settings import RouterSettings
 from service_kit import policy_file
 from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds, load_policy
+from service_kit.pricing import PriceBook
 from simulator.server import start_simulator
 from simulator.settings import SimulatorSettings
 
@@ -149,7 +149,7 @@ class Trace:
 
     def cost_per_request(self) -> np.ndarray:
         spend = np.cumsum(self.cost) + np.array(self.exploration_usd)
-        return spend / np.arange(1, len(self.cost) + 1)
+        return np.asarray(spend / np.arange(1, len(self.cost) + 1))
 
     def quality(self, window: int) -> np.ndarray:
         good = np.array(self.good, dtype=np.float64)
@@ -230,7 +230,7 @@ async def replay(
             trace.tiers.append(tier)
             trace.good.append(item.good[tier - 1])
             trace.cost.append(reply.usage.cost_usd)
-            trace.scores.append(reply.classification.score)
+            trace.scores.append(reply.decision.score)
             if tune and rng.random() < settings.feedback:
                 good = item.good[tier - 1]
                 pending.append(
@@ -286,7 +286,7 @@ async def _settle(simulator: str, reporter: LedgerReporter) -> None:
 
 
 async def _tune(
-    ledger: ledger_pb2_grpc.LedgerServiceStub,
+    ledger: ledger_pb2_grpc.LedgerServiceAsyncStub,
     policy_path: Path,
     settings: Settings,
     fallback: np.ndarray,

@@ -6,7 +6,7 @@ regression: `llmroute retrain`.
    from the application's own logs (`--prompts`). A run whose evidence says whether the cheapest tier
    was good enough becomes a training row (`cheap_ok`); the others are left out.
 2. `make train-classifier`'s recipe trains a candidate artifact on the shipped data plus those rows
-   (`classifier_svc.training.train.train_artifact`, reproducible, versioned); a fixed hash of each
+   (`classifier_training.train.train_artifact`, reproducible, versioned); a fixed hash of each
    request's id holds 25% of them out of training.
 3. The replay: the current artifact and the candidate score the held-out rows; the candidate is
    promoted only if it ranks them no worse (concordance: the chance that a request the cheap tier
@@ -135,8 +135,7 @@ def compare(
 
 def learned_scores(artifact_dir: Path, conversations: Sequence[tuple[tuple[str, str], ...]]) -> np.ndarray:
     """The learned classifier's scores with the artifact in `artifact_dir` (the production strategy)."""
-    from classifier_svc.strategies.base import Conversation, Message
-    from classifier_svc.strategies.learned import LearnedStrategy
+    from difficulty import Conversation, LearnedStrategy, Message
 
     strategy = LearnedStrategy(artifact_dir)
     return np.array(
@@ -150,7 +149,7 @@ def learned_scores(artifact_dir: Path, conversations: Sequence[tuple[tuple[str, 
 
 
 def train_candidate(out_dir: Path, outcome_files: Sequence[Path]) -> Candidate:
-    from classifier_svc.training.train import train_artifact
+    from classifier_training.train import train_artifact
 
     trained = train_artifact(out_dir, outcome_files)
     return Candidate(trained.artifact_dir, trained.version, trained.heldout_outcome_ids)

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,13 +30,14 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from gateway import chat, metrics, stats
+from gateway import chat, completion, metrics, stats
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, from_rpc_error, invalid_request
 from gateway.settings import GatewaySettings
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from service_kit import tls
+from service_kit import health_rpc, tls
+from service_kit.policy import NAME_BY_TIER
 
 log = structlog.get_logger()
 STATIC = Path(__file__).resolve().parent / "static"
@@ -99,7 +100,7 @@ class Gateway:
         router, ledger = channel(settings.router_address), channel(settings.ledger_address)
         self._channels = [router, ledger]
         self._router = router_pb2_grpc.RouterServiceStub(router)
-        self._health = health_pb2_grpc.HealthStub(router)
+        self._health = health_rpc.check_async(router)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(ledger)
 
     async def close(self) -> None:
@@ -145,7 +146,7 @@ class Gateway:
         finally:
             watcher.cancel()
         _log_completed(reply, stream=False, started=started)
-        return JSONResponse(chat.completion(reply, parsed), headers=chat.headers(reply))
+        return JSONResponse(completion.completion(reply, parsed), headers=completion.headers(reply))
 
     async def _stream(
         self, request: Request, parsed: chat.ChatRequest, metadata: Metadata, started: float
@@ -167,26 +168,26 @@ class Gateway:
             raise
         finally:
             watcher.cancel()
-        if first is grpc.aio.EOF:
+        if not isinstance(first, router_pb2.RouteStreamResponse):  # grpc.aio.EOF
             raise GatewayError(502, "the router ended the stream without an answer", type="server_error")
         stream_id = parsed.route.request_id or uuid.uuid4().hex
         headers = {"cache-control": "no-cache", "x-llmroute-stream-id": stream_id}
         if parsed.route.request_id:
             headers["x-llmroute-request-id"] = headers["x-request-id"] = parsed.route.request_id
-        events = self._events(call, first, chat.ChunkWriter(parsed, stream_id), parsed, started)
+        events = self._events(call, first, completion.ChunkWriter(parsed, stream_id), parsed, started)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     async def _events(
         self,
-        call: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+        call: grpc.aio.UnaryStreamCall[router_pb2.RouteStreamRequest, router_pb2.RouteStreamResponse],
         first: router_pb2.RouteStreamResponse,
-        writer: chat.ChunkWriter,
+        writer: completion.ChunkWriter,
         parsed: chat.ChatRequest,
         started: float,
     ) -> AsyncIterator[bytes]:
-        event: Any = first
+        event: object = first
         try:
-            while event is not grpc.aio.EOF:
+            while isinstance(event, router_pb2.RouteStreamResponse):  # until grpc.aio.EOF
                 if event.HasField("summary"):
                     _log_completed(event.summary, stream=True, started=started)
                     yield writer.finish(event.summary)
@@ -247,7 +248,7 @@ class Gateway:
             raise
         finally:
             watcher.cancel()
-        if first is grpc.aio.EOF:
+        if not isinstance(first, ledger_pb2.WatchSpendResponse):  # grpc.aio.EOF
             raise GatewayError(502, "the ledger ended the stream without a snapshot", type="server_error")
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(_snapshots(call, first), media_type="text/event-stream", headers=headers)
@@ -261,7 +262,7 @@ class Gateway:
     async def readyz(self, request: Request) -> Response:
         """Ready when the router answers its health check SERVING."""
         try:
-            reply = await self._health.Check(
+            reply = await self._health(
                 health_pb2.HealthCheckRequest(service=""), timeout=self._settings.ready_timeout_seconds
             )
         except grpc.aio.AioRpcError as error:
@@ -274,12 +275,12 @@ class Gateway:
 
 
 async def _snapshots(
-    call: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    call: grpc.aio.UnaryStreamCall[ledger_pb2.WatchSpendRequest, ledger_pb2.WatchSpendResponse],
     first: ledger_pb2.WatchSpendResponse,
 ) -> AsyncIterator[bytes]:
-    event: Any = first
+    event: object = first
     try:
-        while event is not grpc.aio.EOF:
+        while isinstance(event, ledger_pb2.WatchSpendResponse):  # until grpc.aio.EOF
             yield b"data: " + json.dumps(stats.snapshot_to_json(event)).encode() + b"\n\n"
             event = await call.read()
     except grpc.aio.AioRpcError as error:
@@ -295,7 +296,7 @@ def _log_completed(reply: router_pb2.RouteResponse, *, stream: bool, started: fl
         "chat_completion",
         request_id=reply.request_id,
         model=reply.model,
-        tier=chat.NAME_BY_TIER.get(reply.tier, ""),
+        tier=NAME_BY_TIER.get(reply.tier, ""),
         cost_usd=reply.usage.cost_usd,
         replayed=reply.replayed,
         stream=stream,

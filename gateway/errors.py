@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from starlette.responses import JSONResponse
+
+from llmroute_client import errors as client_errors
+from service_kit.errors import Reason
 
 # Headers the OpenAI SDKs honour: with "false" they do not retry what retrying cannot fix (by default
 # they retry 408, 409, 429 and 5xx).
@@ -74,35 +74,6 @@ def invalid_request(param: str | None, message: str, code: str = "invalid_value"
     )
 
 
-@dataclass
-class Details:
-    """A failed call's status and its AIP-193 details."""
-
-    code: grpc.StatusCode
-    message: str
-    reason: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    violations: list[tuple[str, str]] = field(default_factory=list)
-
-
-def unpack(error: grpc.aio.AioRpcError) -> Details:
-    found = Details(code=error.code(), message=error.details() or "")
-    try:
-        rich = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:  # a status whose details disagree with its code: keep the code and message
-        rich = None
-    for detail in rich.details if rich is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            found.reason, found.metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.violations = [(v.field, v.description) for v in bad.field_violations]
-    return found
-
-
 # gRPC code → HTTP status and OpenAI error type, before the reasons that refine it (below).
 _BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
@@ -126,7 +97,7 @@ def from_rpc_error(
 ) -> GatewayError:
     """The HTTP answer for a failed Route, RouteStream or GetStats call. `param_for` turns a field of
     the gRPC request into the HTTP request's parameter it came from."""
-    found = unpack(error)
+    found = client_errors.from_rpc_error(error)  # the rich status, unpacked as every client does
     status, type_ = _BY_CODE.get(found.code, (500, "server_error"))
     code = found.reason.lower() if found.reason else found.code.name.lower()
     headers: dict[str, str] = {}
@@ -138,18 +109,18 @@ def from_rpc_error(
     if found.metadata:
         extra["metadata"] = found.metadata
     if found.violations:
-        violations = [(param_for(name), description) for name, description in found.violations]
+        violations = [(param_for(name), description) for name, description in found.field_violations]
         extra["violations"] = [{"param": p, "description": d} for p, d in violations]
         param = violations[0][0]
         message = "invalid request: " + "; ".join(f"{p}: {d}" for p, d in violations)
 
-    if found.reason == "FORCED_MODEL_NOT_ALLOWED":
+    if found.reason == Reason.FORCED_MODEL_NOT_ALLOWED:
         code, param = "model_not_found", param_for("options.force_model")
-    elif found.reason == "FORCED_MODEL_UNAVAILABLE":
+    elif found.reason == Reason.FORCED_MODEL_UNAVAILABLE:
         param = param_for("options.force_model")
         if found.metadata.get("skipped_reason") == "cooldown":  # failing now, back after its cooldown
             status, type_ = 503, "service_unavailable"
-    elif found.reason == "BUDGET_EXCEEDED":
+    elif found.reason == Reason.BUDGET_EXCEEDED:
         # What OpenAI answers when a quota is spent: code written for OpenAI already handles it. It is
         # not retried: the budget stays spent until its period ends, which Retry-After says.
         status, type_, code = 429, "insufficient_quota", "insufficient_quota"
@@ -157,7 +128,7 @@ def from_rpc_error(
         until_reset = _seconds_until_period_end(found.metadata.get("period", ""))
         if until_reset is not None:
             headers["retry-after"] = str(until_reset)
-    elif found.reason == "MAX_COST_EXCEEDED":
+    elif found.reason == Reason.MAX_COST_EXCEEDED:
         # The request's own cost cap is below every candidate's estimate: paying more would serve it.
         status, type_ = 402, "invalid_request_error"
         param = param_for("options.max_cost_usd")

@@ -13,7 +13,7 @@ records land), `caller`. The ledger checks the values' ranges.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -22,6 +22,10 @@ from starlette.datastructures import QueryParams
 
 from gateway.errors import invalid_request
 from llmroute.ledger.v1 import ledger_pb2
+
+if TYPE_CHECKING:
+    # A message's DESCRIPTOR is the upb extension's or the pure-Python one (types-protobuf), alike here.
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
 
 GROUPS = {
     name.removeprefix("GROUP_BY_").lower(): value
@@ -63,7 +67,7 @@ def parse(params: QueryParams) -> ledger_pb2.GetStatsRequest:
                 raise invalid_request(
                     "group_by", f"unknown grouping {name[:40]!r}; expected one of {', '.join(GROUPS)}"
                 )
-            request.group_by.append(GROUPS[name])  # type: ignore[arg-type]
+            request.group_by.append(GROUPS[name])
     return request
 
 
@@ -110,14 +114,14 @@ def _message(message: Message) -> dict[str, Any]:
     return {f.name: _field(f, getattr(message, f.name)) for f in message.DESCRIPTOR.fields}
 
 
-def _field(f: FieldDescriptor, value: Any) -> Any:
+def _field(f: FieldDescriptor | UpbFieldDescriptor, value: Any) -> Any:
     if f.is_repeated:
         return [_value(f, item) for item in value]
     return _value(f, value)
 
 
-def _value(f: FieldDescriptor, value: Any) -> Any:
-    if f.type == FieldDescriptor.TYPE_ENUM:
+def _value(f: FieldDescriptor | UpbFieldDescriptor, value: Any) -> Any:
+    if f.type == FieldDescriptor.TYPE_ENUM and f.enum_type is not None:
         return f.enum_type.values_by_number[value].name if value in f.enum_type.values_by_number else value
     if isinstance(value, Timestamp):
         return value.ToDatetime(dt.UTC).isoformat().replace("+00:00", "Z") if value.ByteSize() else None

@@ -65,6 +65,8 @@ def _sqlite_engine(
         pool_pre_ping=False,
     )
     synchronous = settings.sqlite_synchronous
+    cache_kib = settings.sqlite_cache_mib * 1024
+    heap_limit = settings.sqlite_memory_mib * 1024 * 1024
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -75,7 +77,8 @@ def _sqlite_engine(
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA temp_store=MEMORY")
-        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute(f"PRAGMA cache_size=-{cache_kib}")  # negative: KiB, not pages
+        cursor.execute(f"PRAGMA soft_heap_limit={heap_limit}")  # process-wide: the same for each
         cursor.close()
 
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"

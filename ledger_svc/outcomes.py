@@ -64,7 +64,8 @@ class Run:
     @property
     def bounds(self) -> tuple[int, int | None]:
         """(lo, hi): the needed tier is at least lo and at most hi (None: unknown)."""
-        lo, hi = SIMPLE, None
+        lo: int = SIMPLE
+        hi: int | None = None
         for _kind, tier, adequate, _needed in self.evidence:
             if adequate:
                 hi = tier if hi is None else min(hi, tier)
@@ -300,13 +301,13 @@ class _Totals:
 def _group_key(dim: int, run: Run) -> str:
     if dim == ledger_pb2.FEEDBACK_GROUP_BY_CATEGORY:
         return (
-            common_pb2.Category.Name(run.category)
+            common_pb2.Category.Name(common_pb2.Category.ValueType(run.category))
             if run.category in common_pb2.Category.values()
             else str(run.category)
         )
     if dim == ledger_pb2.FEEDBACK_GROUP_BY_TIER:
         return (
-            common_pb2.Tier.Name(run.routed_tier)
+            common_pb2.Tier.Name(common_pb2.Tier.ValueType(run.routed_tier))
             if run.routed_tier in common_pb2.Tier.values()
             else str(run.routed_tier)
         )

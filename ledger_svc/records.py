@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import timestamp_pb2
+
 from ledger_svc.schema import NUSD_PER_USD
 from ledger_svc.validation import timestamp_us
 from llmroute.common.v1 import common_pb2
@@ -28,6 +30,10 @@ def usd_text(nusd: int) -> str:
     sign = "-" if nusd < 0 else ""
     whole, frac = divmod(abs(nusd), NUSD_PER_USD)
     return f"{sign}{whole}.{frac:09d}"
+
+
+def timestamp_pb(us: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
 
 
 def iso_us(ts_us: int) -> str:

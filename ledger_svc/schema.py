@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
 NUSD_PER_USD = 1_000_000_000
 
 # Dimension codes of the rollup tables; the same numbers as the proto's GroupBy where they overlap.

@@ -42,7 +42,7 @@ Violations = list[tuple[str, str]]
 
 def raise_if(violations: Violations, **kwargs: object) -> None:
     if violations:
-        raise InvalidArgument(violations, **kwargs)  # type: ignore[arg-type]
+        raise InvalidArgument(violations, **kwargs)
 
 
 def now_us() -> int:

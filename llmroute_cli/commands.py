@@ -79,6 +79,7 @@ def _budget(args: argparse.Namespace) -> None:
     metadata = (("x-admin-token", token),) if token else ()
     with connect.channel(args.ledger) as channel:
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+        reply: ledger_pb2.SetBudgetResponse | ledger_pb2.GetBudgetsResponse
         if args.action == "set":
             budget = ledger_pb2.Budget(
                 caller=args.caller,
@@ -202,6 +203,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.run(args)
     except grpc.RpcError as error:
-        sys.exit(f"llmroute: {error.code().name}: {error.details()}")  # type: ignore[attr-defined]
+        sys.exit(f"llmroute: {error.code().name}: {error.details()}")
     except LLMRouteError as error:
         sys.exit(f"llmroute: {error}")

@@ -29,7 +29,7 @@ class _Details(NamedTuple):
     compression: Any
 
 
-class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     def __init__(self, key: str) -> None:
         self._pair = ("authorization", f"Bearer {key}")
 

@@ -7,9 +7,10 @@ import difflib
 import sys
 from pathlib import Path
 
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
+from difficulty import DEFAULT_ARTIFACT_DIR
 from feedback_loop import tuning
 from feedback_loop.outcomes import reference_costs, to_runs
+from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute_cli import connect
 from service_kit import policy_file
@@ -35,8 +36,8 @@ def feedback(args: argparse.Namespace) -> None:
         request_id=args.request_id,
         caller=args.caller or ("" if connect.api_key() else "cli"),
         run_id=args.run_id,
-        verdict=VERDICTS[args.verdict],  # type: ignore[arg-type]
-        needed_tier=TIER_BY_NAME[args.needed_tier] if args.needed_tier else 0,  # type: ignore[arg-type]
+        verdict=VERDICTS[args.verdict],
+        needed_tier=TIER_BY_NAME[args.needed_tier] if args.needed_tier else common_pb2.TIER_UNSPECIFIED,
         note=args.note,
     )
     with connect.channel(args.ledger) as channel:
@@ -52,7 +53,7 @@ def report(args: argparse.Namespace) -> None:
     request = ledger_pb2.GetFeedbackStatsRequest(
         window=_window(args.last_minutes),
         caller=args.caller,
-        group_by=[REPORT_DIMENSIONS[d] for d in args.by],  # type: ignore[misc]
+        group_by=[REPORT_DIMENSIONS[d] for d in args.by],
     )
     with connect.channel(args.ledger) as channel:
         reply = ledger_pb2_grpc.LedgerServiceStub(channel).GetFeedbackStats(request, timeout=120)

@@ -199,7 +199,7 @@ class Client:
                 )
                 return reply
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == s.retries:  # type: ignore[attr-defined]
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == s.retries:
                     raise from_rpc_error(error) from None
             time.sleep(s.backoff(attempt))
         raise AssertionError("unreachable")
@@ -226,7 +226,7 @@ class Client:
                         yield event.delta.content
                 return
             except grpc.RpcError as error:
-                unavailable = error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+                unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
                 if sent or not unavailable or attempt == s.retries:
                     raise from_rpc_error(error) from None
             time.sleep(s.backoff(attempt))

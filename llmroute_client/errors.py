@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -10,7 +11,10 @@ from grpc_status import rpc_status
 
 
 class LLMRouteError(Exception):
-    """A call that failed: its gRPC code, message, reason (UPPER_SNAKE), metadata and field violations."""
+    """A call that failed: its gRPC code, message, reason (UPPER_SNAKE), metadata and field violations.
+
+    `violations` maps each field to its violation (a field named twice keeps its last);
+    `field_violations` is every (field, description) in the order the service sent them."""
 
     def __init__(
         self,
@@ -19,6 +23,7 @@ class LLMRouteError(Exception):
         reason: str = "",
         metadata: dict[str, str] | None = None,
         violations: dict[str, str] | None = None,
+        field_violations: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {reason + ': ' if reason else ''}{message}")
         self.code = code
@@ -26,6 +31,9 @@ class LLMRouteError(Exception):
         self.reason = reason
         self.metadata = metadata or {}
         self.violations = violations or {}
+        self.field_violations = (
+            list(field_violations) if field_violations is not None else list(self.violations.items())
+        )
 
 
 class InvalidArgument(LLMRouteError):
@@ -63,10 +71,16 @@ _BY_CODE: dict[grpc.StatusCode, type[LLMRouteError]] = {
 
 
 def from_rpc_error(error: Any) -> LLMRouteError:
-    """The exception for a failed call (`grpc.RpcError` or `grpc.aio.AioRpcError`)."""
+    """The exception for a failed call (`grpc.RpcError` or `grpc.aio.AioRpcError`), its rich status
+    unpacked. The one unpacking of AIP-193 details the clients share: this client and the CLI, the
+    gateway, `ledger_client` and the tests."""
     code = error.code()
-    reason, metadata, violations = "", {}, {}
-    rich = rpc_status.from_call(error)
+    reason, metadata = "", {}
+    pairs: list[tuple[str, str]] = []
+    try:
+        rich = rpc_status.from_call(error)
+    except ValueError:  # a status whose details disagree with its code: keep the code and message
+        rich = None
     if rich is not None:
         for detail in rich.details:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -76,6 +90,6 @@ def from_rpc_error(error: Any) -> LLMRouteError:
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                violations = {v.field: v.description for v in bad.field_violations}
+                pairs = [(v.field, v.description) for v in bad.field_violations]
     kind = _BY_CODE.get(code, LLMRouteError)
-    return kind(code, error.details() or "", reason, metadata, violations)
+    return kind(code, error.details() or "", reason, metadata, dict(pairs), pairs)

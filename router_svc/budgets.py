@@ -18,23 +18,12 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from service_kit.errors import ResourceExhausted, Unavailable
+from llmroute_client.errors import from_rpc_error
+from service_kit.errors import Reason, ResourceExhausted, Unavailable
 
 log = structlog.get_logger()
-
-
-def _error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return dict(info.metadata)
-    return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +41,7 @@ _MAX_CALLERS = 100_000
 class BudgetGate:
     def __init__(
         self,
-        stub: ledger_pb2_grpc.LedgerServiceStub,
+        stub: ledger_pb2_grpc.LedgerServiceAsyncStub,
         ttl_seconds: float,
         timeout_seconds: float,
         clock: Callable[[], float] = time.monotonic,
@@ -85,7 +74,7 @@ class BudgetGate:
             scope = over.budget.caller or "global"
             raise ResourceExhausted(
                 f"{scope} {period} budget of ${over.budget.hard_limit_usd:.2f} is spent (${over.spent_usd:.4f})",
-                reason="BUDGET_EXCEEDED",
+                reason=Reason.BUDGET_EXCEEDED,
                 metadata={
                     "caller": over.budget.caller,
                     "scope": scope,
@@ -116,15 +105,15 @@ class BudgetGate:
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise ResourceExhausted(
                     error.details() or "budget exceeded",
-                    reason="BUDGET_EXCEEDED",
-                    metadata=_error_metadata(error),
+                    reason=Reason.BUDGET_EXCEEDED,
+                    metadata=from_rpc_error(error).metadata,
                 ) from None
             log.warning("budget_hold_unavailable", code=error.code().name)
             if fail_closed:
                 raise Unavailable(
                     "the caller's budget cannot be held now (the ledger is unreachable) and this router "
                     "fails closed",
-                    reason="BUDGET_CHECK_UNAVAILABLE",
+                    reason=Reason.BUDGET_CHECK_UNAVAILABLE,
                 ) from None
         self.note_spend(caller)
 

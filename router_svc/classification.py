@@ -17,19 +17,49 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 import structlog
 
-from classifier_svc.factory import local_model
-from classifier_svc.responses import classify_response
-from classifier_svc.strategies.base import Conversation, Message, Strategy
+from difficulty import Conversation, Message, Overhead, Strategy, Verdict
+from difficulty import load_local_model as local_model
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmroute.common.v1 import common_pb2
 from router_svc.settings import RouterSettings
 from service_kit import auth, metadata, tls
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A verdict as the router takes it: no tier (the router's pinned policy cuts it from the score),
+    and how long classifying took where it ran (here, or inside classifier_svc)."""
+
+    verdict: Verdict
+    latency_ms: float
+
+
+def from_response(response: classifier_pb2.ClassifyResponse) -> Classified:
+    """classifier_svc's answer in the router's terms (its tier, cut by the classifier's policy, is dropped)."""
+    overhead = Overhead(
+        input_tokens=response.overhead.input_tokens,
+        output_tokens=response.overhead.output_tokens,
+        cost_usd=response.overhead.cost_usd,
+        model=response.overhead_model,
+    )
+    verdict = Verdict(
+        score=response.score,
+        confidence=response.confidence,
+        category=response.category,
+        rationale=response.rationale,
+        source=response.source,
+        version=response.version,
+        overhead=overhead,
+        family=response.family,
+    )
+    return Classified(verdict, response.latency_ms)
 
 
 class ClassifierClient:
@@ -43,13 +73,14 @@ class ClassifierClient:
 
     async def classify(
         self, messages: Sequence[common_pb2.ChatMessage], request_id: str, timeout: float
-    ) -> classifier_pb2.ClassifyResponse:
+    ) -> Classified:
         """Raises grpc.aio.AioRpcError when the classifier fails or does not answer within `timeout`."""
-        return await self._stub.Classify(
+        response = await self._stub.Classify(
             classifier_pb2.ClassifyRequest(messages=messages),
             timeout=timeout,
             metadata=((metadata.REQUEST_ID, request_id),),
         )
+        return from_response(response)
 
     async def describe(self, timeout: float) -> classifier_pb2.DescribeResponse:
         return await self._stub.Describe(classifier_pb2.DescribeRequest(), timeout=timeout)
@@ -131,8 +162,8 @@ class Classification:
 
     async def classify(
         self, messages: Sequence[common_pb2.ChatMessage], request_id: str, timeout: float
-    ) -> tuple[classifier_pb2.ClassifyResponse, list[str]]:
-        """The verdict (its tier is left for the router's policy to set) and warnings."""
+    ) -> tuple[Classified, list[str]]:
+        """The verdict and warnings."""
         if self._local is None:
             assert self._remote is not None
             return await self._remote.classify(messages, request_id, timeout), []
@@ -140,9 +171,7 @@ class Classification:
         verdict = await self._local.classify(
             Conversation(tuple(Message(m.role, m.content) for m in messages))
         )
-        local = classify_response(
-            verdict, common_pb2.TIER_UNSPECIFIED, (time.perf_counter() - started) * 1000
-        )
+        local = Classified(verdict, (time.perf_counter() - started) * 1000)
         if self._remote is None or verdict.confidence >= self._remote_below_confidence:
             return local, []
         try:

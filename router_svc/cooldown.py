@@ -69,6 +69,19 @@ class Cooldowns:
             if self._on_open is not None:
                 self._on_open(model, self._seconds)
 
+    def hold(self, model: str, seconds: float) -> None:
+        """The provider asked for no call to this model for `seconds` (a 429's retry-after): its
+        breaker open at least that long, however few failures it had (an open one stays open as long as
+        it was); then one probe, as after any cooldown. Shared with the other replicas like an opening."""
+        state = self._states.setdefault(model, _State())
+        until = self._clock() + seconds
+        state.failures = max(state.failures, self._after)
+        state.probing_until = 0.0
+        if until > state.open_until:
+            state.open_until = until
+            if self._on_open is not None:
+                self._on_open(model, seconds)
+
     def open_elsewhere(self, model: str, seconds: float) -> bool:
         """Another replica opened this model's breaker for `seconds` more: it is open here too (True
         when that changed anything)."""

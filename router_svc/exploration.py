@@ -20,14 +20,22 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import structlog
 
+from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from router_svc.accounting import Accounting, Run
+from router_svc.judge import Judge
+from router_svc.provider_calls import Outcome, ProviderCaller
+from router_svc.selection import Choice, Selector
+from router_svc.validators import Answer, Validator, first_failure
+from service_kit.errors import ServiceError
+from service_kit.policy import NAME_BY_TIER, TIERS
 
 log = structlog.get_logger()
 
@@ -42,7 +50,7 @@ class ExplorationBudget:
     def __init__(
         self,
         daily_usd: float,
-        ledger: ledger_pb2_grpc.LedgerServiceStub | None,
+        ledger: ledger_pb2_grpc.LedgerServiceAsyncStub | None,
         refresh_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -145,3 +153,88 @@ class Explorer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.budget.close()
+
+
+class Exploration:
+    """After a sampled answer: the next tier down answers too, in the background, and the judge
+    compares; its attempts are recorded apart from the run's (router_svc/accounting.py)."""
+
+    def __init__(
+        self,
+        *,
+        explorer: Explorer,
+        judge: Judge,
+        selector: Selector,
+        caller: ProviderCaller,
+        accounting: Accounting,
+        validators: Sequence[Validator],
+        timeout_seconds: float,
+    ) -> None:
+        self._explorer = explorer
+        self._judge = judge
+        self._selector = selector
+        self._caller = caller
+        self._accounting = accounting
+        self._validators = validators
+        self._timeout = timeout_seconds
+
+    def maybe_start(self, run: Run) -> None:
+        explorer, answer, request = self._explorer, run.answer, run.request
+        if answer is None or not explorer.sampled():
+            return
+        # Every sampled request routed above the cheapest tier, whatever became of its answer (one
+        # rejected or escalated included: leaving those out would hide the cheaper tier's failures).
+        routed = run.plan.tiers[0]
+        if not run.decision.scored or routed == TIERS[0]:
+            return  # forced or the classifier's default; or nothing cheaper
+        lower = TIERS[TIERS.index(routed) - 1]
+        choices = self._selector.plan(request, lower, run.decision.verdict.category).choices(lower)
+        if not choices:
+            return
+        choice = choices[0]
+        exhibit_tokens = (sum(len(m["content"]) for m in request.chat) + 2 * len(answer.content)) // 4 + 300
+        reserved = choice.estimated_cost_usd + request.prices.cost(self._judge.model, exhibit_tokens, 60).usd
+        if not explorer.budget.reserve(reserved):
+            log.info(
+                "exploration_skipped", reason="daily_budget", spent_usd=round(explorer.budget.spent_usd, 6)
+            )
+            return
+        explorer.start(self._explore(run, answer.content, choice, reserved))
+
+    async def close(self, timeout: float) -> None:
+        await self._explorer.drain(timeout)
+
+    async def _explore(self, run: Run, reference: str, choice: Choice, reserved: float) -> None:
+        request = run.request
+        outcomes: list[Outcome] = []
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        try:
+            outcome, _ = await self._caller.call_once(request, choice, deadline, outcomes)
+            attempt = outcome.attempt
+            if attempt.outcome == common_pb2.ATTEMPT_OUTCOME_OK:
+                problem = first_failure(
+                    Answer(outcome.content, outcome.finish_reason, attempt.usage.output_tokens),
+                    request.expectations,
+                    self._validators,
+                )
+                if problem is not None:  # fails the rule-based checks: not good enough, no judge needed
+                    attempt.judge_verdict, attempt.error = common_pb2.JUDGE_VERDICT_FAIL, problem
+                else:
+                    grade = await self._judge.compare(
+                        request.chat, reference, outcome.content, request.prices, tier=choice.tier
+                    )
+                    attempt.judge_cost_usd = grade.cost_usd
+                    attempt.judge_verdict = grade.verdict  # type: ignore[assignment]
+        except ServiceError as error:  # the exploration's own deadline
+            log.info("exploration_failed", reason=error.reason)
+        finally:
+            spent = sum(o.attempt.usage.cost_usd + o.attempt.judge_cost_usd for o in outcomes)
+            self._explorer.budget.settle(reserved, spent)
+            self._accounting.explored(request, run.decision, outcomes)
+            log.info(
+                "exploration_done",
+                tier=NAME_BY_TIER.get(choice.tier),
+                model=choice.spec.model,
+                verdict=[common_pb2.JudgeVerdict.Name(o.attempt.judge_verdict) for o in outcomes],
+                cost_usd=spent,
+            )

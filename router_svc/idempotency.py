@@ -20,19 +20,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
-from service_kit.errors import DeadlineExceeded, ServiceError
+from service_kit.errors import DeadlineExceeded, Reason, ServiceError
 
 
 class IdempotencyKeyReused(ServiceError):
     """The request id was already used by this caller for a different request."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "IDEMPOTENCY_KEY_REUSED"
+    default_reason = Reason.IDEMPOTENCY_KEY_REUSED
 
 
 class _Abandoned(Exception):
@@ -170,3 +171,13 @@ class IdempotencyCache:
     def bytes(self) -> int:
         """The serialized size of the responses kept."""
         return self._bytes
+
+
+class Idempotency(Protocol):
+    """Bound idempotency keys: in this replica's memory (IdempotencyCache) or shared (SharedIdempotency)."""
+
+    async def claim(self, key: Hashable, digest: bytes) -> router_pb2.RouteResponse | None: ...
+
+    def finish(self, key: Hashable, response: router_pb2.RouteResponse) -> None: ...
+
+    def fail(self, key: Hashable, error: BaseException) -> None: ...

@@ -22,10 +22,12 @@ from typing import Any
 
 import structlog
 
-from router_svc.pricing import PriceBook
+from difficulty import Conversation, Message
+from llmroute.common.v1 import common_pb2
 from router_svc.providers import Providers
 from router_svc.validators import strip_fences
 from service_kit.policy import ModelSpec
+from service_kit.pricing import PriceBook
 
 log = structlog.get_logger()
 
@@ -60,6 +62,13 @@ class Grade:
     passed: bool | None
     cost_usd: float = 0.0
     problem: str = ""  # why there is no verdict (for the warning), e.g. "Timeout"
+
+    @property
+    def verdict(self) -> int:
+        """As records carry it: JUDGE_VERDICT_PASS, _FAIL or _UNAVAILABLE."""
+        if self.passed is None:
+            return common_pb2.JUDGE_VERDICT_UNAVAILABLE
+        return common_pb2.JUDGE_VERDICT_PASS if self.passed else common_pb2.JUDGE_VERDICT_FAIL
 
 
 class Judge:
@@ -138,9 +147,9 @@ class Judge:
 
     def _request(self, chat: list[dict[str, str]]) -> str:
         """The conversation's turns (system instructions too: they often say what format is wanted),
-        cut to `max_chars` (the latest turns kept)."""
-        turns = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in chat)
-        return f"<request>\n{turns[-self._max_chars :]}\n</request>"
+        cut to `max_chars` as the LLM classifier cuts them (the latest turns kept)."""
+        conversation = Conversation(tuple(Message(m["role"], m["content"]) for m in chat))
+        return f"<request>\n{conversation.render(self._max_chars)}\n</request>"
 
     def _exhibit(self, chat: list[dict[str, str]], answer: str) -> str:
         return f"{self._request(chat)}\n\n<answer>\n{answer[: self._max_chars]}\n</answer>"

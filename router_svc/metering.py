@@ -5,12 +5,18 @@ the same calls. Served with the other metrics at `ROUTER_METRICS_PORT` (service_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2
-from router_svc.routing import UsageSink
+from router_svc.accounting import UsageSink
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+_V = TypeVar("_V", bound=int)
 
 PROVIDER_CALLS = Counter(
     "llmroute_router_provider_calls", "Provider calls, by model and outcome.", ["model", "outcome"]
@@ -41,8 +47,8 @@ MODELS_IN_COOLDOWN = Gauge("llmroute_router_models_in_cooldown", "Models whose c
 SPOOL_DEPTH = Gauge("llmroute_router_spool_depth", "Usage records waiting in the spool for the ledger.")
 
 
-def _name(enum: object, value: int, prefix: str) -> str:
-    return enum.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+def _name(enum: _EnumTypeWrapper[_V], value: _V, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix).lower()
 
 
 class MeteredSink:
@@ -59,7 +65,13 @@ class MeteredSink:
     def accepting(self) -> bool:
         return self._inner.accepting()
 
-    def __getattr__(self, name: str) -> object:  # start, close, flush, stats: the inner sink's
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def __getattr__(self, name: str) -> object:  # flush, stats: the inner sink's, when it has them
         return getattr(self._inner, name)
 
 

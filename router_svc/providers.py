@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router_svc._litellm import litellm
+from service_kit.litellm_offline import litellm
 from service_kit.policy import ModelSpec
 from service_kit.providers import any_key, has_key
 
@@ -26,7 +26,9 @@ class Route:
 
 def provider_of(model: str) -> str:
     try:
-        return litellm.get_llm_provider(model)[1]
+        # litellm serves its functions through a lazy module __getattr__, typed Any.
+        provider: str = litellm.get_llm_provider(model)[1]
+        return provider
     except Exception:  # litellm raises several types for unknown models; the prefix is the best guess
         return model.split("/", 1)[0] if "/" in model else "unknown"
 

@@ -182,7 +182,8 @@ _CLASSES: dict[type, type] = {}
 def _validator_class(schema: dict[str, Any]) -> Any:
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     if base not in _CLASSES:
-        _CLASSES[base] = jsonschema.validators.extend(
+        # types-jsonschema declares extend() without annotations.
+        _CLASSES[base] = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
             base, {"pattern": _pattern, "patternProperties": _pattern_properties}
         )
     return _CLASSES[base]

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
+from difficulty import DEFAULT_ARTIFACT_DIR
 from service_kit.policy import DEFAULT_POLICY_PATH, TierName
 from service_kit.settings import ServiceSettings
 
@@ -49,6 +49,10 @@ class RouterSettings(ServiceSettings):
     # Retries of one model on transient errors (429, 5xx, timeouts) before the next candidate.
     retries_per_model: int = Field(default=1, ge=0, le=5)
     retry_backoff_seconds: float = Field(default=0.2, ge=0)
+    # A provider's retry-after (429, 503) up to this long is waited out before the retry on the same
+    # model; a longer one sends the request to its next candidate at once. Either way, no request calls
+    # that model again before the retry-after has passed.
+    max_retry_after_wait_seconds: float = Field(default=1.0, ge=0)
     # Circuit breaker: this many consecutive failures put a model in cooldown for cooldown_seconds.
     cooldown_after_failures: int = Field(default=3, ge=1)
     cooldown_seconds: float = Field(default=30.0, gt=0)

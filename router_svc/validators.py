@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from router_svc import schemas
 
@@ -24,7 +25,7 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Expectations:
     json_output: bool = False
-    json_schema: dict | None = None
+    json_schema: dict[str, Any] | None = None
     # The caller capped the output: a "length" finish is then the caller's choice, not a failure.
     caller_capped_output: bool = False
 

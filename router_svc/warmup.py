@@ -18,14 +18,17 @@ import structlog
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from router_svc import WARM_UP_CALLER
-from router_svc.routing import NOT_ROUTED_MODEL, TIERS_IN_ORDER, RouteInput, Router
+from router_svc.accounting import NOT_ROUTED_MODEL
+from router_svc.request import RouteInput
+from router_svc.router import Router
 from service_kit.errors import ServiceError
+from service_kit.policy import TIERS
 
 log = structlog.get_logger()
 
 
 async def most_used_models(
-    ledger: ledger_pb2_grpc.LedgerServiceStub, limit: int, timeout: float
+    ledger: ledger_pb2_grpc.LedgerServiceAsyncStub, limit: int, timeout: float
 ) -> list[str]:
     """The models that answered most requests in the last day, from the ledger; [] if it cannot say."""
     request = ledger_pb2.GetStatsRequest(
@@ -57,7 +60,7 @@ def default_models(router: Router) -> list[str]:
         messages=(common_pb2.ChatMessage(role="user", content="ping"),), request_id="-", caller="-"
     )
     models: list[str] = []
-    for tier in TIERS_IN_ORDER:
+    for tier in TIERS:
         choices = router.plan(probe, tier, common_pb2.CATEGORY_CHAT).choices(tier)
         if choices and choices[0].spec.model not in models:
             models.append(choices[0].spec.model)

@@ -35,7 +35,7 @@ import structlog
 import yaml
 
 from service_kit import metadata
-from service_kit.errors import PermissionDenied, ResourceExhausted, ServiceError, Unavailable
+from service_kit.errors import PermissionDenied, Reason, ResourceExhausted, ServiceError, Unavailable
 
 log = structlog.get_logger()
 
@@ -46,7 +46,7 @@ AUTHORIZATION = "authorization"
 
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
+    default_reason = Reason.UNAUTHENTICATED
 
 
 class AuthConfigError(RuntimeError):
@@ -88,7 +88,7 @@ def scope_caller(requested: str, field_name: str = "caller") -> str:
         return requested
     raise PermissionDenied(
         f"this key may not act for or read caller {requested!r}",
-        reason="CALLER_NOT_ALLOWED",
+        reason=Reason.CALLER_NOT_ALLOWED,
         metadata={"field": field_name, "caller": requested, "principal": principal.name},
     )
 
@@ -252,7 +252,7 @@ class Gate:
                 what = "streams" if streams else "calls"
                 raise ResourceExhausted(
                     f"{principal.name} has {limit} {what} in progress, the most one principal may have",
-                    reason="TOO_MANY_CONCURRENT_CALLS",
+                    reason=Reason.TOO_MANY_CONCURRENT_CALLS,
                     metadata={"principal": principal.name, "limit": str(limit), "kind": what},
                 )
         for name, streams, _ in limits:
@@ -275,7 +275,7 @@ class Gate:
         key = _bearer(invocation_metadata)
         if not key:
             raise Unauthenticated(
-                "send an API key: metadata 'authorization: Bearer <key>'", reason="API_KEY_MISSING"
+                "send an API key: metadata 'authorization: Bearer <key>'", reason=Reason.API_KEY_MISSING
             )
         principal = self.keys.authenticate(key)
         if principal is None and self.remote is not None and key_id_of(key):
@@ -283,7 +283,7 @@ class Gate:
         if principal is None:
             raise Unauthenticated(
                 "the API key is unknown or revoked",
-                reason="API_KEY_INVALID",
+                reason=Reason.API_KEY_INVALID,
                 metadata={"key_id": key_id_of(key)},
             )
         name = method.rsplit("/", 1)[-1]
@@ -291,7 +291,7 @@ class Gate:
         if not principal.roles & allowed:
             raise PermissionDenied(
                 f"{name} needs one of the roles {', '.join(sorted(allowed))}",
-                reason="ROLE_REQUIRED",
+                reason=Reason.ROLE_REQUIRED,
                 metadata={"method": name, "roles": ",".join(sorted(allowed)), "principal": principal.name},
             )
         return principal
@@ -331,7 +331,7 @@ class KeyCache:
             found = await self._lookup(key_id, key_digest)
         except Exception as error:  # the lookup's transport: said as such, never as a wrong key
             raise Unavailable(
-                "API keys cannot be checked now; retry", reason="KEY_LOOKUP_UNAVAILABLE"
+                "API keys cannot be checked now; retry", reason=Reason.KEY_LOOKUP_UNAVAILABLE
             ) from error
         if len(self._known) >= self._max:
             self._known.clear()

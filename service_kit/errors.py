@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 
 import grpc
 from google.protobuf import any_pb2
@@ -12,22 +13,130 @@ from grpc_status import rpc_status
 DOMAIN = "llmroute.dev"
 
 
+class Reason(StrEnum):
+    """The error catalogue: every reason a service puts in ErrorInfo (AIP-193), with the status it comes
+    with in `STATUS`. The contract's copy is common.proto's ErrorReason (ERROR_REASON_<name>)."""
+
+    INTERNAL = "INTERNAL"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    FORCED_MODEL_NOT_ALLOWED = "FORCED_MODEL_NOT_ALLOWED"
+    RECORD_TOO_OLD = "RECORD_TOO_OLD"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    MAX_COST_EXCEEDED = "MAX_COST_EXCEEDED"
+    TOO_MANY_CONCURRENT_CALLS = "TOO_MANY_CONCURRENT_CALLS"
+    UNAVAILABLE = "UNAVAILABLE"
+    NO_CANDIDATE_AVAILABLE = "NO_CANDIDATE_AVAILABLE"
+    ALL_PROVIDERS_FAILED = "ALL_PROVIDERS_FAILED"
+    PROVIDER_STREAM_BROKEN = "PROVIDER_STREAM_BROKEN"
+    USAGE_NOT_RECORDABLE = "USAGE_NOT_RECORDABLE"
+    BUDGET_CHECK_UNAVAILABLE = "BUDGET_CHECK_UNAVAILABLE"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    KEY_LOOKUP_UNAVAILABLE = "KEY_LOOKUP_UNAVAILABLE"
+    NOT_FOUND = "NOT_FOUND"
+    REQUEST_NOT_FOUND = "REQUEST_NOT_FOUND"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    FORCED_MODEL_UNAVAILABLE = "FORCED_MODEL_UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    ROLE_REQUIRED = "ROLE_REQUIRED"
+    CALLER_NOT_ALLOWED = "CALLER_NOT_ALLOWED"
+    ADMIN_TOKEN_MISSING = "ADMIN_TOKEN_MISSING"
+    ADMIN_TOKEN_INVALID = "ADMIN_TOKEN_INVALID"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    API_KEY_MISSING = "API_KEY_MISSING"
+    API_KEY_INVALID = "API_KEY_INVALID"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+
+
+# Each reason's status code: an error of one reason always has this code.
+STATUS: dict[Reason, grpc.StatusCode] = {
+    Reason.INTERNAL: grpc.StatusCode.INTERNAL,
+    Reason.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.FORCED_MODEL_NOT_ALLOWED: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.RECORD_TOO_OLD: grpc.StatusCode.INVALID_ARGUMENT,
+    Reason.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.MAX_COST_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.TOO_MANY_CONCURRENT_CALLS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.NO_CANDIDATE_AVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.ALL_PROVIDERS_FAILED: grpc.StatusCode.UNAVAILABLE,
+    Reason.PROVIDER_STREAM_BROKEN: grpc.StatusCode.UNAVAILABLE,
+    Reason.USAGE_NOT_RECORDABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.BUDGET_CHECK_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.DATABASE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.KEY_LOOKUP_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.REQUEST_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Reason.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.FORCED_MODEL_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    Reason.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Reason.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.ROLE_REQUIRED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.CALLER_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.ADMIN_TOKEN_MISSING: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.ADMIN_TOKEN_INVALID: grpc.StatusCode.PERMISSION_DENIED,
+    Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.API_KEY_MISSING: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.API_KEY_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    Reason.IDEMPOTENCY_KEY_REUSED: grpc.StatusCode.ALREADY_EXISTS,
+}
+
+# What each reason means, for docs/errors.md and readers.
+MEANING: dict[Reason, str] = {
+    Reason.INTERNAL: "A bug of ours; the message says no more.",
+    Reason.INVALID_ARGUMENT: "A field is wrong; BadRequest lists each violation.",
+    Reason.MALFORMED_REQUEST: "The request is not a valid protobuf message of the method's type.",
+    Reason.FORCED_MODEL_NOT_ALLOWED: "options.force_model names a model the routing policy does not list.",
+    Reason.RECORD_TOO_OLD: "A usage record older than the ledger's retention of request ids.",
+    Reason.RESOURCE_EXHAUSTED: "A limit was reached.",
+    Reason.BUDGET_EXCEEDED: "The caller's hard budget is spent; metadata names caller, scope, period, limit and spend.",
+    Reason.MAX_COST_EXCEEDED: "No candidate fits options.max_cost_usd; metadata gives the cheapest estimate.",
+    Reason.TOO_MANY_CONCURRENT_CALLS: "The principal has as many calls or streams open as it may.",
+    Reason.UNAVAILABLE: "Try again later or elsewhere.",
+    Reason.NO_CANDIDATE_AVAILABLE: "Every candidate model is skipped now; metadata gives the tier and the reasons.",
+    Reason.ALL_PROVIDERS_FAILED: "Every candidate model was called and failed; every attempt is recorded.",
+    Reason.PROVIDER_STREAM_BROKEN: "The provider failed after the first streamed delta; a partial answer cannot be retried.",
+    Reason.USAGE_NOT_RECORDABLE: "The router cannot record usage now (spool failing or full): nothing paid is started.",
+    Reason.BUDGET_CHECK_UNAVAILABLE: "The ledger cannot be asked about the caller's budget and the router fails closed.",
+    Reason.DATABASE_UNAVAILABLE: "The ledger's database is unreachable.",
+    Reason.KEY_LOOKUP_UNAVAILABLE: "An API key cannot be checked against the ledger now.",
+    Reason.NOT_FOUND: "The named thing does not exist (for this caller).",
+    Reason.REQUEST_NOT_FOUND: "No run of this caller's request with that id (feedback is only for one's own requests).",
+    Reason.FAILED_PRECONDITION: "The system is not in a state for this call.",
+    Reason.FORCED_MODEL_UNAVAILABLE: "The forced model cannot be used now; metadata gives the skip reason.",
+    Reason.DEADLINE_EXCEEDED: "The request's deadline passed before a model answered.",
+    Reason.PERMISSION_DENIED: "The caller may not do this.",
+    Reason.ROLE_REQUIRED: "The key lacks the role this method needs; metadata names the roles.",
+    Reason.CALLER_NOT_ALLOWED: "The key may not act as the caller the request names.",
+    Reason.ADMIN_TOKEN_MISSING: "An admin operation without the admin token.",
+    Reason.ADMIN_TOKEN_INVALID: "The admin token sent is not the admin token.",
+    Reason.UNAUTHENTICATED: "No usable credentials.",
+    Reason.API_KEY_MISSING: "Keys are required and none was sent.",
+    Reason.API_KEY_INVALID: "The key sent is unknown or revoked.",
+    Reason.IDEMPOTENCY_KEY_REUSED: "The request id was used by this caller for a different request.",
+}
+
+
 class ServiceError(Exception):
     """An error with a gRPC status code, a reason in UPPER_SNAKE and metadata naming the values involved."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    default_reason: str = "INTERNAL"
+    default_reason: Reason = Reason.INTERNAL
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason: str = str(reason or self.default_reason)
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
 
     def details(self) -> list[any_pb2.Any]:
@@ -60,7 +169,7 @@ class InvalidArgument(ServiceError):
     """Bad input; carries one BadRequest field violation per problem."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    default_reason = Reason.INVALID_ARGUMENT
 
     def __init__(self, violations: Sequence[tuple[str, str]], **kwargs: object) -> None:
         self.violations = []
@@ -90,29 +199,29 @@ class InvalidArgument(ServiceError):
 
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "RESOURCE_EXHAUSTED"
+    default_reason = Reason.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
+    default_reason = Reason.UNAVAILABLE
 
 
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    default_reason = Reason.NOT_FOUND
 
 
 class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
+    default_reason = Reason.FAILED_PRECONDITION
 
 
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+    default_reason = Reason.DEADLINE_EXCEEDED
 
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
+    default_reason = Reason.PERMISSION_DENIED

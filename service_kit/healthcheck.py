@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from service_kit import tls
+from service_kit import health_rpc, tls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+            reply = health_rpc.check(channel)(health_pb2.HealthCheckRequest(), timeout=3)
         except grpc.RpcError as error:
-            print(f"unhealthy: {error.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"unhealthy: {error.code().name}", file=sys.stderr)
             return 1
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     if not serving:

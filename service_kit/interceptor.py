@@ -7,14 +7,14 @@ import contextlib
 import time
 import traceback
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
 from service_kit import auth, metadata, metrics, tracing
-from service_kit.errors import InvalidArgument, ServiceError
+from service_kit.errors import InvalidArgument, Reason, ServiceError
 
 log = structlog.get_logger()
 
@@ -32,9 +32,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(("/grpc.health", "/grpc.reflection")):
@@ -50,8 +50,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream:
             admit = _admission(self._gate, method, invocation_metadata, stream=True)
+            # types-grpcio types a handler's behaviour as the blocking server's; under grpc.aio a
+            # server-streaming one is the servicer's async generator function.
+            behavior = cast(Callable[..., AsyncGenerator[Any, None]], handler.unary_stream)
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, request_id, admit),
+                _wrap_stream(behavior, method, request_id, admit),
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
@@ -107,11 +110,11 @@ def _decoded(request: Any) -> None:
     if isinstance(request, _Undecodable):
         raise InvalidArgument(
             [("request", "is not a valid protobuf message of this method's request type")],
-            reason="MALFORMED_REQUEST",
+            reason=Reason.MALFORMED_REQUEST,
         )
 
 
-async def _fail(context: grpc.aio.ServicerContext, error: Exception, started: float) -> None:
+async def _fail(context: grpc.aio.ServicerContext[Any, Any], error: Exception, started: float) -> None:
     """Abort the call with the error's status; a ServiceError is expected, anything else is a bug."""
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     if isinstance(error, ServiceError):
@@ -134,7 +137,7 @@ def _wrap_unary(
     request_id: str,
     admit: Callable[[], Awaitable[Callable[[], None]]],
 ) -> Callable[..., Awaitable[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         _bind(method, request_id)
         started = time.perf_counter()
         code = "OK"
@@ -165,7 +168,7 @@ def _wrap_stream(
     request_id: str,
     admit: Callable[[], Awaitable[Callable[[], None]]],
 ) -> Callable[..., AsyncIterator[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         _bind(method, request_id)
         started = time.perf_counter()
         code = "OK"
@@ -192,7 +195,7 @@ def _wrap_stream(
     return wrapped
 
 
-def _code(context: grpc.aio.ServicerContext) -> str:
+def _code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The status a handler aborted with."""
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"

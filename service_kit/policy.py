@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,8 +25,13 @@ TIER_BY_NAME = {
     "complex": common_pb2.TIER_COMPLEX,
     "reasoning": common_pb2.TIER_REASONING,
 }
-NAME_BY_TIER = {v: k for k, v in TIER_BY_NAME.items()}
-DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "config" / "policy.yaml"
+# Keyed by int: a tier read from a message or computed (an escalation) looks its name up alike.
+NAME_BY_TIER: dict[int, str] = {v: k for k, v in TIER_BY_NAME.items()}
+# The tiers cheapest first, as the protos number them (TIER_NAMES are their names in the policy).
+TIERS = tuple(TIER_BY_NAME[name] for name in TIER_NAMES)
+# The policy the services start with when none is configured: shipped inside the package (a wheel holds
+# the file; in a checkout it is a link to config/policy.yaml, the one copy to edit).
+DEFAULT_POLICY_PATH = Path(str(importlib.resources.files("service_kit") / "default_policy.yaml"))
 
 
 class PolicyError(ValueError):
@@ -61,7 +67,7 @@ class Thresholds(BaseModel):
             raise ValueError("thresholds must satisfy moderate <= complex <= reasoning")
         return self
 
-    def tier_for(self, score: float, shift: float = 0.0) -> int:
+    def tier_for(self, score: float, shift: float = 0.0) -> common_pb2.Tier.ValueType:
         """The tier for a score; `shift` raises every threshold (budget pressure sends traffic cheaper)."""
         if score >= self.reasoning + shift:
             return common_pb2.TIER_REASONING
@@ -75,7 +81,11 @@ class Thresholds(BaseModel):
 def category_name(category: int) -> str:
     """A Category as the policy names it: CATEGORY_CODE -> "code" ("" for unknown values)."""
     try:
-        return str(common_pb2.Category.Name(category)).removeprefix("CATEGORY_").lower()  # type: ignore[arg-type]
+        return (
+            common_pb2.Category.Name(common_pb2.Category.ValueType(category))
+            .removeprefix("CATEGORY_")
+            .lower()
+        )
     except ValueError:
         return ""
 
@@ -141,7 +151,9 @@ class Policy(BaseModel):
         """Whether `model` is one of the policy's candidates (only those may be forced)."""
         return any(spec.model == model for specs in self.tiers.values() for spec in specs)
 
-    def tier_for(self, score: float, family: str = "", category: int = 0, shift: float = 0.0) -> int:
+    def tier_for(
+        self, score: float, family: str = "", category: int = 0, shift: float = 0.0
+    ) -> common_pb2.Tier.ValueType:
         """The tier for a classification: its score plus the family's and the category's offsets, cut
         by the thresholds (raised by `shift` under budget pressure)."""
         offset = self.offsets.family.get(family, 0.0) + self.offsets.category.get(

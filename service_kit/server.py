@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -117,6 +118,18 @@ async def serve_forever(running: RunningServer, grace: float, stopping: asyncio.
     log.info("server_stopped")
 
 
+def freeze_heap() -> None:
+    """Collect, then freeze what is left (`gc.freeze`): objects alive once the service has started
+    (imported libraries, price map, models, policy) are never walked by a collection again, so a full
+    collection scans only what requests created since. Measured in the router at concurrency 64
+    (docs/reliability.md, "Overhead at concurrency 64"): full collections fell from 0.25-0.3 s of CPU
+    each, with every request in flight waiting, to about 10 ms. An object frozen here is still freed by
+    reference counting; only a reference cycle among them is never collected (they are start-up's)."""
+    gc.collect()
+    gc.freeze()
+    log.info("heap_frozen", objects=gc.get_freeze_count())
+
+
 def run_service(
     name: str,
     settings: ServiceSettings,
@@ -138,6 +151,8 @@ def run_service(
     async def serve() -> None:
         stopping = stop_requested()
         running = await create_server(settings)
+        if settings.gc_freeze:
+            freeze_heap()
         await serve_forever(running, settings.grace_seconds, stopping)
 
     asyncio.run(serve())

@@ -41,6 +41,10 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
 class _Cut(Exception):
     """The `cut_stream` fault closed the connection on purpose; not a client cancellation."""
 
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__(response)
+        self.response = response
+
 
 def error_response(
     status: int, message: str | None = None, headers: dict[str, str] | None = None
@@ -84,7 +88,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return web.Response(status=CLIENT_CLOSED)
     except _Cut as cut:
         _finish(state, model, started, "completed", fault, None, 200)
-        return cut.args[0]
+        return cut.response
     _finish(state, model, started, "completed", fault, reply, status)
     return response
 
@@ -177,7 +181,8 @@ async def _answer(
     reply = build_reply(body, profile, fault, call_id)
     completion = _Completion(body, profile, reply, state.settings.latency_scale)
     if stream:
-        return await completion.stream(request, fault if kind == "cut_stream" else None), 200, reply
+        slow = fault.chunk_interval_ms / 1000 if fault and kind == "slow_stream" else None
+        return await completion.stream(request, fault if kind == "cut_stream" else None, slow), 200, reply
     await _sleep(completion.total_seconds())
     payload = completion.body()
     if kind == "cut_stream":
@@ -282,7 +287,10 @@ class _Completion:
             self._usage_null,
         )
 
-    async def stream(self, request: web.Request, cut: FaultSpec | None) -> web.StreamResponse:
+    async def stream(
+        self, request: web.Request, cut: FaultSpec | None, slow: float | None = None
+    ) -> web.StreamResponse:
+        """`cut`: the cut_stream fault; `slow`: seconds between chunks (the slow_stream fault)."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -293,7 +301,14 @@ class _Completion:
             await response.write(self.first_event() + b"".join(events[: cut.after_chunks]))
             raise _Cut(_close(request, response))
         per_token = self.scale / self.profile.latency.tokens_per_second
-        if per_token == 0:
+        if slow is not None:
+            # A provider that trickles: every chunk on its own, `slow` seconds apart.
+            await response.write(self.first_event())
+            for event in events:
+                await asyncio.sleep(slow)
+                await response.write(event)
+            await response.write(self.final_events())
+        elif per_token == 0:
             # No pacing: one write is much cheaper than hundreds, and the client still sees every event.
             await response.write(self.first_event() + b"".join(events) + self.final_events())
         else:

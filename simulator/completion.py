@@ -214,7 +214,7 @@ def _fit(text: str, encoding_name: str, budget: int | None) -> tuple[str, int, b
 
 def _chosen_tool(body: dict[str, Any], user_text: str) -> dict[str, Any] | None:
     """The function the model calls, or None to answer in text (OpenAI tool_choice semantics)."""
-    functions = [
+    functions: list[dict[str, Any]] = [
         t["function"] for t in body.get("tools") or () if t.get("type") == "function" and "function" in t
     ]
     if not functions:

@@ -17,17 +17,28 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FaultKind = Literal[
-    "status", "delay", "timeout", "malformed", "cut_stream", "empty", "length", "refusal", "bad_json"
+    "status",
+    "delay",
+    "timeout",
+    "malformed",
+    "cut_stream",
+    "slow_stream",
+    "empty",
+    "length",
+    "refusal",
+    "bad_json",
 ]
 
 HEADER = "x-sim-fault"
 _DIRECTIVE = re.compile(r"\[\[sim:fault=([^\]]+)\]\]")
-# The parameter a bare value sets: "status:429", "delay:250", "cut_stream:2", "timeout:5".
+# The parameter a bare value sets: "status:429", "delay:250", "cut_stream:2", "timeout:5",
+# "slow_stream:200".
 _PRIMARY_PARAM = {
     "status": "status",
     "delay": "delay_ms",
     "cut_stream": "after_chunks",
     "timeout": "hang_seconds",
+    "slow_stream": "chunk_interval_ms",
 }
 
 
@@ -49,6 +60,8 @@ class FaultSpec(BaseModel):
     hang_seconds: float | None = Field(default=None, gt=0)
     # cut_stream: content deltas sent before the connection is closed.
     after_chunks: int = Field(default=2, ge=0)
+    # slow_stream: milliseconds between streamed chunks (one token each), whatever the model's pace.
+    chunk_interval_ms: float = Field(default=200.0, ge=0)
 
 
 class FaultRule(FaultSpec):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-# Before anything imports litellm: the price map comes from the installed wheel, not the network.
-os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 # A guard against real provider calls: no key reaches the code under test, so the router's "auto"
 # mode sends every call to the simulator, and pydantic-ai refuses model requests it was not allowed.
 from service_kit.providers import PROVIDER_KEYS
@@ -37,3 +35,13 @@ async def simulator_url() -> AsyncIterator[str]:
     runner, port = await start_simulator(SimulatorSettings(host="127.0.0.1", port=0, latency_scale=0.0))
     yield f"http://127.0.0.1:{port}/v1"
     await runner.cleanup()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The random order's seed (pytest-randomly), also under -q: the same order again with it."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.getoption("randomly_reorganize", True):
+        terminalreporter.write_line(
+            f"random order seed {seed}: `make test SEED={seed}` (or pytest --randomly-seed={seed})"
+            " runs this order again; -p no:randomly runs the files' own order"
+        )

@@ -12,6 +12,13 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.records: list[ledger_pb2.UsageRecord] = []
+        self.started = self.closed = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
 
     def submit(self, records: Sequence[ledger_pb2.UsageRecord]) -> None:
         self.records.extend(records)

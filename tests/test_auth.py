@@ -17,7 +17,7 @@ import pytest
 
 from classifier_svc.server import create_server as create_classifier
 from classifier_svc.settings import ClassifierSettings
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from llmroute.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmroute.common.v1 import common_pb2
@@ -29,6 +29,7 @@ from service_kit import auth
 from tests.ledger.conftest import start_ledger, stop_ledger
 from tests.rich_status import details
 from tests.router.conftest import router_settings
+from tests.waiting import eventually
 
 PROMPT = "Is this message spam? 'You won a free cruise, click here'"
 
@@ -43,13 +44,13 @@ class Stack:
     reporter: LedgerReporter
     simulator_url: str
 
-    def route(self, who: str | None) -> router_pb2_grpc.RouterServiceStub:
+    def route(self, who: str | None) -> router_pb2_grpc.RouterServiceAsyncStub:
         return router_pb2_grpc.RouterServiceStub(self.router)
 
     def as_(self, who: str | None) -> tuple[tuple[str, str], ...]:
         return ((auth.AUTHORIZATION, f"Bearer {self.keys[who]}"),) if who else ()
 
-    def ledger(self) -> ledger_pb2_grpc.LedgerServiceStub:
+    def ledger(self) -> ledger_pb2_grpc.LedgerServiceAsyncStub:
         return ledger_pb2_grpc.LedgerServiceStub(grpc.aio.insecure_channel(self.ledger_address))
 
 
@@ -100,6 +101,19 @@ async def stack(tmp_path: Path, simulator_url: str) -> AsyncIterator[Stack]:
     await router.stop(0)
     await classifier.stop(0)
     await stop_ledger(ledger)
+
+
+async def key_refused(
+    router: router_pb2_grpc.RouterServiceAsyncStub, key: tuple[tuple[str, str], ...]
+) -> bool:
+    """Whether the router refuses this key now (as invalid: revoked), rather than routing with it."""
+    try:
+        await router.Route(request(), metadata=key)
+    except grpc.aio.AioRpcError as error:
+        found = details(error)
+        assert (found.code, found.reason) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID")
+        return True
+    return False
 
 
 async def refused(call: object) -> tuple[grpc.StatusCode, str, dict[str, str]]:
@@ -185,10 +199,18 @@ async def test_a_budget_binds_the_principal_whatever_the_request_says(stack: Sta
         ),
         metadata=stack.as_("admin"),
     )
-    await asyncio.sleep(0.2)  # past the router's budget cache TTL (0.1 s)
     router = stack.route(None)
-    code, reason, _ = await refused(router.Route(request(), metadata=stack.as_("victim")))
-    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+
+    async def budget_known() -> bool:  # within the router's budget cache TTL (0.1 s here)
+        try:
+            await router.Route(request(), metadata=stack.as_("victim"))
+        except grpc.aio.AioRpcError as error:
+            found = details(error)
+            assert (found.code, found.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+            return True
+        return False
+
+    await eventually(budget_known, "the victim's spent budget refusing its requests")
     # Refused for budget, it cannot route again under another name.
     code, reason, _ = await refused(router.Route(request("team-a"), metadata=stack.as_("victim")))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
@@ -199,15 +221,8 @@ async def test_a_revoked_key_stops_working_without_a_restart(stack: Stack) -> No
     await router.Route(request(), metadata=stack.as_("victim"))
     [entry] = [e for e in auth.read_keys(stack.keys_file) if e.name == "victim-team"]
     assert auth.revoke_key(stack.keys_file, entry.id)
-    for _ in range(40):  # the key ring checks the file at most once a second
-        try:
-            await router.Route(request(), metadata=stack.as_("victim"))
-        except grpc.aio.AioRpcError as error:
-            assert details(error).reason == "API_KEY_INVALID"
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the revoked key still routes")
+    # The key ring checks the file at most once a second.
+    await eventually(lambda: key_refused(router, stack.as_("victim")), "the revoked key refused")
 
 
 def test_keys_are_stored_as_digests_only(tmp_path: Path) -> None:
@@ -249,8 +264,16 @@ async def test_the_cli_manages_keys_and_sends_the_key_from_the_environment(
         await asyncio.to_thread(main, [*ledger, "stats"])
     (tmp := stack.keys_file.parent / "key.txt").write_text(key + "\n")
     monkeypatch.setenv("LLMROUTE_API_KEY_FILE", str(tmp))
-    await asyncio.sleep(1.1)  # the ledger's key ring looks at the file at most once a second
-    await asyncio.to_thread(main, [*ledger, "stats"])
+
+    async def stats_read() -> bool:  # the ledger's key ring looks at the file at most once a second
+        try:
+            await asyncio.to_thread(main, [*ledger, "stats"])
+        except SystemExit as refusal:
+            assert "UNAUTHENTICATED" in str(refusal)
+            return False
+        return True
+
+    await eventually(stats_read, "the new key accepted by the ledger", interval=0.1)
     assert '"totals"' in capsys.readouterr().out
     with pytest.raises(SystemExit, match="PERMISSION_DENIED"):  # a caller key reads only its own
         await asyncio.to_thread(main, [*ledger, "stats", "--caller", "team-a"])
@@ -288,22 +311,25 @@ async def test_one_principals_streams_cannot_take_the_ledger_from_the_others(
         assert meta == {"principal": "team-a", "limit": "2", "kind": "streams"}
         # Another principal is not affected; unary calls of the same one neither.
         other = stub.WatchSpend(watch, metadata=stack.as_("victim"))
-        assert (await other.read()).totals is not None
+        assert isinstance(await other.read(), L.WatchSpendResponse)  # a snapshot, not the end
         await stub.GetStats(L.GetStatsRequest(), metadata=stack.as_("team-a"))
         other.cancel()
         # A stream that ends gives its slot back.
         held.pop().cancel()
-        for _ in range(50):
+        opened: list[grpc.aio.UnaryStreamCall[L.WatchSpendRequest, L.WatchSpendResponse]] = []
+
+        async def slot_released() -> bool:
             again = stub.WatchSpend(watch, metadata=stack.as_("team-a"))
             try:
                 await again.read()
-                break
             except grpc.aio.AioRpcError as error:
                 assert details(error).reason == "TOO_MANY_CONCURRENT_CALLS"
-                await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the cancelled stream's slot was never released")
-        again.cancel()
+                return False
+            opened.append(again)
+            return True
+
+        await eventually(slot_released, "the cancelled stream's slot released")
+        opened[0].cancel()
         for stream in held:
             stream.cancel()
     finally:
@@ -346,18 +372,19 @@ async def test_keys_created_in_the_ledger_route_read_and_stop_when_revoked(stack
     assert mine.totals.requests == 1
 
     assert (await ledger.RevokeKey(L.RevokeKeyRequest(id=created.info.id), metadata=admin)).revoked
-    for _ in range(50):  # both caches hold a key 0.2 s here (10 s by default)
+    # Both caches hold a key 0.2 s here (10 s by default).
+    await eventually(lambda: key_refused(router, as_d), "the revoked key refused by the router")
+
+    async def ledger_refuses() -> bool:
         try:
-            await router.Route(request(), metadata=as_d)
+            await ledger.GetStats(L.GetStatsRequest(), metadata=as_d)
         except grpc.aio.AioRpcError as error:
-            assert details(error).reason == "API_KEY_INVALID"
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the revoked key still routes")
-    await asyncio.sleep(0.25)  # past the ledger's own cache of the key (0.2 s here)
-    code, reason, _ = await refused(ledger.GetStats(L.GetStatsRequest(), metadata=as_d))
-    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID")
+            found = details(error)
+            assert (found.code, found.reason) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID")
+            return True
+        return False
+
+    await eventually(ledger_refuses, "the revoked key refused by the ledger")
 
 
 async def test_the_cli_manages_keys_in_the_ledger(

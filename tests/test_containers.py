@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
 from classifier_svc.settings import ClassifierSettings
 from devstack.stack import MODULES, Ports, Stack
@@ -18,7 +19,7 @@ from simulator.settings import SimulatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-SETTINGS = {
+SETTINGS: dict[str, tuple[type[BaseSettings], str]] = {
     "router": (RouterSettings, "ROUTER_"),
     "classifier": (ClassifierSettings, "CLASSIFIER_"),
     "ledger": (LedgerSettings, "LEDGER_"),
@@ -105,7 +106,18 @@ def test_gateway_points_at_the_router_and_the_ledger_by_compose_name() -> None:
     assert GatewaySettings().ledger_address.endswith(":" + str(LedgerSettings().port))
 
 
-FIRST_PARTY = ("service_kit", "classifier_svc", "router_svc", "ledger_svc", "simulator", "gateway")
+FIRST_PARTY = (
+    "service_kit",
+    "difficulty",
+    "classifier_svc",
+    "classifier_training",
+    "router_svc",
+    "ledger_svc",
+    "ledger_client",
+    "llmroute_client",
+    "simulator",
+    "gateway",
+)
 
 
 def _imported_modules(package: str) -> set[Path]:
@@ -114,25 +126,37 @@ def _imported_modules(package: str) -> set[Path]:
     import importlib.util
 
     seen: set[Path] = set()
-    pending = [p for p in (ROOT / package).rglob("*.py") if "training" not in p.parts]
+    pending = list((ROOT / package).rglob("*.py"))
     while pending:
         path = pending.pop()
         if path in seen:
             continue
         seen.add(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom) and node.level == 0
-                else []
-            )
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+                # `from package import module` imports the module too.
+                names += [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
             for name in names:
-                if name.split(".")[0] in FIRST_PARTY:
+                if name.split(".")[0] not in FIRST_PARTY:
+                    continue
+                parent, _, leaf = name.rpartition(".")
+                if parent:
+                    # Found without importing anything: a name of a module is not a module.
+                    top = importlib.util.find_spec(parent.split(".")[0])
+                    if top is None or top.submodule_search_locations is None:
+                        continue
+                    base = Path(next(iter(top.submodule_search_locations)))
+                    stem = base.joinpath(*parent.split(".")[1:], leaf)
+                    candidates = [stem.with_suffix(".py"), stem / "__init__.py"]
+                else:
                     spec = importlib.util.find_spec(name)
-                    if spec is not None and spec.origin and spec.origin.endswith(".py"):
-                        pending.append(Path(spec.origin))
+                    candidates = [Path(spec.origin)] if spec is not None and spec.origin else []
+                pending.extend(c for c in candidates if c.suffix == ".py" and c.is_file())
     return seen
 
 
@@ -148,3 +172,18 @@ def test_image_holds_every_module_the_service_imports(service: str) -> None:
         if not any(path == c or c in path.parents for c in copied)
     ]
     assert not missing, f"{service} image lacks {missing}"
+
+
+@pytest.mark.parametrize("service", sorted(MODULES))
+def test_image_holds_only_what_the_service_runs(service: str) -> None:
+    """Every first-party package an image copies is one its service imports: the router's image has the
+    local model (difficulty), not the classifier service; the classifier's has no training code."""
+    dockerfile = (ROOT / DOCKERFILES[service] / "Dockerfile").read_text()
+    copied = {
+        Path(p).parts[0]
+        for line in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M)
+        for p in line.split()
+    }
+    imported = {path.relative_to(ROOT).parts[0] for path in _imported_modules(DOCKERFILES[service])}
+    unused = sorted(copied & set(FIRST_PARTY) - imported)
+    assert not unused, f"{service} image copies packages its service never imports: {unused}"

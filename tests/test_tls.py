@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from classifier_svc.server import create_server as create_classifier
 from classifier_svc.settings import ClassifierSettings
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2 as L
@@ -31,6 +32,13 @@ from router_svc.server import create_server as create_router
 from service_kit import healthcheck, tls
 from tests.ledger.conftest import start_ledger, stop_ledger
 from tests.router.conftest import router_settings
+
+
+def credentials(ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.ChannelCredentials:
+    """tls.channel_credentials, which a CA always makes credentials of."""
+    made = tls.channel_credentials(ca, cert, key)
+    assert made is not None
+    return made
 
 
 @dataclass
@@ -113,7 +121,7 @@ def both(pair: Pair) -> tuple[Path, Path]:
     return pair.cert, pair.key
 
 
-async def test_mutual_tls_admits_only_clients_the_ca_signed(tmp_path: Path, pki: dict) -> None:
+async def test_mutual_tls_admits_only_clients_the_ca_signed(tmp_path: Path, pki: dict[str, Any]) -> None:
     ca, server, router, rogue = pki["ca"], pki["server"], pki["router"], pki["rogue"]
     ledger = await start_ledger(
         LedgerSettings(
@@ -137,11 +145,11 @@ async def test_mutual_tls_admits_only_clients_the_ca_signed(tmp_path: Path, pki:
 
     try:
         assert await stats(grpc.aio.insecure_channel(address)) == grpc.StatusCode.UNAVAILABLE
-        no_cert = tls.channel_credentials(ca.pair.cert)
+        no_cert = credentials(ca.pair.cert)
         assert await stats(grpc.aio.secure_channel(address, no_cert)) == grpc.StatusCode.UNAVAILABLE
-        wrong = tls.channel_credentials(ca.pair.cert, *both(rogue))
+        wrong = credentials(ca.pair.cert, *both(rogue))
         assert await stats(grpc.aio.secure_channel(address, wrong)) == grpc.StatusCode.UNAVAILABLE
-        signed = tls.channel_credentials(ca.pair.cert, *both(router))
+        signed = credentials(ca.pair.cert, *both(router))
         assert await stats(grpc.aio.secure_channel(address, signed), timeout=10) == grpc.StatusCode.OK
         # The container health check speaks TLS too (a Kubernetes gRPC probe cannot).
         probe = ["--ca", str(ca.pair.cert), "--cert", str(router.cert), "--key", str(router.key)]
@@ -152,7 +160,7 @@ async def test_mutual_tls_admits_only_clients_the_ca_signed(tmp_path: Path, pki:
 
 
 async def test_a_route_over_tls_reaches_ledger_and_classifier_over_mutual_tls(
-    tmp_path: Path, pki: dict, simulator_url: str
+    tmp_path: Path, pki: dict[str, Any], simulator_url: str
 ) -> None:
     ca, server, router_pair = pki["ca"], pki["server"], pki["router"]
     mutual = {"tls_cert_file": server.cert, "tls_key_file": server.key, "tls_client_ca_file": ca.pair.cert}
@@ -163,7 +171,7 @@ async def test_a_route_over_tls_reaches_ledger_and_classifier_over_mutual_tls(
         ClassifierSettings(port=0, strategy="heuristic", cache_enabled=False, **mutual)
     )
     ledger_address = f"127.0.0.1:{ledger.running.port}"
-    peer = tls.channel_credentials(ca.pair.cert, *both(router_pair))
+    peer = credentials(ca.pair.cert, *both(router_pair))
     reporter = LedgerReporter(ledger_address, tmp_path / "spool.db", flush_interval=0.01, credentials=peer)
     settings = router_settings(
         f"127.0.0.1:{classifier.port}",
@@ -178,7 +186,7 @@ async def test_a_route_over_tls_reaches_ledger_and_classifier_over_mutual_tls(
     )
     # Its peers want a client certificate: the router presents its own.
     router = await create_router(settings, usage_sink=reporter)
-    channel = grpc.aio.secure_channel(f"127.0.0.1:{router.port}", tls.channel_credentials(ca.pair.cert))
+    channel = grpc.aio.secure_channel(f"127.0.0.1:{router.port}", credentials(ca.pair.cert))
     try:
         reply = await router_pb2_grpc.RouterServiceStub(channel).Route(
             router_pb2.RouteRequest(
@@ -187,7 +195,7 @@ async def test_a_route_over_tls_reaches_ledger_and_classifier_over_mutual_tls(
             ),
             timeout=20,
         )
-        assert reply.content and reply.classification.source  # classified remotely over mutual TLS
+        assert reply.content and reply.decision.source  # classified remotely over mutual TLS
         assert "budget_unavailable" not in " ".join(reply.warnings)  # the budget check got through
         assert await reporter.flush(10)
         admin = grpc.aio.secure_channel(ledger_address, peer)
@@ -201,7 +209,7 @@ async def test_a_route_over_tls_reaches_ledger_and_classifier_over_mutual_tls(
         await stop_ledger(ledger)
 
 
-def test_half_a_tls_configuration_is_refused(tmp_path: Path, pki: dict) -> None:
+def test_half_a_tls_configuration_is_refused(tmp_path: Path, pki: dict[str, Any]) -> None:
     server = pki["server"]
     with pytest.raises(ValueError, match="both a certificate file and a key file"):
         tls.server_credentials(server.cert, None)

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from classifier_svc.server import create_server as create_classifier
 from classifier_svc.settings import ClassifierSettings
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
@@ -30,8 +30,9 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     spans = InMemorySpanExporter()
     assert tracing.configure("tests", SimpleSpanProcessor(spans))
     yield spans
-    GrpcAioInstrumentorServer().uninstrument()
-    GrpcAioInstrumentorClient().uninstrument()
+    # The instrumentors' constructors carry no annotations (opentelemetry-instrumentation-grpc).
+    GrpcAioInstrumentorServer().uninstrument()  # type: ignore[no-untyped-call]
+    GrpcAioInstrumentorClient().uninstrument()  # type: ignore[no-untyped-call]
     tracing._instrumented = False
 
 
@@ -75,6 +76,7 @@ async def test_a_route_is_one_trace_through_classifier_ledger_and_provider(
         )
     spans = exporter.get_finished_spans()
     [route] = [s for s in spans if s.name == ROUTE and s.kind.name == "SERVER"]
+    assert route.attributes is not None
     assert route.attributes[tracing.REQUEST_ID] == reply.request_id == "trace-me-1"
     in_trace = {s.name for s in spans if s.context.trace_id == route.context.trace_id}
     assert "/llmroute.classifier.v1.ClassifierService/Classify" in in_trace  # the classifier's own span
@@ -82,6 +84,7 @@ async def test_a_route_is_one_trace_through_classifier_ledger_and_provider(
     assert any(name.startswith("/llmroute.ledger.v1.LedgerService/") for name in in_trace)
     [call] = [s for s in spans if s.name == "provider_call"]
     assert call.context.trace_id == route.context.trace_id
+    assert call.attributes is not None
     assert call.attributes["llmroute.model"] == reply.model
 
 
@@ -110,4 +113,5 @@ async def test_a_chat_completion_through_the_gateway_is_one_trace_from_the_gatew
     assert server.parent is not None and server.parent.span_id == client.context.span_id
     in_trace = {s.name for s in spans if s.context.trace_id == client.context.trace_id}
     assert {"/llmroute.classifier.v1.ClassifierService/Classify", "provider_call"} <= in_trace
+    assert server.attributes is not None
     assert server.attributes[tracing.REQUEST_ID] == "trace-gw-1"

@@ -7,12 +7,21 @@ import hashlib
 import numpy as np
 import pytest
 
-from classifier_svc.cache import CachedStrategy, compatible, signature
+from classifier_svc.cache import CachedStrategy
+from classifier_svc.cache_guard import compatible, signature
 from classifier_svc.factory import build_strategy
 from classifier_svc.settings import ClassifierSettings
-from classifier_svc.strategies.base import Conversation, Overhead, Strategy, Verdict
-from classifier_svc.training.cache_eval import evaluate, load_pairs, summarize
+from classifier_training.cache_eval import evaluate, load_pairs, summarize
+from difficulty import Conversation, Overhead, Strategy, Verdict
 from llmroute.common.v1 import common_pb2
+from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds, load_policy
+
+POLICY_THRESHOLDS = load_policy(DEFAULT_POLICY_PATH).thresholds
+
+
+def policy_thresholds() -> Thresholds:
+    """The shipped policy's thresholds (the server passes its live policy's)."""
+    return POLICY_THRESHOLDS
 
 
 class Counting:
@@ -280,8 +289,8 @@ async def test_the_measured_guard_beats_cosine_alone_on_the_pairs_set() -> None:
 
 
 async def test_the_factory_puts_the_cache_in_front_when_enabled() -> None:
-    on = build_strategy(ClassifierSettings(strategy="heuristic"))
-    off = build_strategy(ClassifierSettings(strategy="heuristic", cache_enabled=False))
+    on = build_strategy(ClassifierSettings(strategy="heuristic"), policy_thresholds)
+    off = build_strategy(ClassifierSettings(strategy="heuristic", cache_enabled=False), policy_thresholds)
 
     assert isinstance(on, CachedStrategy) and on.inner.name == "heuristic"
     assert off.name == "heuristic"
@@ -293,7 +302,7 @@ async def test_the_factory_puts_the_cache_in_front_when_enabled() -> None:
 
 def test_remembered_embeddings_are_keyed_by_digest_and_bounded() -> None:
     """A huge prompt costs the embedding memo its vector and a 32-byte digest, never its text."""
-    from classifier_svc import embeddings
+    from difficulty import embeddings
 
     embeddings.forget()
     huge = "word " * 80_000

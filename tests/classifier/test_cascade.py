@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +14,22 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from classifier_svc.cache import CachedStrategy
 from classifier_svc.factory import LLMNotConfiguredError, build_strategy
 from classifier_svc.settings import ClassifierSettings
-from classifier_svc.strategies.base import Conversation, Strategy, Verdict
-from classifier_svc.strategies.cascade import WARM_UP_CONVERSATIONS, CascadeStrategy
-from classifier_svc.strategies.heuristic import HeuristicStrategy
-from classifier_svc.strategies.llm import LLMStrategy, Price
+from classifier_svc.strategies.cascade import CascadeStrategy
+from classifier_svc.strategies.llm import LLMStrategy
+from classifier_svc.strategies.llm_model import Price
+from classifier_svc.strategies.warm_up import WARM_UP_CONVERSATIONS
+from difficulty import Conversation, HeuristicStrategy, LearnedStrategy, Strategy, Verdict
+from difficulty.model import ARTIFACT_FILE
 from llmroute.common.v1 import common_pb2
+from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds, load_policy
+
+POLICY_THRESHOLDS = load_policy(DEFAULT_POLICY_PATH).thresholds
+
+
+def policy_thresholds() -> Thresholds:
+    """The shipped policy's thresholds (the server passes its live policy's)."""
+    return POLICY_THRESHOLDS
+
 
 GOOD = {"tier": "complex", "category": "code", "score": 0.7, "rationale": "non-trivial concurrency"}
 BAD = {"tier": "complex", "category": "code", "score": -3, "rationale": "invalid"}
@@ -141,13 +151,15 @@ def settings(**overrides: object) -> ClassifierSettings:
 
 def test_cascade_without_an_llm_configured_is_the_local_model_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    strategy = build_strategy(settings(cache_enabled=False))
+    strategy = build_strategy(settings(cache_enabled=False), policy_thresholds)
     assert isinstance(strategy, CascadeStrategy) and strategy.llm is None
     assert isinstance(strategy.local, HeuristicStrategy)  # no learned artifact: the heuristic
 
 
 def test_cascade_with_a_base_url_asks_that_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    strategy = build_strategy(settings(cache_enabled=False, llm_base_url="http://127.0.0.1:9/v1"))
+    strategy = build_strategy(
+        settings(cache_enabled=False, llm_base_url="http://127.0.0.1:9/v1"), policy_thresholds
+    )
     assert isinstance(strategy, CascadeStrategy) and isinstance(strategy.llm, LLMStrategy)
     assert strategy.llm.model_id == "anthropic:claude-haiku-4-5"
 
@@ -155,37 +167,39 @@ def test_cascade_with_a_base_url_asks_that_endpoint(monkeypatch: pytest.MonkeyPa
 def test_strategy_llm_needs_an_llm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(LLMNotConfiguredError, match="CLASSIFIER_LLM_BASE_URL"):
-        build_strategy(settings(strategy="llm"))
-    strategy = build_strategy(settings(strategy="llm", llm_base_url="http://127.0.0.1:9/v1"))
+        build_strategy(settings(strategy="llm"), policy_thresholds)
+    strategy = build_strategy(
+        settings(strategy="llm", llm_base_url="http://127.0.0.1:9/v1"), policy_thresholds
+    )
     assert isinstance(strategy, CachedStrategy) and isinstance(strategy.inner, LLMStrategy)
 
 
 def test_local_and_heuristic_strategies(tmp_path: Path) -> None:
-    assert isinstance(build_strategy(settings(strategy="heuristic", cache_enabled=False)), HeuristicStrategy)
+    assert isinstance(
+        build_strategy(settings(strategy="heuristic", cache_enabled=False), policy_thresholds),
+        HeuristicStrategy,
+    )
     # An empty artifact directory: the learned model cannot load, the heuristic stands in.
-    strategy = build_strategy(settings(strategy="local", cache_enabled=False, artifact_dir=tmp_path))
+    strategy = build_strategy(
+        settings(strategy="local", cache_enabled=False, artifact_dir=tmp_path), policy_thresholds
+    )
     assert isinstance(strategy, HeuristicStrategy)
 
 
 def test_local_is_the_learned_model_when_its_artifact_exists(tmp_path: Path) -> None:
-    learned = pytest.importorskip("classifier_svc.strategies.learned")
-    (tmp_path / learned.ARTIFACT_FILE).write_bytes(b"")  # loaded at warm-up, not here
+    (tmp_path / ARTIFACT_FILE).write_bytes(b"")  # loaded at warm-up, not here
 
-    strategy = build_strategy(settings(strategy="local", cache_enabled=False, artifact_dir=tmp_path))
+    strategy = build_strategy(
+        settings(strategy="local", cache_enabled=False, artifact_dir=tmp_path), policy_thresholds
+    )
 
-    assert isinstance(strategy, learned.LearnedStrategy)
-
-
-def test_without_the_learned_module_local_is_the_heuristic(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "classifier_svc.strategies.learned", None)  # import raises
-    strategy = build_strategy(settings(strategy="local", cache_enabled=False))
-    assert isinstance(strategy, HeuristicStrategy)
+    assert isinstance(strategy, LearnedStrategy)
 
 
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 async def test_an_unreachable_llm_falls_back_and_the_fallback_is_not_cached() -> None:
@@ -194,7 +208,8 @@ async def test_an_unreachable_llm_falls_back_and_the_fallback_is_not_cached() ->
             llm_base_url=f"http://127.0.0.1:{_closed_port()}/v1",
             cascade_min_confidence=1.0,  # always ask the LLM
             llm_timeout_seconds=2.0,
-        )
+        ),
+        policy_thresholds,
     )
     assert isinstance(strategy, CachedStrategy)
 

@@ -7,10 +7,17 @@ import pytest
 from classifier_svc.cache import CachedStrategy
 from classifier_svc.factory import build_strategy
 from classifier_svc.settings import ClassifierSettings
-from classifier_svc.strategies.base import Conversation
 from classifier_svc.strategies.cascade import CascadeStrategy
-from classifier_svc.strategies.learned import LearnedStrategy
+from difficulty import Conversation, LearnedStrategy
 from llmroute.common.v1 import common_pb2
+from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds, load_policy
+
+POLICY_THRESHOLDS = load_policy(DEFAULT_POLICY_PATH).thresholds
+
+
+def policy_thresholds() -> Thresholds:
+    """The shipped policy's thresholds (the server passes its live policy's)."""
+    return POLICY_THRESHOLDS
 
 
 @pytest.fixture
@@ -22,7 +29,7 @@ def default_settings(fresh_install_env: None) -> ClassifierSettings:
 async def test_defaults_give_the_cached_cascade_over_the_learned_model(
     default_settings: ClassifierSettings,
 ) -> None:
-    strategy = build_strategy(default_settings)
+    strategy = build_strategy(default_settings, policy_thresholds)
 
     assert isinstance(strategy, CachedStrategy)
     cascade = strategy.inner

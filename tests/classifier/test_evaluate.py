@@ -8,8 +8,8 @@ import numpy as np
 import pydantic_ai.models
 import pytest
 
-from classifier_svc.strategies.base import Conversation
-from classifier_svc.training import evaluate
+from classifier_training import evaluate
+from difficulty import Conversation
 
 PROMPTS = [
     Conversation.user("Is this review positive or negative? 'Great battery.'"),

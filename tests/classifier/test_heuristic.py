@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from classifier_svc.strategies.base import Conversation
-from classifier_svc.strategies.heuristic import HeuristicStrategy, detect_category, fold
-from classifier_svc.training import data
-from classifier_svc.training.cache_eval import load_pairs
+from classifier_training import data
+from classifier_training.cache_eval import load_pairs
+from difficulty import Conversation
+from difficulty.heuristic import HeuristicStrategy, detect_category, fold
 from llmroute.common.v1 import common_pb2 as pb
 
 # Written down by reading the rules (the first rule that matches wins), not by running them.
@@ -56,7 +56,7 @@ EXPECTED: list[tuple[str, int]] = [
 
 
 @pytest.mark.parametrize(("text", "category"), EXPECTED, ids=[t[:40] for t, _ in EXPECTED])
-def test_categories_of_hand_labelled_prompts(text: str, category: int) -> None:
+def test_categories_of_hand_labelled_prompts(text: str, category: pb.Category.ValueType) -> None:
     assert pb.Category.Name(detect_category(text)) == pb.Category.Name(category)
 
 

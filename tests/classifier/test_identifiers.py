@@ -6,11 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifier_svc.features import strip_identifiers
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
-from classifier_svc.strategies.base import Conversation
-from classifier_svc.strategies.learned import LearnedStrategy
-from classifier_svc.training import data, tiers
+from classifier_training import data, tiers
+from difficulty import DEFAULT_ARTIFACT_DIR, Conversation, LearnedStrategy
+from difficulty.identifiers import strip_identifiers
 from service_kit.policy import DEFAULT_POLICY_PATH, load_policy
 
 REMOVED = [

@@ -9,16 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
-from classifier_svc.strategies.base import Conversation, Verdict
-from classifier_svc.strategies.learned import (
-    ARTIFACT_FILE,
-    MODEL_CARD_FILE,
-    ArtifactError,
-    DifficultyModel,
-    LearnedStrategy,
-    artifact_version,
-)
+from difficulty import DEFAULT_ARTIFACT_DIR, ArtifactError, Conversation, LearnedStrategy, Verdict
+from difficulty.model import ARTIFACT_FILE, MODEL_CARD_FILE, DifficultyModel, artifact_version
 from llmroute.common.v1 import common_pb2
 
 HARD_SQL = (
@@ -137,8 +129,8 @@ def test_artifact_with_other_features_is_refused(tmp_path: Path) -> None:
 
 
 def test_batch_and_single_predictions_agree(strategy: LearnedStrategy) -> None:
-    from classifier_svc import embeddings
-    from classifier_svc import features as hand
+    from difficulty import embeddings
+    from difficulty import features as hand
 
     prompts = ["Write a haiku about rain.", "Solve 3x + 7 = 2x - 5.", "Which is larger?\nA. 2\nB. 3\nAnswer:"]
     emb = embeddings.embed(prompts)

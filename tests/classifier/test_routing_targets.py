@@ -11,10 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
-from classifier_svc.strategies.base import Conversation
-from classifier_svc.strategies.learned import LearnedStrategy
-from classifier_svc.training import calibrate, data, tiers
+from classifier_training import calibrate, data, tiers
+from difficulty import DEFAULT_ARTIFACT_DIR, Conversation, LearnedStrategy
 from service_kit.policy import DEFAULT_POLICY_PATH, Thresholds, load_policy
 
 # The demo workload's simple prompts: classification, extraction, one-line summaries, short

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import redis.asyncio as aioredis
 
 from classifier_svc.cache import CachedStrategy
 from classifier_svc.shared_cache import SharedVerdicts
-from classifier_svc.strategies.base import Conversation, Overhead, Verdict
+from difficulty import Conversation, Overhead, Verdict
 from llmroute.common.v1 import common_pb2
+from tests.waiting import eventually
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -41,7 +41,12 @@ async def test_a_verdict_one_replica_computed_is_found_by_another() -> None:
     caches = [CachedStrategy(inner, shared=SharedVerdicts(REDIS, prefix)) for inner in replicas]
     conversation = Conversation.user("Refactor this function to use a generator instead of a list.")
     first = await caches[0].classify(conversation)
-    await asyncio.sleep(0.1)  # the write to Redis is in the background
+    client = aioredis.from_url(REDIS)
+
+    async def written() -> bool:  # the write to Redis is in the background
+        return bool([key async for key in client.scan_iter(f"{prefix}*")])
+
+    await eventually(written, "the verdict written to Redis")
     second = await caches[1].classify(conversation)
     assert replicas[0].calls == 1 and replicas[1].calls == 0  # the second replica paid for nothing
     assert (
@@ -51,7 +56,6 @@ async def test_a_verdict_one_replica_computed_is_found_by_another() -> None:
     assert (second.score, second.category, second.family) == (0.42, common_pb2.CATEGORY_CODE, "open")
     assert second.overhead.cost_usd == 0 and "shared" in second.rationale
     assert (await caches[1].classify(conversation)).rationale.startswith("cache hit (exact)")  # now local too
-    client = aioredis.from_url(REDIS)
     async for key in client.scan_iter(f"{prefix}*"):
         assert b"Refactor" not in key  # a digest, never the prompt
         await client.delete(key)

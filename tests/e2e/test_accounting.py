@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ from devstack.stack import Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc.pricing import PriceBook
+from service_kit.pricing import PriceBook
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-def simulator(stack: Stack, path: str, body: dict | None = None, method: str = "GET") -> dict:
+def simulator(
+    stack: Stack, path: str, body: dict[str, Any] | None = None, method: str = "GET"
+) -> dict[str, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.simulator}{path}",
         data=None if body is None else json.dumps(body).encode(),
@@ -52,7 +55,7 @@ def simulator(stack: Stack, path: str, body: dict | None = None, method: str = "
         return dict(json.loads(reply.read()))
 
 
-def grpcurl_stream(port: int, data: dict) -> list[dict]:
+def grpcurl_stream(port: int, data: dict[str, Any]) -> list[dict[str, Any]]:
     result = subprocess.run(
         [
             GRPCURL,
@@ -75,14 +78,14 @@ def grpcurl_stream(port: int, data: dict) -> list[dict]:
     return events
 
 
-def ledger_stats(stack: Stack, group_by: list[int]) -> ledger_pb2.GetStatsResponse:
+def ledger_stats(stack: Stack, group_by: list[ledger_pb2.GroupBy.ValueType]) -> ledger_pb2.GetStatsResponse:
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports.ledger}") as channel:
         return ledger_pb2_grpc.LedgerServiceStub(channel).GetStats(
             ledger_pb2.GetStatsRequest(group_by=group_by), timeout=10
         )
 
 
-def settled(stack: Stack) -> tuple[dict, ledger_pb2.GetStatsResponse]:
+def settled(stack: Stack) -> tuple[dict[str, Any], ledger_pb2.GetStatsResponse]:
     """The simulator's stats and the ledger's, once every router has reported what it spent (the
     reports are asynchronous): the ledger's attempts stop changing and nothing is in flight."""
     deadline, last = time.monotonic() + 30, None
@@ -156,8 +159,10 @@ def test_a_stream_retried_after_a_failure_runs_again_and_both_runs_count(stack: 
         "caller": "flaky",
         "options": {"forceModel": NANO},
     }
-    with pytest.raises(subprocess.CalledProcessError):  # the only candidate fails before its first delta
+    # The only candidate fails before its first delta: the stream ends UNAVAILABLE.
+    with pytest.raises(subprocess.CalledProcessError) as raised:
         grpcurl_stream(stack.ports.router, data)
+    assert "Code: Unavailable" in raised.value.stderr and "ALL_PROVIDERS_FAILED" in raised.value.stderr
     events = grpcurl_stream(stack.ports.router, data)
     assert events[-1]["summary"]["model"] == NANO and "replayed" not in events[-1]["summary"]
     stats = assert_reconciled(stack)

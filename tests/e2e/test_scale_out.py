@@ -4,10 +4,10 @@ development and CI machines), a client spreading calls over both routers with gR
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -17,6 +17,7 @@ from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from tests.ledger.conftest import PG_SQLALCHEMY_URL, PG_URL
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +67,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         asyncio.run(drop())
 
 
-def simulator(stack: Stack, path: str, body: dict | None = None) -> dict:
+def simulator(stack: Stack, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{stack.ports.simulator}{path}",
         data=None if body is None else json.dumps(body).encode(),
@@ -114,17 +115,19 @@ def test_a_cooldown_learned_on_one_replica_is_respected_by_the_other(stack: Stac
                     route(force_tier=common_pb2.TIER_SIMPLE), timeout=30
                 )
         second = stack.replicas["router-2"][1]
-        deadline = time.monotonic() + 5
         with grpc.insecure_channel(f"127.0.0.1:{second}") as channel:
-            while True:
+
+            def skipped_on_the_second() -> router_pb2.RouteResponse | None:
                 reply = router_pb2_grpc.RouterServiceStub(channel).Route(
                     route(force_tier=common_pb2.TIER_SIMPLE), timeout=30
                 )
                 skipped = {c.model for c in reply.candidates if c.skipped_reason == "cooldown"}
-                if cheapest in skipped or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-        assert cheapest in skipped and all(a.model != cheapest for a in reply.attempts)
+                return reply if cheapest in skipped else None
+
+            reply = wait_until(
+                skipped_on_the_second, "the cooldown learned on the second replica", interval=0.2
+            )
+        assert all(a.model != cheapest for a in reply.attempts)
     finally:
         urllib.request.urlopen(
             urllib.request.Request(f"http://127.0.0.1:{stack.ports.simulator}/_sim/faults", method="DELETE"),
@@ -137,8 +140,8 @@ def test_the_ledgers_reconcile_exactly_with_the_provider_calls(stack: Stack) -> 
         stub = router_pb2_grpc.RouterServiceStub(channel)
         for i in range(20):
             stub.Route(route(request_id=f"spread-{i}"), timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def reconciled() -> tuple[dict[str, Any], list[ledger_pb2.Totals]] | None:
         sim = simulator(stack, "/_sim/stats")["totals"]
         views = []
         for port in (stack.ports.ledger, stack.replicas["ledger-2"][1]):
@@ -148,8 +151,8 @@ def test_the_ledgers_reconcile_exactly_with_the_provider_calls(stack: Stack) -> 
                     .GetStats(ledger_pb2.GetStatsRequest(), timeout=10)
                     .totals
                 )
-        if views[0].attempts == views[1].attempts == sim["requests"] or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+        return (sim, views) if views[0].attempts == views[1].attempts == sim["requests"] else None
+
+    sim, views = wait_until(reconciled, "both ledgers holding every provider call", interval=0.3)
     assert views[0] == views[1]  # one PostgreSQL, the same figures through either ledger
     assert views[0].attempts == sim["requests"]

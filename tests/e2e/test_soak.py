@@ -12,12 +12,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 def test_a_minute_of_mixed_faulty_traffic_loses_and_doubles_nothing() -> None:
     results = soak(duration=60, rate=8, latency_scale=0.3)
-    # Every provider call the simulator received is one ledger attempt, per model.
-    assert results.reconciled, (
-        results.ledger_attempts,
-        results.simulator_calls,
-        results.per_model_mismatches,
-    )
+    # Every provider call the simulator received is one ledger attempt, per model; the only excess
+    # allowed is a phantom (a call a client's deadline cut before it reached the simulator).
+    assert results.reconciled, results.problems
+    assert results.ledger_attempts - results.phantoms == results.simulator_calls
     assert results.simulator_calls > 0
     # Every request got a status a client can act on; none a bug's.
     assert set(results.by_status) <= {"OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}

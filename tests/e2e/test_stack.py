@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from devstack.stack import Ports, Stack
 from router_svc import WARM_UP_CALLER
-from router_svc.pricing import PriceBook
 from service_kit.policy import DEFAULT_POLICY_PATH
+from service_kit.pricing import PriceBook
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +33,9 @@ PROMPTS = [
 ]
 
 
-def grpcurl(*args: str, data: dict | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def grpcurl(
+    *args: str, data: dict[str, Any] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     command = [GRPCURL, "-plaintext", "-format-error"]
     if data is not None:
         command += ["-d", json.dumps(data)]
@@ -40,10 +45,9 @@ def grpcurl(*args: str, data: dict | None = None, check: bool = True) -> subproc
     return result
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("stack")
-    policy = state_dir / "policy.yaml"  # the router's own copy, which a test rewrites
+@contextlib.contextmanager
+def running_stack(state_dir: Path) -> Iterator[Stack]:
+    policy = state_dir / "policy.yaml"  # the router's own copy, which a test may rewrite
     policy.write_text(DEFAULT_POLICY_PATH.read_text())
     ports = Ports.free()
     with Stack(
@@ -61,6 +65,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         },
     ) as stack:
         stack.start()
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack for the tests that leave nothing another could see: they read, route under callers
+    of their own and look only at those callers' figures."""
+    with running_stack(tmp_path_factory.mktemp("stack")) as stack:
+        yield stack
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A stack for one test alone: one that counts everything the ledger holds, or changes the policy."""
+    with running_stack(tmp_path) as stack:
         yield stack
 
 
@@ -82,7 +101,8 @@ def test_reflection_lists_each_service(stack: Stack) -> None:
     assert "rpc Route" in described and "rpc RouteStream" in described
 
 
-def test_route_then_the_ledger_total_equals_the_routed_costs(stack: Stack) -> None:
+def test_route_then_the_ledger_total_equals_the_routed_costs(own_stack: Stack) -> None:
+    stack = own_stack  # the totals below are the whole ledger's: nothing but these requests in it
     router = f"127.0.0.1:{stack.ports.router}"
     routed = []
     for index, (caller, prompt) in enumerate(PROMPTS):
@@ -102,16 +122,16 @@ def test_route_then_the_ledger_total_equals_the_routed_costs(stack: Stack) -> No
     routed_baseline = sum(r["usage"]["baseline_cost_usd"] for r in routed)
 
     ledger = f"127.0.0.1:{stack.ports.ledger}"
-    deadline = time.monotonic() + 20
-    while True:
+
+    def reported() -> tuple[dict[str, Any], dict[str, Any], int] | None:
         stats = json.loads(grpcurl(ledger, "llmroute.ledger.v1.LedgerService/GetStats", data={}).stdout)
         by = {b["group_by"]: {g["key"]: g["totals"] for g in b["groups"]} for b in stats["breakdowns"]}
         routed_requests = sum(
             int(t["requests"]) for caller, t in by["GROUP_BY_CALLER"].items() if caller != WARM_UP_CALLER
         )
-        if routed_requests >= len(PROMPTS) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return (stats, by, routed_requests) if routed_requests >= len(PROMPTS) else None
+
+    stats, by, routed_requests = wait_until(reported, "the routed requests in the ledger")
     assert routed_requests == len(PROMPTS)
     # The ledger holds the routed requests plus the router's warm-up calls, each under its caller.
     warm_up = by["GROUP_BY_CALLER"][WARM_UP_CALLER]
@@ -162,14 +182,13 @@ def test_request_id_travels_and_prompts_stay_out_of_logs(stack: Stack) -> None:
         data={"messages": [{"role": "user", "content": unfamiliar}], "requestId": "trace-me-77"},
     )
     assert json.loads(reply.stdout)["classification"]["source"] == "CLASSIFIER_SOURCE_LLM"
-    time.sleep(0.5)
-    classifier_log = stack.log_path("classifier").read_text()
-    assert any('"request_id": "trace-me-77"' in line for line in classifier_log.splitlines())
+    _wait_for_log(stack, "classifier", '"request_id": "trace-me-77"')
     for name in ("router", "classifier", "ledger", "simulator"):
         assert SECRET_PROMPT_MARKER not in stack.log_path(name).read_text(), name
 
 
-def test_sighup_reloads_the_policy_and_a_bad_one_keeps_the_old(stack: Stack) -> None:
+def test_sighup_reloads_the_policy_and_a_bad_one_keeps_the_old(own_stack: Stack) -> None:
+    stack = own_stack  # its policy file is this test's own copy, changed below
     policy = stack.state_dir / "policy.yaml"
     router = stack.processes["router"]
     route = {"messages": [{"role": "user", "content": "Is this spam? 'free money'"}]}
@@ -199,10 +218,12 @@ def test_sighup_reloads_the_policy_and_a_bad_one_keeps_the_old(stack: Stack) -> 
 
 
 def _wait_for_log(stack: Stack, service: str, needle: str) -> None:
-    deadline = time.monotonic() + 10
-    while needle not in stack.log_path(service).read_text():
-        assert time.monotonic() < deadline, f"{needle} not logged by {service}"
-        time.sleep(0.1)
+    wait_until(lambda: needle in stack.log_path(service).read_text(), f"{needle} logged by {service}")
+
+
+def _simulator_in_flight(stack: Stack) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.ports.simulator}/_sim/stats", timeout=10) as reply:
+        return int(json.loads(reply.read())["in_flight"])
 
 
 def test_sigterm_drains_an_in_flight_route_and_stops_every_service_cleanly(tmp_path: Path) -> None:
@@ -215,7 +236,7 @@ def test_sigterm_drains_an_in_flight_route_and_stops_every_service_cleanly(tmp_p
              f"127.0.0.1:{stack.ports.router}", "llmroute.router.v1.RouterService/Route"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(0.8)
+        wait_until(lambda: _simulator_in_flight(stack) > 0, "the slow answer in flight at the provider")
         codes = stack.stop()
         out, err = slow.communicate(timeout=30)
     assert codes == {"router": 0, "classifier": 0, "ledger": 0, "simulator": 0}
@@ -239,16 +260,15 @@ def test_the_llmroute_command_routes_reads_stats_and_sets_budgets(stack: Stack) 
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr
 
-    deadline = time.monotonic() + 20
-    while True:
+    def reported() -> dict[str, Any] | None:
         stats = subprocess.run(
             [*cli, "stats", "--caller", "cli-test"], capture_output=True, text=True, timeout=60
         )
         assert stats.returncode == 0, stats.stderr
-        totals = json.loads(stats.stdout)["totals"]
-        if int(totals.get("requests", 0)) >= 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        totals: dict[str, Any] = json.loads(stats.stdout)["totals"]
+        return totals if int(totals.get("requests", 0)) >= 1 else None
+
+    totals = wait_until(reported, "the CLI's request in the ledger")
     assert int(totals["requests"]) == 1 and totals["cost_usd"] > 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ async def deployment(ledger: Ledger, n: int, explore: float = 0.1) -> None:
             1 + int(score >= STATIC.moderate) + int(score >= STATIC.complex) + int(score >= STATIC.reasoning)
         )
         verdict = C.JUDGE_VERDICT_PASS if needed <= tier else C.JUDGE_VERDICT_FAIL
-        common = {
+        common: dict[str, Any] = {
             "caller": "app",
             "run_id": f"run{i}",
             "score": float(score),
@@ -58,7 +59,7 @@ async def deployment(ledger: Ledger, n: int, explore: float = 0.1) -> None:
                 judge_verdict=verdict,
                 **common,
             )
-        )  # type: ignore[arg-type]
+        )
         if tier > 1 and rng.random() < explore:
             cheaper = C.JUDGE_VERDICT_PASS if needed <= tier - 1 else C.JUDGE_VERDICT_FAIL
             records.append(
@@ -72,7 +73,7 @@ async def deployment(ledger: Ledger, n: int, explore: float = 0.1) -> None:
                     judge_verdict=cheaper,
                     **common,
                 )
-            )  # type: ignore[arg-type]
+            )
     for k in range(0, len(records), 500):
         await ledger.stub.RecordUsage(L.RecordUsageRequest(records=records[k : k + 500]))
 

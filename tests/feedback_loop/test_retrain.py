@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier_svc.settings import DEFAULT_ARTIFACT_DIR
+from difficulty import DEFAULT_ARTIFACT_DIR
 from feedback_loop import retrain
+from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2 as L
 from service_kit.policy import DEFAULT_POLICY_PATH, load_policy
 
@@ -24,10 +25,10 @@ def outcome(rid: str, lo: int, hi: int, consistent: bool = True) -> L.Outcome:
         request_id=rid,
         caller="app",
         run_id=f"run-{rid}",
-        needed_at_least=lo,
-        needed_at_most=hi,
+        needed_at_least=common_pb2.Tier.ValueType(lo),
+        needed_at_most=common_pb2.Tier.ValueType(hi),
         consistent=consistent,
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_rows_are_the_runs_whose_evidence_settles_the_cheapest_tier() -> None:

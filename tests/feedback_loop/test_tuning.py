@@ -87,7 +87,7 @@ def test_the_cut_points_are_the_best_monotone_assignment() -> None:
     """The O(n) prefix-minimum search finds what trying every triple of cut points finds."""
     rng = np.random.default_rng(3)
     traffic = Traffic.of(rng.beta(2, 5, 60))
-    model = Model(TRUE, COSTS)
+    model = Model([*TRUE], COSTS)
     for price in (0.0, 0.01, 0.1, 1.0):
         cuts = assign(model, traffic, price, [None, None, None])
         value = np.stack(
@@ -106,7 +106,7 @@ def test_the_cut_points_are_the_best_monotone_assignment() -> None:
 def test_tuning_finds_what_full_knowledge_would() -> None:
     scores, need, families = world(4000, seed=1)
     runs = observed(scores, need, families, STATIC, explore=0.1, seed=2)
-    truth_model, traffic = Model(TRUE, COSTS), Traffic.of(scores)
+    truth_model, traffic = Model([*TRUE], COSTS), Traffic.of(scores)
     for aim_bound in (False, True):
         result = tune(
             runs,

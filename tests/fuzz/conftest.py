@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, settings
 
+from service_kit import health_rpc
 from tests.ledger.conftest import backend  # noqa: F401 (the fixture: SQLite and PostgreSQL)
 from tests.rich_status import Details, details
 
@@ -72,9 +73,7 @@ def is_over_receive_limit(found: Details) -> bool:
 
 async def serving(channel: grpc.aio.Channel, service: str = "") -> None:
     """The server's health says SERVING (for `service`, or the whole server)."""
-    reply = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=service), timeout=10
-    )
+    reply = await health_rpc.check_async(channel)(health_pb2.HealthCheckRequest(service=service), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -43,8 +43,8 @@ MARKER = "qx-marker-7731"  # in every drawn prompt: a rationale must never quote
 @dataclass
 class World:
     loop: Loop
-    local: classifier_pb2_grpc.ClassifierServiceStub
-    llm: classifier_pb2_grpc.ClassifierServiceStub
+    local: classifier_pb2_grpc.ClassifierServiceAsyncStub
+    llm: classifier_pb2_grpc.ClassifierServiceAsyncStub
     channels: tuple[grpc.aio.Channel, grpc.aio.Channel]
     simulator: httpx.AsyncClient
 
@@ -166,7 +166,7 @@ def _sane(verdict: classifier_pb2.ClassifyResponse) -> None:
 
 
 async def _classify(
-    stub: classifier_pb2_grpc.ClassifierServiceStub, request: classifier_pb2.ClassifyRequest
+    stub: classifier_pb2_grpc.ClassifierServiceAsyncStub, request: classifier_pb2.ClassifyRequest
 ) -> grpc.aio.AioRpcError | None:
     try:
         _sane(await stub.Classify(request, timeout=60))
@@ -207,7 +207,7 @@ def test_any_conversation_gets_a_clear_status_and_a_sane_verdict(
                 else:
                     assert clear_status(error, {grpc.StatusCode.INVALID_ARGUMENT})
                     assert calls == 0, f"{calls} LLM calls for a refused conversation"
-                    assert refuse, f"refused a valid conversation: {error.details()[:200]}"
+                    assert refuse, f"refused a valid conversation: {(error.details() or '')[:200]}"
                 if name == "local":
                     assert calls == 0  # the local model never asks an LLM
             await _still_serving(world)

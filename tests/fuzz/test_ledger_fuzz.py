@@ -16,7 +16,7 @@ and times, wrong or missing keys, callers a key may not name). For every call:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,7 @@ Key = tuple[str, str, str, int]
 class World:
     loop: Loop
     channel: grpc.aio.Channel
-    stub: ledger_pb2_grpc.LedgerServiceStub
+    stub: ledger_pb2_grpc.LedgerServiceAsyncStub
     keys: dict[str, str]
     stored: set[Key] = field(default_factory=set)
 
@@ -205,7 +205,7 @@ def batches(draw: st.DrawFn, example: int) -> L.RecordUsageRequest:
         for name in draw(st.lists(st.sampled_from(sorted(_RECORD_FIELDS)), max_size=2)):
             record = records[draw(st.integers(0, min(len(records), 6) - 1))]
             _set(record, name, draw(_RECORD_FIELDS[name]))
-    if records and draw(st.booleans()):
+    if records and bool(draw(st.booleans())):
         records.append(records[0])  # the same record twice in one batch
     return L.RecordUsageRequest(
         records=records,
@@ -481,7 +481,7 @@ async def test_regression_times_beyond_the_year_9999_are_refused(backend: Backen
     far = L.TimeWindow(until=timestamp_pb2.Timestamp(seconds=2**62))
     last = L.TimeWindow(until=timestamp_pb2.Timestamp(seconds=253_402_300_799, nanos=999_999_999))
     try:
-        calls = {
+        calls: dict[str, Callable[[L.TimeWindow], Awaitable[object]]] = {
             "GetStats": lambda w: ledger.stub.GetStats(L.GetStatsRequest(window=w), timeout=30),
             "GetFeedbackStats": lambda w: ledger.stub.GetFeedbackStats(
                 L.GetFeedbackStatsRequest(window=w), timeout=30
@@ -557,7 +557,7 @@ async def test_regression_nul_characters_are_counted_or_refused_never_internal(b
         stats = await ledger.stub.GetStats(L.GetStatsRequest(group_by=[L.GROUP_BY_CALLER]), timeout=30)
         assert (stats.totals.attempts, stats.totals.cost_usd) == (1, 0.5)
         assert [g.key for g in stats.breakdowns[0].groups] == ["x\ufffdcaller"]
-        refused = {
+        refused: dict[str, Awaitable[object]] = {
             "RecordFeedback": ledger.stub.RecordFeedback(
                 L.RecordFeedbackRequest(request_id="r\x00", caller="c", verdict=L.FEEDBACK_VERDICT_GOOD)
             ),

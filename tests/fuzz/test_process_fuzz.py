@@ -27,7 +27,7 @@ import grpc
 import httpx
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -36,6 +36,7 @@ from classifier_svc.settings import ClassifierSettings
 from devstack.stack import ROOT, Ports, Stack
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
+from service_kit import health_rpc
 from service_kit.policy import DEFAULT_POLICY_PATH, PolicyError
 from tests.fuzz.conftest import fuzz
 
@@ -59,7 +60,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     bad.write_bytes(MALFORMED["billion_laughs"])
     env = {
         **os.environ,
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "ROUTER_POLICY_PATH": str(bad),
         "ROUTER_PORT": "0",
         "ROUTER_SPOOL_PATH": str(state_dir / "bad-spool.db"),
@@ -128,7 +128,7 @@ def _channel(port: int) -> grpc.Channel:
 def still_serving(stack: Stack) -> None:
     """Every service SERVING, and a normal Route answered."""
     for port in (stack.ports.router, stack.ports.classifier, stack.ports.ledger):
-        reply = health_pb2_grpc.HealthStub(_channel(port)).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        reply = health_rpc.check(_channel(port))(health_pb2.HealthCheckRequest(), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, port
     answer = router_pb2_grpc.RouterServiceStub(_channel(stack.ports.router)).Route(
         router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=NORMAL)]), timeout=30
@@ -282,7 +282,7 @@ def test_wrong_json_types_through_grpcurl_get_a_clear_answer(stack: Stack, data:
     ],
 )
 def test_wrong_types_are_refused_unpaid_by_the_router_or_by_grpcurl(
-    stack: Stack, body: dict, refused_by: str
+    stack: Stack, body: dict[str, Any], refused_by: str
 ) -> None:
     before = provider_calls(stack)
     reply = grpcurl(

@@ -14,7 +14,6 @@ enormous numbers, unknown or hostile model names, wrong caller ids and keys). Fo
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from tests.fuzz import hostile
 from tests.fuzz.conftest import Loop, clear_status, fuzz, is_over_receive_limit, raw_call, serving
 from tests.rich_status import details
 from tests.router.conftest import heuristic_policy, router_settings
+from tests.waiting import eventually
 
 NORMAL = "Is this message spam? 'You won a free cruise, click here'"
 MAX_MESSAGES = 1000
@@ -66,7 +66,7 @@ ALLOWED = {
 class World:
     loop: Loop
     channel: grpc.aio.Channel
-    stub: router_pb2_grpc.RouterServiceStub
+    stub: router_pb2_grpc.RouterServiceAsyncStub
     sink: RecordingSink
     simulator: httpx.AsyncClient
     keys: dict[str, str]
@@ -301,7 +301,7 @@ def _metadata(world: World, call: Call) -> tuple[tuple[str, str], ...]:
 
 
 async def _send(world: World, call: Call) -> grpc.aio.AioRpcError | None:
-    fields = {
+    fields: dict[str, Any] = {
         "messages": call.messages,
         "request_id": call.request_id,
         "caller": call.caller,
@@ -510,8 +510,16 @@ def test_any_bytes_as_a_request_get_a_clear_status(world: World, stream: bool, p
         calls_before, records_before = await world.provider_calls(), len(world.sink.records)
         key = ((auth.AUTHORIZATION, f"Bearer {world.keys['fuzz']}"),)
         error = await raw_call(world.channel, method, payload, stream, key)
-        await asyncio.sleep(0.05)  # a stream cancelled after its first message records as it unwinds
-        paid = await world.provider_calls() - calls_before
+
+        async def settled() -> (
+            tuple[int] | None
+        ):  # a stream cancelled after its first message records as it unwinds
+            stats = (await world.simulator.get("/_sim/stats")).json()
+            paid = int(stats["totals"]["requests"]) - calls_before
+            done = stats["in_flight"] == 0 and len(world.sink.records) - records_before == paid
+            return (paid,) if done else None
+
+        (paid,) = await eventually(settled, "every provider call ended and recorded")
         _check_records(world, records_before, paid)
         event(f"{method.rsplit('/', 1)[1]}: {error.code().name if error else 'OK'}")
         if error is not None:

@@ -12,13 +12,14 @@ import httpx
 from devstack.stack import WITH_GATEWAY, Ports, Stack
 
 
-def mem(pid, field):
+def mem(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
+    raise LookupError(f"no {field} in /proc/{pid}/status")
 
 
-async def load(url, n=2000, c=32):
+async def load(url: str, n: int = 2000, c: int = 32) -> float:
     body = {
         "model": "llmroute/auto",
         "messages": [{"role": "user", "content": "Is this spam? 'Win a cruise'"}],
@@ -26,7 +27,7 @@ async def load(url, n=2000, c=32):
     sem = asyncio.Semaphore(c)
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
 
-        async def one():
+        async def one() -> None:
             async with sem:
                 r = await http.post("/v1/chat/completions", json=body)
                 r.raise_for_status()

@@ -8,9 +8,10 @@ one JSON line per call.
 import json
 
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 client = OpenAI()
-MESSAGES = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You label support tickets with one word."},
     {"role": "user", "content": "Label this ticket: 'I was charged twice for my order.'"},
 ]

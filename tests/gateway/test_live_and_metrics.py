@@ -11,13 +11,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmroute.ledger.v1 import ledger_pb2
-from service_kit.errors import PermissionDenied, ServiceError
+from service_kit.errors import PermissionDenied, Reason, ServiceError
 from tests.gateway.conftest import Harness
 
 
 class Unauthenticated(ServiceError):
     code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "API_KEY_MISSING"
+    default_reason = Reason.API_KEY_MISSING
 
 
 def snapshot(requests: int, cost: float) -> ledger_pb2.WatchSpendResponse:
@@ -58,12 +58,12 @@ async def test_the_stream_sends_each_snapshot_as_an_event_and_ends_the_watch_wit
 
 async def test_a_refusal_before_the_first_snapshot_is_an_http_status(harness: Harness) -> None:
     harness.upstream.watch = lambda request: [
-        Unauthenticated("an API key is required", reason="API_KEY_MISSING")
+        Unauthenticated("an API key is required", reason=Reason.API_KEY_MISSING)
     ]
     async with httpx.AsyncClient(base_url=harness.url) as http:
         missing = await http.get("/stats/stream")
         harness.upstream.watch = lambda request: [
-            PermissionDenied("role read needed", reason="ROLE_REQUIRED")
+            PermissionDenied("role read needed", reason=Reason.ROLE_REQUIRED)
         ]
         denied = await http.get("/stats/stream")
         unknown = await http.get("/stats/stream?group_by=tier")

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,18 +17,22 @@ import grpc
 import openai
 import pytest
 from jsonschema import validate
+from openai.types.chat import ChatCompletionMessageParam
 
 from devstack.stack import WITH_GATEWAY, Ports, Stack
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from router_svc.pricing import PriceBook
 from service_kit.policy import DEFAULT_POLICY_PATH, load_policy
+from service_kit.pricing import PriceBook
 from service_kit.providers import PROVIDER_KEYS
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 POLICY_MODELS = {spec.model for specs in POLICY.tiers.values() for spec in specs}
-SPAM = [{"role": "user", "content": "Is this spam? Answer yes or no: 'Claim your free cruise now!'"}]
+SPAM: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Is this spam? Answer yes or no: 'Claim your free cruise now!'"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +73,12 @@ def simulator_calls(stack: Stack) -> int:
 
 def stats_when(stack: Stack, caller: str, requests: int) -> dict[str, Any]:
     """/stats for one caller, once the router's reports of `requests` requests have landed."""
-    deadline = time.monotonic() + 20
-    while True:
-        stats = get(stack, f"/stats?caller={caller}&group_by=model,tier")
-        if stats["totals"]["requests"] >= requests or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.2)
+
+    def landed() -> dict[str, Any] | None:
+        stats: dict[str, Any] = get(stack, f"/stats?caller={caller}&group_by=model,tier")
+        return stats if stats["totals"]["requests"] >= requests else None
+
+    return wait_until(landed, f"{requests} requests of {caller} in the ledger", interval=0.2)
 
 
 def test_an_openai_app_routes_through_llmroute_changing_only_base_url_and_api_key(stack: Stack) -> None:
@@ -175,7 +178,7 @@ def test_sync_streaming(sdk: openai.OpenAI) -> None:
 
 
 def test_json_schema_tiers_and_forced_models(sdk: openai.OpenAI) -> None:
-    schema = {
+    schema: dict[str, object] = {
         "type": "object",
         "properties": {"spam": {"type": "boolean"}, "reason": {"type": "string"}},
         "required": ["spam", "reason"],
@@ -202,14 +205,16 @@ def test_an_idempotency_key_replays_the_answer_with_no_second_provider_call(
     stack: Stack, sdk: openai.OpenAI
 ) -> None:
     key = {"Idempotency-Key": "e2e-order-1234"}
-    messages = [{"role": "user", "content": "Write a two-line poem about invoices."}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Write a two-line poem about invoices."}
+    ]
     calls = simulator_calls(stack)
-    first = sdk.chat.completions.create(model="llmroute/auto", messages=messages, extra_headers=key)  # type: ignore[arg-type]
+    first = sdk.chat.completions.create(model="llmroute/auto", messages=messages, extra_headers=key)
     assert simulator_calls(stack) == calls + 1
-    again = sdk.chat.completions.create(model="llmroute/auto", messages=messages, extra_headers=key)  # type: ignore[arg-type]
+    again = sdk.chat.completions.create(model="llmroute/auto", messages=messages, extra_headers=key)
     streamed = sdk.chat.completions.create(
         model="llmroute/auto",
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         extra_headers=key,
         stream=True,
     )
@@ -256,7 +261,7 @@ def test_bad_input_is_400_with_the_parameter(sdk: openai.OpenAI, changes: dict[s
 
 def test_a_forced_model_the_policy_does_not_list_is_400(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
-        sdk.chat.completions.create(model="gpt-2-imaginary", messages=SPAM)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="gpt-2-imaginary", messages=SPAM)
     assert raised.value.body["code"] == "model_not_found" and raised.value.body["param"] == "model"  # type: ignore[index]
 
 
@@ -276,7 +281,7 @@ def test_a_spent_budget_is_429_insufficient_quota(stack: Stack, sdk: openai.Open
             result = sdk.chat.completions.create(
                 model="llmroute/auto", messages=SPAM, user="e2e-broke", stream=stream
             )
-            list(result) if stream else None  # type: ignore[call-overload]
+            list(result) if stream else None
         body = raised.value.body
         assert isinstance(body, dict) and body["code"] == "insufficient_quota"
         assert body["llmroute"]["reason"] == "BUDGET_EXCEEDED"

@@ -11,6 +11,7 @@ import httpx
 
 from devstack.stack import ROOT, free_port
 from tests.gateway.conftest import Harness, answer
+from tests.waiting import eventually
 
 
 async def test_sigterm_drains_the_request_in_flight_then_exits_0(harness: Harness) -> None:
@@ -36,12 +37,15 @@ async def test_sigterm_drains_the_request_in_flight_then_exits_0(harness: Harnes
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            for _ in range(200):
+
+            async def answering() -> bool:
                 try:
                     await http.get("/healthz")
-                    break
                 except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+                    return False
+                return True
+
+            await eventually(answering, "the gateway answering", interval=0.1)
             body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
             in_flight = asyncio.create_task(http.post("/v1/chat/completions", json=body))
             await asyncio.wait_for(harness.upstream.called.wait(), timeout=10)

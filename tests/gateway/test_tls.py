@@ -27,7 +27,8 @@ async def mutual_tls_router(tmp_path: Path) -> AsyncIterator[tuple[Authority, in
     ca = Authority(tmp_path, "llmroute-test-ca")
     served = ca.issue("router", server=True)
     server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServiceServicer_to_server(ScriptedUpstream(), server)
+    upstream = ScriptedUpstream()  # type: ignore[abstract]  # as in conftest: the rest is UNIMPLEMENTED
+    router_pb2_grpc.add_RouterServiceServicer_to_server(upstream, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     credentials = tls.server_credentials(served.cert, served.key, ca.pair.cert)

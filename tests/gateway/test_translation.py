@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 from grpc_health.v1 import health_pb2
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2
@@ -22,13 +23,14 @@ from service_kit.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
+    Reason,
     ResourceExhausted,
     ServiceError,
     Unavailable,
 )
 from tests.gateway.conftest import Harness, answer
 
-USER = [{"role": "user", "content": "Is this spam? 'You won a cruise'"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Is this spam? 'You won a cruise'"}]
 
 
 _clients: list[openai.AsyncOpenAI] = []
@@ -48,16 +50,21 @@ async def _close_clients() -> AsyncIterator[None]:
 
 
 async def test_request_translation_and_what_reaches_the_router(harness: Harness) -> None:
-    schema = {"type": "object", "properties": {"spam": {"type": "boolean"}}, "required": ["spam"]}
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"spam": {"type": "boolean"}},
+        "required": ["spam"],
+    }
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "developer", "content": "Answer in JSON."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Spam?"}, {"type": "text", "text": "'Win!'"}],
+        },
+    ]
     raw = await client(harness).chat.completions.with_raw_response.create(
         model="llmroute/simple",
-        messages=[
-            {"role": "developer", "content": "Answer in JSON."},
-            {
-                "role": "user",
-                "content": [{"type": "text", "text": "Spam?"}, {"type": "text", "text": "'Win!'"}],
-            },
-        ],
+        messages=messages,
         max_completion_tokens=64,
         temperature=0.2,
         response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
@@ -113,7 +120,7 @@ async def test_request_translation_and_what_reaches_the_router(harness: Harness)
 async def test_the_model_name_routes_forces_a_tier_or_forces_a_model(
     harness: Harness, model: str, force_tier: int, force_model: str
 ) -> None:
-    await client(harness).chat.completions.create(model=model, messages=USER)  # type: ignore[arg-type]
+    await client(harness).chat.completions.create(model=model, messages=USER)
     options = harness.upstream.seen[0].request.options
     assert (options.force_tier, options.force_model) == (force_tier, force_model)
     assert not options.HasField("max_output_tokens") and not options.HasField("temperature")
@@ -146,7 +153,7 @@ async def test_without_include_usage_every_chunk_has_a_choice(harness: Harness) 
 def _budget() -> ServiceError:
     return ResourceExhausted(
         "moderation daily budget of $1.00 is spent ($1.0200)",
-        reason="BUDGET_EXCEEDED",
+        reason=Reason.BUDGET_EXCEEDED,
         metadata={"scope": "moderation", "period": "daily", "hard_limit_usd": 1.0, "spent_usd": "1.02"},
     )
 
@@ -163,7 +170,7 @@ ERRORS = [
     (
         InvalidArgument(
             [("options.force_model", "'gpt-9' is not a model of the routing policy")],
-            reason="FORCED_MODEL_NOT_ALLOWED",
+            reason=Reason.FORCED_MODEL_NOT_ALLOWED,
         ),
         400,
         openai.BadRequestError,
@@ -171,14 +178,15 @@ ERRORS = [
         "model",
     ),
     (
-        ServiceError("missing API key", reason="API_KEY_MISSING"),
+        ServiceError("missing API key", reason=Reason.API_KEY_MISSING),
         401,
         openai.AuthenticationError,
         "api_key_missing",
         None,
     ),
     (
-        PermissionDenied("this key may not route", reason="KEY_NOT_ALLOWED"),
+        # A reason outside the catalogue on purpose: the gateway passes any reason on, lower-cased.
+        PermissionDenied("this key may not route", reason="KEY_NOT_ALLOWED"),  # type: ignore[arg-type]
         403,
         openai.PermissionDeniedError,
         "key_not_allowed",
@@ -188,7 +196,7 @@ ERRORS = [
     (
         ResourceExhausted(
             "no candidate fits max_cost_usd=1e-09",
-            reason="MAX_COST_EXCEEDED",
+            reason=Reason.MAX_COST_EXCEEDED,
             metadata={"max_cost_usd": 1e-9, "cheapest_estimate_usd": "0.000010"},
         ),
         402,
@@ -197,7 +205,7 @@ ERRORS = [
         "llmroute.max_cost_usd",
     ),
     (
-        ServiceError("request id bound to another request", reason="IDEMPOTENCY_KEY_REUSED"),
+        ServiceError("request id bound to another request", reason=Reason.IDEMPOTENCY_KEY_REUSED),
         409,
         openai.ConflictError,
         "idempotency_key_reused",
@@ -206,7 +214,7 @@ ERRORS = [
     (
         FailedPrecondition(
             "forced model cannot be used now: cooldown",
-            reason="FORCED_MODEL_UNAVAILABLE",
+            reason=Reason.FORCED_MODEL_UNAVAILABLE,
             metadata={"model": "gpt-5-nano", "skipped_reason": "cooldown"},
         ),
         503,
@@ -215,14 +223,14 @@ ERRORS = [
         "model",
     ),
     (
-        Unavailable("every candidate failed", reason="ALL_PROVIDERS_FAILED"),
+        Unavailable("every candidate failed", reason=Reason.ALL_PROVIDERS_FAILED),
         503,
         openai.InternalServerError,
         "all_providers_failed",
         None,
     ),
     (
-        DeadlineExceeded("the deadline passed", reason="DEADLINE_EXCEEDED"),
+        DeadlineExceeded("the deadline passed", reason=Reason.DEADLINE_EXCEEDED),
         504,
         openai.InternalServerError,
         "deadline_exceeded",
@@ -292,7 +300,7 @@ async def test_errors_before_the_first_delta_get_their_status_after_it_an_error_
 
     harness.upstream.stream = lambda request: [
         "Half an ans",
-        Unavailable("the provider's stream broke", reason="PROVIDER_STREAM_BROKEN"),
+        Unavailable("the provider's stream broke", reason=Reason.PROVIDER_STREAM_BROKEN),
     ]
     stream = await client(harness).chat.completions.create(model="llmroute/auto", messages=USER, stream=True)
     received = []

@@ -13,17 +13,20 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
 
+from ledger_svc import validation
 from ledger_svc.server import create_server
 from ledger_svc.settings import LedgerSettings
 from ledger_svc.store import LedgerStore
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from service_kit.server import RunningServer
+from tests.ledger.ledger_helpers import now_us
 
 PG_URL = os.environ.get("LEDGER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_SQLALCHEMY_URL = PG_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
@@ -120,25 +123,50 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 
 @dataclass
+class Clock:
+    """A ledger's clock in a test (microseconds since the epoch): the system's, moved by `offset_us`."""
+
+    offset_us: int = 0
+
+    def __call__(self) -> int:
+        return now_us() + self.offset_us
+
+    def advance(self, seconds: float) -> None:
+        self.offset_us += int(seconds * 1_000_000)
+
+    @classmethod
+    def midday(cls) -> Clock:
+        """Running from 12:00 UTC on the 15th of this month: "today", this day's and this month's
+        budget periods hold the twelve hours before, whatever the time of day the test runs at."""
+        real = now_us()
+        noon = datetime.fromtimestamp(real / 1_000_000, UTC).replace(
+            day=15, hour=12, minute=0, second=0, microsecond=0
+        )
+        return cls(offset_us=int(noon.timestamp()) * 1_000_000 - real)
+
+
+@dataclass
 class Ledger:
     """An in-process ledger server and a stub to it."""
 
     running: RunningServer
     store: LedgerStore
     channel: grpc.aio.Channel
-    stub: ledger_pb2_grpc.LedgerServiceStub
+    stub: ledger_pb2_grpc.LedgerServiceAsyncStub
     settings: LedgerSettings
+    clock: Clock  # what the ledger takes for now: records "a minute ago" are at clock() - 60 s
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.running.port}"
 
 
-async def start_ledger(settings: LedgerSettings) -> Ledger:
-    store = await LedgerStore.open(settings)
+async def start_ledger(settings: LedgerSettings, clock: Clock | None = None) -> Ledger:
+    clock = clock or Clock()
+    store = await LedgerStore.open(settings, clock=clock)
     running = await create_server(settings, store)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    return Ledger(running, store, channel, ledger_pb2_grpc.LedgerServiceStub(channel), settings)
+    return Ledger(running, store, channel, ledger_pb2_grpc.LedgerServiceStub(channel), settings, clock)
 
 
 async def stop_ledger(ledger: Ledger) -> None:
@@ -154,6 +182,23 @@ async def ledger_settings(backend: Backend) -> LedgerSettings:
 @pytest.fixture
 async def ledger(ledger_settings: LedgerSettings) -> AsyncIterator[Ledger]:
     running = await start_ledger(ledger_settings)
+    yield running
+    await stop_ledger(running)
+
+
+@pytest.fixture
+def midday(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """A clock at 12:00 UTC on the 15th of this month, and running on, for tests of "today" and of daily
+    and monthly budgets, which must pass at midnight too: in-process ledgers' RPCs read it (through
+    ledger_svc.validation.now_us), and their store reads it when start_ledger is given it."""
+    clock = Clock.midday()
+    monkeypatch.setattr(validation, "now_us", clock)
+    return clock
+
+
+@pytest.fixture
+async def midday_ledger(ledger_settings: LedgerSettings, midday: Clock) -> AsyncIterator[Ledger]:
+    running = await start_ledger(ledger_settings, midday)
     yield running
     await stop_ledger(running)
 

@@ -156,7 +156,7 @@ def reference(
     """Per group: attempt figures from attempts in [since, until) by their own dimensions; request
     figures from requests (runs) whose attempt 1 is in the window, by attempt 1's dimensions. A record
     is identified by (request_id, caller, run_id, attempt), a run by the first three."""
-    unique = {}
+    unique: dict[tuple[str, str, str, int], ledger_pb2.UsageRecord] = {}
     for r in records:
         unique.setdefault((r.request_id, r.caller, r.run_id, r.attempt), r)
     by_request: dict[tuple[str, str, str], list[ledger_pb2.UsageRecord]] = defaultdict(list)

@@ -11,7 +11,7 @@ import sys
 
 from google.protobuf import timestamp_pb2
 
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2
 

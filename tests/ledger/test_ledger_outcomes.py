@@ -126,11 +126,12 @@ async def test_the_report_puts_routed_tiers_against_needed_tiers(ledger: Ledger)
     assert bands == {"0.0-0.1", "0.4-0.5", "0.2-0.3", "0.8-0.9", "0.3-0.4"}
 
 
-async def test_exploration_is_its_own_line_and_not_the_callers_spend(ledger: Ledger) -> None:
+async def test_exploration_is_its_own_line_and_not_the_callers_spend(midday_ledger: Ledger) -> None:
+    ledger = midday_ledger  # the daily budget's period holds a minute ago at any time of day
     await ledger.stub.SetBudget(
         L.SetBudgetRequest(budget=L.Budget(caller="app", period=L.BUDGET_PERIOD_DAILY, hard_limit_usd=1.0))
     )
-    await ledger.stub.RecordUsage(L.RecordUsageRequest(records=scenario(now_us() - 60_000_000)))
+    await ledger.stub.RecordUsage(L.RecordUsageRequest(records=scenario(ledger.clock() - 60_000_000)))
     stats = await ledger.stub.GetStats(L.GetStatsRequest(group_by=[L.GROUP_BY_POLICY_VERSION]))
     t = stats.totals
     assert t.exploration_attempts == 1 and t.exploration_cost_usd == pytest.approx(0.0025)

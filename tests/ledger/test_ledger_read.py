@@ -8,7 +8,9 @@ import io
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2 as C
 from llmroute.ledger.v1 import ledger_pb2 as L
-from tests.ledger.conftest import Backend, Ledger, start_ledger, stop_ledger
+from tests.ledger.conftest import Backend, Clock, Ledger, start_ledger, stop_ledger
 from tests.ledger.ledger_helpers import now_us, record
 from tests.rich_status import details
 
@@ -26,24 +28,34 @@ MIN = 60_000_000
 # ---- WatchSpend ---------------------------------------------------------------------------------
 
 
+async def snapshot(
+    call: grpc.aio.UnaryStreamCall[L.WatchSpendRequest, L.WatchSpendResponse], timeout: float = 5
+) -> L.WatchSpendResponse:
+    """The stream's next snapshot, within `timeout` seconds."""
+    reply = await asyncio.wait_for(call.read(), timeout)
+    assert isinstance(reply, L.WatchSpendResponse), "the stream ended"
+    return reply
+
+
 async def test_watch_spend_sends_a_snapshot_at_once_then_on_change(ledger: Ledger) -> None:
     call = ledger.stub.WatchSpend(L.WatchSpendRequest(interval_seconds=60, last_minutes=30))
-    first = await asyncio.wait_for(call.read(), 5)
+    first = await snapshot(call)
     assert first.totals.cost_usd == 0.0
     started = time.monotonic()
     await ledger.stub.RecordUsage(
         L.RecordUsageRequest(records=[record("w1", 1, at=now_us() - MIN, cost=0.25, final=True, total_ms=5)])
     )
-    changed = await asyncio.wait_for(call.read(), 5)
+    changed = await snapshot(call)
     assert time.monotonic() - started < 5  # long before the 60 s interval
     assert (changed.totals.cost_usd, changed.totals.requests) == (0.25, 1)
     assert changed.time.ToMicroseconds() >= first.time.ToMicroseconds()
     call.cancel()
 
 
-async def test_many_watchers_of_the_same_figures_share_one_read(ledger: Ledger) -> None:
+async def test_many_watchers_of_the_same_figures_share_one_read(midday_ledger: Ledger) -> None:
     """A hundred streams on one caller's spend read the database about once, not a hundred times; a
     new record is still seen by all of them at once."""
+    ledger = midday_ledger  # the streams show today's figures: a record a minute ago is today's
     calls = [
         ledger.stub.WatchSpend(L.WatchSpendRequest(interval_seconds=60, caller="carol")) for _ in range(100)
     ]
@@ -57,13 +69,13 @@ async def test_many_watchers_of_the_same_figures_share_one_read(ledger: Ledger) 
 
     ledger.store.totals = counting  # type: ignore[method-assign]
     try:
-        firsts = await asyncio.gather(*(asyncio.wait_for(c.read(), 10) for c in calls))
+        firsts = await asyncio.gather(*(snapshot(c, 10) for c in calls))
         assert all(f.totals.cost_usd == 0.0 for f in firsts)
         assert counted <= 5, counted  # one read, give or take the streams that started late
         await ledger.stub.RecordUsage(
-            L.RecordUsageRequest(records=[record("c1", 1, at=now_us() - MIN, caller="carol", cost=0.5)])
+            L.RecordUsageRequest(records=[record("c1", 1, at=ledger.clock() - MIN, caller="carol", cost=0.5)])
         )
-        seconds = await asyncio.gather(*(asyncio.wait_for(c.read(), 10) for c in calls))
+        seconds = await asyncio.gather(*(snapshot(c, 10) for c in calls))
         assert all(s.totals.cost_usd == 0.5 for s in seconds)  # the change reached every watcher
         assert counted <= 10, counted
     finally:
@@ -72,17 +84,18 @@ async def test_many_watchers_of_the_same_figures_share_one_read(ledger: Ledger) 
             c.cancel()
 
 
-async def test_watch_spend_ticks_every_interval_and_filters_by_caller(ledger: Ledger) -> None:
+async def test_watch_spend_ticks_every_interval_and_filters_by_caller(midday_ledger: Ledger) -> None:
+    ledger = midday_ledger  # "since the start of today" holds a minute ago at any time of day
     await ledger.stub.RecordUsage(
         L.RecordUsageRequest(
             records=[
-                record("a", 1, at=now_us() - MIN, caller="alice", cost=0.1),
-                record("b", 1, at=now_us() - MIN, caller="bob", cost=0.2),
+                record("a", 1, at=ledger.clock() - MIN, caller="alice", cost=0.1),
+                record("b", 1, at=ledger.clock() - MIN, caller="bob", cost=0.2),
             ]
         )
     )
     call = ledger.stub.WatchSpend(L.WatchSpendRequest(interval_seconds=0.1, caller="bob"))
-    snapshots = [await asyncio.wait_for(call.read(), 5) for _ in range(3)]
+    snapshots = [await snapshot(call) for _ in range(3)]
     call.cancel()
     assert [s.totals.cost_usd for s in snapshots] == [0.2, 0.2, 0.2]  # since the start of today, bob only
     gaps = [b.time.ToMicroseconds() - a.time.ToMicroseconds() for a, b in itertools.pairwise(snapshots)]
@@ -174,13 +187,15 @@ async def test_export_jsonl_in_chunks(backend: Backend) -> None:
 async def test_bad_export_requests(ledger: Ledger) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _export(ledger, L.ExportRecordsRequest(format=7))  # type: ignore[arg-type]
-    assert "unknown format" in details(caught.value).violations["format"]
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT and "unknown format" in found.violations["format"]
     since = L.TimeWindow()
     since.since.FromMicroseconds(now_us())
     since.until.FromMicroseconds(now_us() - MIN)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _export(ledger, L.ExportRecordsRequest(window=since))
-    assert "window.until" in details(caught.value).violations
+    found = details(caught.value)
+    assert found.code == grpc.StatusCode.INVALID_ARGUMENT and "window.until" in found.violations
 
 
 # ---- Budgets ------------------------------------------------------------------------------------
@@ -193,9 +208,10 @@ def _budget(caller: str, period: int, soft: float, hard: float) -> L.SetBudgetRe
 
 
 @pytest.fixture
-async def admin_ledger(backend: Backend) -> Ledger:
-    ledger = await start_ledger(backend.settings(admin_token="s3cret"))
-    yield ledger  # type: ignore[misc]
+async def admin_ledger(backend: Backend, midday: Clock) -> AsyncIterator[Ledger]:
+    # At midday on the 15th: spend a second ago is in this day's and this month's budget periods.
+    ledger = await start_ledger(backend.settings(admin_token="s3cret"), midday)
+    yield ledger
     await stop_ledger(ledger)
 
 
@@ -234,7 +250,7 @@ async def test_check_budget_states(admin_ledger: Ledger) -> None:
         r = record(
             request_id,
             1,
-            at=now_us() - 1_000_000,
+            at=admin_ledger.clock() - 1_000_000,
             caller=caller,
             cost=cost,
             classifier=classifier,
@@ -364,11 +380,13 @@ async def test_feedback_is_stored_against_the_callers_latest_answered_run(ledger
         (L.RecordFeedbackRequest(verdict=L.FEEDBACK_VERDICT_GOOD, caller="a"), "request_id"),
         (L.RecordFeedbackRequest(request_id="r", verdict=L.FEEDBACK_VERDICT_GOOD), "caller"),
         (L.RecordFeedbackRequest(request_id="r"), "verdict"),
-        (L.RecordFeedbackRequest(request_id="r", verdict=12), "verdict"),  # type: ignore[arg-type]
+        (L.RecordFeedbackRequest(request_id="r", verdict=L.FeedbackVerdict.ValueType(12)), "verdict"),
         (
-            L.RecordFeedbackRequest(request_id="r", verdict=L.FEEDBACK_VERDICT_BAD, needed_tier=17),
+            L.RecordFeedbackRequest(
+                request_id="r", verdict=L.FEEDBACK_VERDICT_BAD, needed_tier=C.Tier.ValueType(17)
+            ),
             "needed_tier",
-        ),  # type: ignore[arg-type]
+        ),
         (L.RecordFeedbackRequest(request_id="r", verdict=L.FEEDBACK_VERDICT_BAD, note="n" * 10_001), "note"),
     ],
 )
@@ -419,7 +437,9 @@ async def test_stalled_exports_cannot_starve_the_budget_check(ledger: Ledger) ->
             stream.cancel()
 
 
-async def test_a_long_export_comes_in_pages_that_join_into_the_whole(ledger_settings, tmp_path) -> None:
+async def test_a_long_export_comes_in_pages_that_join_into_the_whole(
+    ledger_settings: LedgerSettings, tmp_path: Path
+) -> None:
     """Over LEDGER_EXPORT_MAX_RECORDS, a call stops with a next_page_token; the pages, joined, are the
     export in one piece (same records, one CSV header), and a token that is not the ledger's is refused."""
     from tests.ledger.conftest import start_ledger, stop_ledger
@@ -451,6 +471,7 @@ async def test_a_long_export_comes_in_pages_that_join_into_the_whole(ledger_sett
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             async for _ in paged.stub.ExportRecords(L.ExportRecordsRequest(page_token="bm90LWEtdG9rZW4")):
                 pass
-        assert "page_token" in details(raised.value).violations
+        found = details(raised.value)
+        assert found.code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in found.violations
     finally:
         await stop_ledger(paged)

@@ -16,12 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from llmroute.common.v1 import common_pb2 as C
 from llmroute.ledger.v1 import ledger_pb2 as L
 from llmroute.ledger.v1 import ledger_pb2_grpc
 from tests.ledger.conftest import Backend, Ledger, free_port, start_ledger, stop_ledger
 from tests.ledger.ledger_helpers import now_us, record, reference
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 MIN = 60_000_000
@@ -51,7 +52,7 @@ class LedgerProcess:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         assert self.proc.stdout is not None
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
             if not line:
@@ -85,12 +86,12 @@ class LedgerProcess:
 
 
 @contextlib.asynccontextmanager
-async def stub_to(port: int) -> AsyncIterator[ledger_pb2_grpc.LedgerServiceStub]:
+async def stub_to(port: int) -> AsyncIterator[ledger_pb2_grpc.LedgerServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield ledger_pb2_grpc.LedgerServiceStub(channel)
 
 
-async def settled_requests(stub: ledger_pb2_grpc.LedgerServiceStub) -> int:
+async def settled_requests(stub: ledger_pb2_grpc.LedgerServiceAsyncStub) -> int:
     """The ledger's request count once it stops moving: a batch a killed client had in flight is
     still ingested (and acknowledged to nobody) after the kill."""
     counts: list[int] = []
@@ -100,7 +101,7 @@ async def settled_requests(stub: ledger_pb2_grpc.LedgerServiceStub) -> int:
     return counts[-1]
 
 
-async def exported_ids(stub: ledger_pb2_grpc.LedgerServiceStub) -> list[tuple[str, int]]:
+async def exported_ids(stub: ledger_pb2_grpc.LedgerServiceAsyncStub) -> list[tuple[str, int]]:
     text = b"".join([r.chunk async for r in stub.ExportRecords(L.ExportRecordsRequest())]).decode()
     return [(row["request_id"], row["attempt"]) for row in map(json.loads, text.splitlines())]
 
@@ -242,9 +243,8 @@ async def test_ledger_down_under_load_then_back_drains_exactly_once(backend: Bac
     ledger: Ledger | None = None
     try:
         submit(300)  # the ledger is down
-        await asyncio.sleep(0.5)
-        assert reporter.depth == 600
-        assert reporter.stats().failures > 0 and reporter.stats().last_error == "UNAVAILABLE"
+        await eventually(lambda: reporter.stats().failures > 0, "the reporter failing to send")
+        assert reporter.depth == 600 and reporter.stats().last_error == "UNAVAILABLE"
         ledger = await start_ledger(backend.settings(port=port))
         for _ in range(20):  # load keeps coming while the spool drains
             submit(25)

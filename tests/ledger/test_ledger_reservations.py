@@ -11,16 +11,17 @@ import pytest
 
 from ledger_svc.settings import LedgerSettings
 from llmroute.ledger.v1 import ledger_pb2 as L
-from tests.ledger.conftest import Backend, start_ledger, stop_ledger
-from tests.ledger.ledger_helpers import now_us, record
+from tests.ledger.conftest import Backend, Clock, start_ledger, stop_ledger
+from tests.ledger.ledger_helpers import record
 from tests.rich_status import details
 
 
 async def test_reservations_are_atomic_across_ledger_replicas_and_released_by_the_spend(
-    pg_backend: Backend,
+    pg_backend: Backend, midday: Clock
 ) -> None:
     settings = pg_backend.settings()
-    replicas = [await start_ledger(settings), await start_ledger(settings)]
+    clock = midday  # the daily budget's period holds the spend just before, at midnight too
+    replicas = [await start_ledger(settings, clock), await start_ledger(settings, clock)]
     try:
         a, b = (r.stub for r in replicas)
         await a.SetBudget(
@@ -30,7 +31,7 @@ async def test_reservations_are_atomic_across_ledger_replicas_and_released_by_th
         )
         await a.RecordUsage(
             L.RecordUsageRequest(
-                records=[record("spent", 1, at=now_us() - 1000, caller="team", cost=0.7, final=True)]
+                records=[record("spent", 1, at=clock() - 1000, caller="team", cost=0.7, final=True)]
             )
         )
 
@@ -56,7 +57,7 @@ async def test_reservations_are_atomic_across_ledger_replicas_and_released_by_th
         await a.RecordUsage(
             L.RecordUsageRequest(
                 records=[
-                    record(f"r{i}", 1, at=now_us() - 500, caller="team", run_id="x", cost=0.01, final=True)
+                    record(f"r{i}", 1, at=clock() - 500, caller="team", run_id="x", cost=0.01, final=True)
                     for i in released
                 ]
             )
@@ -72,9 +73,10 @@ async def test_reservations_are_atomic_across_ledger_replicas_and_released_by_th
             await stop_ledger(replica)
 
 
-async def test_an_expired_hold_no_longer_counts(tmp_path: Path) -> None:
+async def test_an_expired_hold_no_longer_counts(tmp_path: Path, midday: Clock) -> None:
+    clock = midday
     ledger = await start_ledger(
-        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+        LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"), clock
     )
     try:
         stub = ledger.stub
@@ -84,9 +86,11 @@ async def test_an_expired_hold_no_longer_counts(tmp_path: Path) -> None:
         await stub.ReserveBudget(
             L.ReserveBudgetRequest(caller="a", request_id="q", amount_usd=0.1, ttl_seconds=0.2)
         )
-        with pytest.raises(grpc.aio.AioRpcError):  # the global budget is held in full
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # the global budget is held in full
             await stub.ReserveBudget(L.ReserveBudgetRequest(caller="b", request_id="q2", amount_usd=0.01))
-        await asyncio.sleep(0.3)  # the holder crashed: its hold lapses
+        found = details(raised.value)
+        assert (found.code, found.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+        clock.advance(0.3)  # the holder crashed: its hold lapses
         await stub.ReserveBudget(L.ReserveBudgetRequest(caller="b", request_id="q2", amount_usd=0.01))
     finally:
         await stop_ledger(ledger)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import _sqlite3
 import asyncio
+import ctypes
+import sqlite3
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
 
-from ledger_svc import migrations, schema
+from ledger_svc import migration_steps, migrations, schema
 from ledger_svc.db import create_engines, ensure_schema
 from ledger_svc.records import to_row
+from ledger_svc.settings import LedgerSettings
 from ledger_svc.store import LedgerStore
 from ledger_svc.validation import Window
 from llmroute.ledger.v1 import ledger_pb2 as L
 from tests.ledger.conftest import Backend, start_ledger, stop_ledger
 from tests.ledger.ledger_helpers import HOUR_US, now_us, record, reference, ts
 from tests.rich_status import details
+from tests.waiting import eventually
 
 DAY = 24 * HOUR_US
 MIN = 60_000_000
@@ -30,10 +37,10 @@ async def _versions(store: LedgerStore) -> list[int]:
         ]
 
 
-async def _write_as_v1(engines, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+async def _write_as_v1(engines, rows: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
     """What a ledger of the v1 era stored for these records: their rows in the v1 tables (the current
     code writes columns v1 did not have, so it cannot stand in for the old writer)."""
-    v1 = migrations._v1_tables().tables
+    v1 = migration_steps.v1_tables().tables
     requests = [
         {
             "request_id": row["request_id"], "first_ts": row["ts"], "home_ts": row["ts"], "caller": row["caller"],
@@ -82,11 +89,11 @@ async def test_migrating_an_existing_v1_database_keeps_its_records(backend: Back
         assert [b.caller for b in await store.budgets(None)] == ["alice"]
     finally:
         await store.close()
-    again = await LedgerStore.open(settings)  # nothing left to do
+    reopened = await LedgerStore.open(settings)  # nothing left to do
     try:
-        assert await _versions(again) == list(range(1, migrations.LATEST + 1))
+        assert await _versions(reopened) == list(range(1, migrations.LATEST + 1))
     finally:
-        await again.close()
+        await reopened.close()
 
 
 async def test_the_migrated_schema_is_the_one_the_queries_use(store: LedgerStore) -> None:
@@ -208,7 +215,8 @@ async def test_pruned_records_stay_in_the_stats_through_the_rollups(backend: Bac
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await ledger.stub.RecordUsage(L.RecordUsageRequest(records=[records[1], records[-1]]))
         found = details(caught.value)
-        assert found.reason == "RECORD_TOO_OLD" and "pruned" in found.violations["records[0].time"]
+        assert (found.code, found.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "RECORD_TOO_OLD")
+        assert "pruned" in found.violations["records[0].time"]
         assert "records[1].time" not in found.violations
         assert (await totals(0, now + MIN)).totals == before[0].totals
     finally:
@@ -231,10 +239,7 @@ async def test_the_retention_job_runs_in_the_background(backend: Backend) -> Non
     ledger = await start_ledger(backend.settings(retention_raw_days=1, retention_interval_seconds=0.1))
     try:
         await ledger.stub.RecordUsage(L.RecordUsageRequest(records=_old_and_new_records(now_us())))
-        for _ in range(100):
-            if await ledger.store.pruned_before():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(ledger.store.pruned_before, "the old records pruned")
         assert await ledger.store.pruned_before() > 0
     finally:
         await stop_ledger(ledger)
@@ -262,3 +267,67 @@ async def test_a_refused_batch_does_not_sink_the_batches_committed_with_it(backe
         assert getattr(results[5], "reason", None) == "RECORD_TOO_OLD"
     finally:
         await stop_ledger(ledger)
+
+
+async def test_every_sqlite_connection_caps_its_page_cache_at_the_setting(tmp_path: Path) -> None:
+    # Each connection's page cache fills as the database grows; the ledger's resident memory is
+    # bounded by connections x this cap (a 64 MiB cap grew a 100k-request soak's ledger to 690 MiB).
+    settings = LedgerSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/ledger.db", sqlite_cache_mib=3, log_json=False
+    )
+    engines = create_engines(settings)
+    try:
+        assert engines.budget is not None
+        for engine in (engines.write, engines.read, engines.budget):
+            async with engine.connect() as conn:
+                cache = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+            assert cache == -3 * 1024  # negative: KiB
+    finally:
+        await engines.dispose()
+
+
+def _sqlite_memory_used() -> int:
+    """SQLite's own count of the memory it holds in this process, all connections together."""
+    library = ctypes.CDLL(_sqlite3.__file__)  # linked to the libsqlite3 the ledger's driver uses
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return int(library.sqlite3_memory_used())
+
+
+@pytest.mark.parametrize("limit_mib", [0, 4])
+async def test_sqlite_memory_stays_near_the_limit_however_many_connections_read(
+    tmp_path: Path, limit_mib: int
+) -> None:
+    # Read connections each cache the same pages: four of them scanning 24 MiB with 16 MiB caches
+    # hold about 64 MiB without a limit, and about the limit with one.
+    settings = LedgerSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/ledger.db",
+        sqlite_cache_mib=16,
+        sqlite_memory_mib=limit_mib,
+        database_pool_size=4,
+        log_json=False,
+    )
+    engines = create_engines(settings)
+    try:
+        async with engines.write.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE blobs (b BLOB)")
+            await conn.exec_driver_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000) "
+                "INSERT INTO blobs SELECT randomblob(3000) FROM n"  # a page each: about 24 MiB
+            )
+        before = _sqlite_memory_used()
+
+        async def scan(held: asyncio.Barrier) -> None:
+            async with engines.read.connect() as conn:
+                await conn.exec_driver_sql("SELECT sum(length(b)) FROM blobs")
+                await held.wait()  # four connections at once, not one reused four times
+
+        barrier = asyncio.Barrier(4)
+        await asyncio.gather(*(scan(barrier) for _ in range(4)))
+        grown_mib = (_sqlite_memory_used() - before) / 2**20
+    finally:
+        await engines.dispose()
+        sqlite3.connect(":memory:").execute("PRAGMA soft_heap_limit=0").close()  # process-wide
+    if limit_mib:
+        assert grown_mib < 2 * limit_mib
+    else:
+        assert grown_mib > 40

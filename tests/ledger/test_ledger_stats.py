@@ -225,7 +225,7 @@ def random_records(seed: int, n_requests: int, start: int, hours: int) -> list[L
                 )
             )  # fmt: skip
             if tier != C.TIER_COMPLEX and outcome == C.ATTEMPT_OUTCOME_ESCALATED:
-                tier += 1
+                tier = C.Tier.ValueType(tier + 1)
     return out
 
 
@@ -283,7 +283,11 @@ async def test_incremental_rollups_equal_a_rebuild_from_raw(ledger: Ledger) -> N
             "window.last_minutes",
             "not both",
         ),
-        (L.GetStatsRequest(group_by=[L.GROUP_BY_MODEL, 99]), "group_by[1]", "unknown dimension 99"),
+        (
+            L.GetStatsRequest(group_by=[L.GROUP_BY_MODEL, L.GroupBy.ValueType(99)]),
+            "group_by[1]",
+            "unknown dimension 99",
+        ),
         (L.GetStatsRequest(group_by=[L.GROUP_BY_UNSPECIFIED]), "group_by[0]", "unknown dimension 0"),
         (L.GetStatsRequest(group_by=[L.GROUP_BY_TIER, L.GROUP_BY_TIER]), "group_by[1]", "twice"),
         (L.GetStatsRequest(caller="bad\ncaller"), "caller", "control characters"),

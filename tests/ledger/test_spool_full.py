@@ -6,7 +6,6 @@ machines); where mounting is not allowed, SQLite's own page limit makes the same
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2 as L
@@ -25,6 +24,7 @@ from router_svc.server import create_server as create_router
 from tests.ledger.conftest import start_ledger, stop_ledger
 from tests.ledger.ledger_helpers import now_us, record
 from tests.rich_status import details
+from tests.waiting import eventually
 
 
 @dataclass
@@ -96,17 +96,11 @@ async def test_a_full_spool_holds_records_in_memory_and_loses_none(tmp_path: Pat
         assert stats.depth + stats.held == 3000
         ledger = await start_ledger(settings.model_copy(update={"port": port}))  # the ledger is back
         try:
-            for _ in range(600):  # held records go straight to the ledger, the disk still full
-                if reporter.stats().held == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert reporter.stats().held == 0 and not reporter.accepting()
+            # Held records go straight to the ledger, the disk still full.
+            await eventually(lambda: reporter.stats().held == 0, "the held records sent", timeout=60)
+            assert not reporter.accepting()
             disk.free()
-            for _ in range(100):
-                if reporter.accepting():
-                    break
-                await asyncio.sleep(0.05)
-            assert reporter.accepting()  # the spool took a write again
+            await eventually(reporter.accepting, "the spool taking a write again")
             reporter.submit(batch(3000, 10))
             assert await reporter.flush(30)
             totals = (await ledger.stub.GetStats(L.GetStatsRequest())).totals
@@ -162,15 +156,17 @@ async def test_the_router_refuses_new_paid_work_while_it_cannot_record(
 
 
 async def wait_health(channel: grpc.aio.Channel, status: str) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
 
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(100):
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
-        if health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status) == status:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health never became {status}")
+    from service_kit import health_rpc
+
+    health = health_rpc.check_async(channel)
+
+    async def reached() -> bool:
+        reply = await health(health_pb2.HealthCheckRequest(service=""))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status) == status
+
+    await eventually(reached, f"health {status}")
 
 
 @pytest.fixture

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -23,7 +24,7 @@ from tests.doubles import RecordingSink
 
 @dataclass
 class RouterHarness:
-    stub: router_pb2_grpc.RouterServiceStub
+    stub: router_pb2_grpc.RouterServiceAsyncStub
     server: RunningServer
     sink: RecordingSink
     simulator_url: str
@@ -35,7 +36,7 @@ class RouterHarness:
             reply = await client.post(self.simulator_url.removesuffix("/v1") + "/_sim/faults", json=rule)
             reply.raise_for_status()
 
-    async def simulator_stats(self) -> dict:
+    async def simulator_stats(self) -> dict[str, Any]:
         async with httpx.AsyncClient() as client:
             reply = await client.get(self.simulator_url.removesuffix("/v1") + "/_sim/stats")
             reply.raise_for_status()
@@ -82,15 +83,32 @@ def router_settings(
     return RouterSettings(**values)  # type: ignore[arg-type]
 
 
+StartRouter = Callable[..., Awaitable[RouterHarness]]
+
+
 @pytest.fixture
-async def router(
+async def start_router(
     classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
-) -> AsyncIterator[RouterHarness]:
-    settings = router_settings(classifier_address, simulator_url, tmp_path)
-    running = await create_router(settings, usage_sink=recording_sink)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield RouterHarness(
-        router_pb2_grpc.RouterServiceStub(channel), running, recording_sink, simulator_url, settings
-    )
-    await channel.close()
-    await running.stop(0)
+) -> AsyncIterator[StartRouter]:
+    """Starts the test's router with the settings it needs (`router_settings` overrides as keywords),
+    rather than changing a running one's; it is stopped after the test."""
+    started: list[tuple[grpc.aio.Channel, RunningServer]] = []
+
+    async def start(**overrides: object) -> RouterHarness:
+        settings = router_settings(classifier_address, simulator_url, tmp_path, **overrides)
+        running = await create_router(settings, usage_sink=recording_sink)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        started.append((channel, running))
+        return RouterHarness(
+            router_pb2_grpc.RouterServiceStub(channel), running, recording_sink, simulator_url, settings
+        )
+
+    yield start
+    for channel, running in started:
+        await channel.close()
+        await running.stop(0)
+
+
+@pytest.fixture
+async def router(start_router: StartRouter) -> RouterHarness:
+    return await start_router()

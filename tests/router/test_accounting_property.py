@@ -30,17 +30,18 @@ from hypothesis import strategies as st
 
 from classifier_svc.server import create_server as create_classifier
 from classifier_svc.settings import ClassifierSettings
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.server import create_server as create_ledger
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc.pricing import PriceBook
 from router_svc.server import create_server as create_router
+from service_kit.pricing import PriceBook
 from simulator.server import start_simulator
 from simulator.settings import SimulatorSettings
 from tests.router.conftest import router_settings
+from tests.waiting import eventually
 
 T = TypeVar("T")
 PROMPTS = (
@@ -79,8 +80,8 @@ class Loop:
 @dataclass
 class World:
     loop: Loop
-    router: router_pb2_grpc.RouterServiceStub
-    ledger: ledger_pb2_grpc.LedgerServiceStub
+    router: router_pb2_grpc.RouterServiceAsyncStub
+    ledger: ledger_pb2_grpc.LedgerServiceAsyncStub
     reporter: KeepingReporter
     simulator: str
 
@@ -190,14 +191,23 @@ async def _one(world: World, call: Call, example: int) -> None:
 
 
 async def _snapshot(world: World) -> tuple[dict[str, Any], ledger_pb2.Totals]:
-    """Simulator and ledger once everything in flight has ended and been reported."""
+    """Simulator and ledger once everything in flight has ended and been reported: no provider call in
+    flight, every provider call recorded by the router (a cancelled run records its attempt as it
+    unwinds; a call in doubt is recorded without reaching the provider), and nothing new since the
+    last look. (A client that gives up early may never reach a handler, so calls made are no count.)"""
+    last: tuple[int, int] | None = None
     async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            sim = (await client.get(f"{world.simulator}/_sim/stats")).json()
-            if sim["in_flight"] == 0:
-                break
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.05)  # a cancelled run records its attempt as it unwinds
+
+        async def settled() -> dict[str, Any] | None:
+            nonlocal last
+            sim: dict[str, Any] = (await client.get(f"{world.simulator}/_sim/stats")).json()
+            records = len({(r.caller, r.request_id, r.run_id, r.attempt) for r in world.reporter.copies})
+            seen = (records, int(sim["totals"]["requests"]))
+            quiet = sim["in_flight"] == 0 and records >= seen[1] and seen == last
+            last = seen
+            return sim if quiet else None
+
+        sim = await eventually(settled, "every provider call ended and recorded")
     assert await world.reporter.flush(20)
     stats = await world.ledger.GetStats(ledger_pb2.GetStatsRequest(), timeout=10)
     return sim, stats.totals

@@ -5,11 +5,13 @@ room for a few."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from ledger_svc.client import LedgerReporter
+from ledger_client import LedgerReporter
 from ledger_svc.settings import LedgerSettings
 from llmroute.common.v1 import common_pb2
 from llmroute.ledger.v1 import ledger_pb2 as L
@@ -18,6 +20,7 @@ from router_svc.server import create_server
 from tests.ledger.conftest import start_ledger, stop_ledger
 from tests.rich_status import details
 from tests.router.conftest import router_settings
+from tests.waiting import eventually
 
 PROMPT = "Summarize in one line: the quarterly review moved to Thursday."
 
@@ -62,16 +65,34 @@ async def test_concurrent_requests_over_two_routers_overspend_by_at_most_one_est
                 budget=L.Budget(caller="team", period=L.BUDGET_PERIOD_DAILY, hard_limit_usd=hard)
             )
         )
-        await asyncio.sleep(0.3)
-        for stub in stubs:  # each router reads the new budget (its cache is per caller)
-            await stub.Route(
-                router_pb2.RouteRequest(
-                    messages=request.messages,
-                    caller="team",
-                    options=router_pb2.RouteOptions(max_output_tokens=1, force_tier=common_pb2.TIER_SIMPLE),
+        # Each router learns of the new budget within its TTL, on a request of the caller (its cache is
+        # per caller): a router holds a request's cost in the ledger once it knows the budget.
+        held: set[str] = set()
+        reserve = ledger.store.reserve
+
+        async def recording_reserve(caller: str, request_id: str, *args: Any, **kwargs: Any) -> Any:
+            held.add(request_id)
+            return await reserve(caller, request_id, *args, **kwargs)
+
+        ledger.store.reserve = recording_reserve  # type: ignore[method-assign]
+        probes = itertools.count()
+        for stub in stubs:
+
+            async def knows_the_budget(stub: router_pb2_grpc.RouterServiceAsyncStub = stub) -> bool:
+                probe = f"probe-{next(probes)}"
+                await stub.Route(
+                    router_pb2.RouteRequest(
+                        messages=request.messages,
+                        caller="team",
+                        request_id=probe,
+                        options=router_pb2.RouteOptions(
+                            max_output_tokens=1, force_tier=common_pb2.TIER_SIMPLE
+                        ),
+                    )
                 )
-            )
-        await asyncio.sleep(0.1)  # the refreshes those requests started have landed
+                return probe in held
+
+            await eventually(knows_the_budget, "the router holding the new budget", interval=0.05)
 
         async def one(i: int) -> str:
             try:

@@ -17,6 +17,7 @@ from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc.budgets import BudgetGate
 from router_svc.server import create_server as create_router
+from tests.doubles import RecordingSink
 from tests.rich_status import details
 from tests.router.conftest import router_settings
 
@@ -25,7 +26,9 @@ MODERATE_PROMPT = "Write a friendly two-paragraph email inviting the team to a F
 
 
 @pytest.fixture
-async def stubs(classifier_address, simulator_url, tmp_path: Path, recording_sink) -> AsyncIterator[tuple]:
+async def stubs(
+    classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
+) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceAsyncStub, ledger_pb2_grpc.LedgerServiceAsyncStub]]:
     ledger = await create_ledger(
         LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
     )
@@ -59,7 +62,7 @@ def route(caller: str) -> router_pb2.RouteRequest:
     )
 
 
-async def spend(ledger: ledger_pb2_grpc.LedgerServiceStub, caller: str, usd: float) -> None:
+async def spend(ledger: ledger_pb2_grpc.LedgerServiceAsyncStub, caller: str, usd: float) -> None:
     record = ledger_pb2.UsageRecord(
         request_id=f"spent-{caller}", attempt=1, caller=caller, model="gpt-5-mini", final=True, price_known=True,
         outcome=common_pb2.ATTEMPT_OUTCOME_OK, usage=common_pb2.Usage(cost_usd=usd, input_tokens=1, output_tokens=1),
@@ -78,7 +81,9 @@ async def set_budget(ledger, caller: str, soft: float, hard: float) -> None:  # 
     )
 
 
-async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(stubs) -> None:
+async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(
+    stubs: tuple[router_pb2_grpc.RouterServiceAsyncStub, ledger_pb2_grpc.LedgerServiceAsyncStub],
+) -> None:
     router, ledger = stubs
     unlimited = await router.Route(route("team-free"))
     assert unlimited.tier == common_pb2.TIER_MODERATE and "budget_soft_limit" not in unlimited.warnings
@@ -88,10 +93,7 @@ async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(stubs)
     await router.Route(route("team-a"))  # the first check of a caller primes its cached state
     shifted = await router.Route(route("team-a"))
     assert "budget_soft_limit" in shifted.warnings
-    assert (
-        shifted.tier == common_pb2.TIER_SIMPLE
-        and shifted.classification.score == unlimited.classification.score
-    )
+    assert shifted.tier == common_pb2.TIER_SIMPLE and shifted.decision.score == unlimited.decision.score
 
     await set_budget(ledger, "team-a", soft=1.0, hard=1.2)
     refused = None
@@ -110,7 +112,7 @@ async def test_soft_limit_shifts_to_a_cheaper_tier_and_hard_limit_refuses(stubs)
 
 
 async def test_warm_up_takes_the_most_used_models_from_the_ledger(
-    classifier_address, simulator_url, tmp_path: Path, recording_sink
+    classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
 ) -> None:
     ledger = await create_ledger(
         LedgerSettings(port=0, database_url=f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
@@ -156,8 +158,12 @@ async def test_spending_refreshes_a_budgeted_callers_state_soon_and_an_unbudgete
     now = [100.0]
     ledger = CountingLedger({"capped": [ledger_pb2.BudgetStatus(state=ledger_pb2.BUDGET_STATE_OK)]})
     gate = BudgetGate(
-        ledger, ttl_seconds=2.0, timeout_seconds=1.0, clock=lambda: now[0], after_spend_seconds=0.25
-    )  # type: ignore[arg-type]
+        ledger,  # type: ignore[arg-type]  # a double that answers CheckBudget only
+        ttl_seconds=2.0,
+        timeout_seconds=1.0,
+        clock=lambda: now[0],
+        after_spend_seconds=0.25,
+    )
     for caller in ("capped", "free"):
         await gate.check(caller)
     assert ledger.calls == 2
@@ -186,7 +192,7 @@ async def test_spending_refreshes_a_budgeted_callers_state_soon_and_an_unbudgete
 
 @pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_an_unreachable_ledger_is_said_or_refused_never_silent(
-    mode: str, classifier_address, simulator_url, tmp_path: Path, recording_sink
+    mode: str, classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
 ) -> None:
     router = await create_router(
         router_settings(

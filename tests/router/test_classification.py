@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from classifier_svc.strategies.base import Conversation, Verdict
+from difficulty import Conversation, Verdict
 from llmroute.classifier.v1 import classifier_pb2
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
-from router_svc.classification import Classification
+from router_svc.classification import Classification, Classified, from_response
 from router_svc.server import create_server as create_router
 from tests.doubles import RecordingSink
 from tests.router.conftest import router_settings
@@ -50,12 +50,14 @@ class ClassifierService:
 
     async def classify(
         self, messages: Sequence[common_pb2.ChatMessage], request_id: str, timeout: float
-    ) -> classifier_pb2.ClassifyResponse:
+    ) -> Classified:
         self.calls += 1
         if self.fail_with is not None:
             raise _rpc_error(self.fail_with)
-        return classifier_pb2.ClassifyResponse(
-            score=0.7, confidence=0.8, source=common_pb2.CLASSIFIER_SOURCE_LLM
+        return from_response(
+            classifier_pb2.ClassifyResponse(
+                score=0.7, confidence=0.8, source=common_pb2.CLASSIFIER_SOURCE_LLM
+            )
         )
 
     async def describe(self, timeout: float) -> classifier_pb2.DescribeResponse:
@@ -92,11 +94,16 @@ async def test_the_service_is_asked_only_where_its_llm_would_answer() -> None:
     classification, local = await _classification(remote)
 
     sure, warnings = await classification.classify(_messages(SURE), "r1", timeout=1)
-    assert sure.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL and sure.version == "local/1"
+    assert (
+        sure.verdict.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL and sure.verdict.version == "local/1"
+    )
     assert remote.calls == 0 and warnings == []
 
     unsure, warnings = await classification.classify(_messages(UNSURE), "r2", timeout=1)
-    assert unsure.source == common_pb2.CLASSIFIER_SOURCE_LLM and unsure.score == pytest.approx(0.7)
+    assert (
+        unsure.verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM
+        and unsure.verdict.score == pytest.approx(0.7)
+    )
     assert remote.calls == 1 and local.calls == 2 and warnings == []
 
 
@@ -104,13 +111,13 @@ async def test_a_service_without_an_llm_is_never_asked() -> None:
     remote = ClassifierService(NO_LLM)
     classification, _ = await _classification(remote)
     verdict, _ = await classification.classify(_messages(UNSURE), "r1", timeout=1)
-    assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL and remote.calls == 0
+    assert verdict.verdict.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL and remote.calls == 0
 
     # It learns of a newly configured LLM on the next refresh.
     remote.description = WITH_LLM
     await classification.refresh()
     verdict, _ = await classification.classify(_messages(UNSURE), "r2", timeout=1)
-    assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM and remote.calls == 1
+    assert verdict.verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM and remote.calls == 1
 
 
 async def test_a_silent_service_is_assumed_to_have_an_llm_and_its_failure_leaves_the_local_verdict() -> None:
@@ -118,8 +125,9 @@ async def test_a_silent_service_is_assumed_to_have_an_llm_and_its_failure_leaves
     classification, _ = await _classification(remote)
     verdict, warnings = await classification.classify(_messages(UNSURE), "r1", timeout=1)
     assert remote.calls == 1
-    assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL and verdict.confidence == pytest.approx(
-        0.5
+    assert (
+        verdict.verdict.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
+        and verdict.verdict.confidence == pytest.approx(0.5)
     )
     assert warnings == ["classifier_unavailable:UNAVAILABLE"]
 
@@ -128,7 +136,7 @@ async def test_an_llm_only_service_is_asked_for_everything() -> None:
     remote = ClassifierService(classifier_pb2.DescribeResponse(strategy="llm", llm_model="m"))
     classification, _ = await _classification(remote)
     verdict, _ = await classification.classify(_messages(SURE), "r1", timeout=1)
-    assert verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM and remote.calls == 1
+    assert verdict.verdict.source == common_pb2.CLASSIFIER_SOURCE_LLM and remote.calls == 1
 
 
 async def test_the_router_classifies_in_process_by_default_with_the_learned_model(
@@ -145,8 +153,8 @@ async def test_the_router_classifies_in_process_by_default_with_the_learned_mode
             )
     finally:
         await running.stop(0)
-    assert reply.classification.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
-    assert reply.classification.version.startswith("learned/")
-    assert reply.classification.confidence >= 0.6  # sure enough: the (absent) service was not asked
+    assert reply.decision.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
+    assert reply.decision.version.startswith("learned/")
+    assert reply.decision.confidence >= 0.6  # sure enough: the (absent) service was not asked
     assert "classifier_unavailable:UNAVAILABLE" not in reply.warnings
     assert reply.content

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.router.conftest import RouterHarness
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,7 +26,7 @@ async def run(*command: str, cwd: Path, env: dict[str, str] | None = None) -> st
     return out.decode()
 
 
-async def test_the_client_installs_alone_and_routes(router, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_client_installs_alone_and_routes(router: RouterHarness, tmp_path: Path) -> None:
     uv = shutil.which("uv", path=str(Path(sys.executable).parent))
     assert uv, "uv is installed in the project's virtualenv by make install"
     await run(

@@ -19,6 +19,7 @@ from router_svc.exploration import ExplorationBudget
 from router_svc.server import create_server
 from tests.doubles import RecordingSink
 from tests.router.conftest import RouterHarness, heuristic_policy, router_settings
+from tests.waiting import eventually
 
 MODERATE_PROMPT = (
     "Summarize the following meeting notes in three bullet points, keeping every decision and owner: "
@@ -60,6 +61,10 @@ async def exploring(
     await running.stop(0)
 
 
+async def in_flight(harness: RouterHarness) -> int:
+    return int((await harness.simulator_stats())["in_flight"])
+
+
 def route(text: str, **options: object) -> router_pb2.RouteRequest:
     return router_pb2.RouteRequest(
         messages=[common_pb2.ChatMessage(role="user", content=text)],
@@ -68,12 +73,10 @@ def route(text: str, **options: object) -> router_pb2.RouteRequest:
     )
 
 
-async def explorations(sink: RecordingSink, count: int, timeout: float = 10) -> list[ledger_pb2.UsageRecord]:
-    for _ in range(int(timeout / 0.05)):
-        found = [r for r in sink.records if r.exploration]
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.05)
+async def explorations(sink: RecordingSink, count: int) -> list[ledger_pb2.UsageRecord]:
+    await eventually(
+        lambda: len([r for r in sink.records if r.exploration]) >= count, "explorations recorded"
+    )
     return [r for r in sink.records if r.exploration]
 
 
@@ -93,7 +96,7 @@ async def test_a_sampled_request_is_answered_again_one_tier_down_and_compared(
     assert explored.tier == common_pb2.TIER_SIMPLE and explored.outcome == common_pb2.ATTEMPT_OUTCOME_OK
     assert explored.judge_verdict in (common_pb2.JUDGE_VERDICT_PASS, common_pb2.JUDGE_VERDICT_FAIL)
     assert explored.usage.cost_usd > 0 and explored.judge_cost_usd > 0
-    assert explored.score == response.classification.score and explored.policy_version
+    assert explored.score == response.decision.score and explored.policy_version
     # The answer itself was recorded as usual, first, and is not an exploration.
     answer = [r for r in exploring.sink.records if r.run_id == response.run_id and not r.exploration]
     assert [r.attempt for r in answer] == [1] and answer[0].final
@@ -114,14 +117,14 @@ async def test_nothing_cheaper_or_forced_is_not_explored(exploring: RouterHarnes
     simple = await exploring.stub.Route(route(SIMPLE_PROMPT))
     forced = await exploring.stub.Route(route(MODERATE_PROMPT, force_tier=common_pb2.TIER_MODERATE))
     assert simple.tier == common_pb2.TIER_SIMPLE and forced.tier == common_pb2.TIER_MODERATE
-    await asyncio.sleep(0.3)
-    assert not [r for r in exploring.sink.records if r.exploration]
+    await exploring.server.stop(0)  # drains explorations: one started would be recorded by now
+    assert exploring.sink.records and not [r for r in exploring.sink.records if r.exploration]
 
 
 async def test_stopping_the_router_records_an_exploration_in_flight(exploring: RouterHarness) -> None:
     await exploring.fault(model="groq/openai/gpt-oss-20b", fault="delay", delay_ms=30_000)
     await exploring.stub.Route(route(MODERATE_PROMPT))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: in_flight(exploring), "the exploration at the provider")
     await exploring.server.stop(0)  # drains explorations (cancelling what does not end in time)
     [explored] = [r for r in exploring.sink.records if r.exploration]
     assert explored.outcome == common_pb2.ATTEMPT_OUTCOME_CANCELLED and explored.usage.input_tokens > 0
@@ -143,9 +146,8 @@ async def test_the_daily_cap_stops_exploring(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             await router_pb2_grpc.RouterServiceStub(channel).Route(route(MODERATE_PROMPT))
-        await asyncio.sleep(0.3)
     finally:
-        await running.stop(0)
+        await running.stop(0)  # drains explorations: one started would be recorded by now
     assert recording_sink.records and not [r for r in recording_sink.records if r.exploration]
 
 

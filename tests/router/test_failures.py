@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
 from tests.rich_status import details
+from tests.router.conftest import RouterHarness, StartRouter
 
 PROMPT = "Is this message spam? Answer yes or no: 'You won a free cruise, click here'"
 
@@ -33,10 +36,15 @@ def route_request(**options: object) -> router_pb2.RouteRequest:
         ({"fault": "malformed"}, common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR, None),
     ],
 )
-async def test_provider_failures_fall_back_to_the_next_candidate(router, fault, outcome, retried) -> None:
-    cheapest = (await router.stub.Route(route_request())).model
-    if fault["fault"] == "timeout":
-        router.settings.provider_timeout_seconds = 0.3  # the router's own per-call timeout
+async def test_provider_failures_fall_back_to_the_next_candidate(
+    start_router: StartRouter,
+    fault: dict[str, Any],
+    outcome: common_pb2.AttemptOutcome.ValueType,
+    retried: bool | None,
+) -> None:
+    # Against a hanging provider, the router's own per-call timeout ends each try.
+    router = await start_router(**({"provider_timeout_seconds": 1.0} if fault["fault"] == "timeout" else {}))
+    cheapest = (await router.stub.Route(route_request())).attempts[0].model  # the one tried first
     await router.fault(model=cheapest, **fault)
 
     response = await router.stub.Route(route_request())
@@ -51,7 +59,7 @@ async def test_provider_failures_fall_back_to_the_next_candidate(router, fault, 
     assert ledger_outcomes == [a.outcome for a in response.attempts]
 
 
-async def test_every_candidate_failing_is_unavailable_and_still_recorded(router) -> None:
+async def test_every_candidate_failing_is_unavailable_and_still_recorded(router: RouterHarness) -> None:
     await router.fault(model="*", fault="status", status=503, retry_after=0)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await router.stub.Route(route_request())
@@ -70,7 +78,9 @@ async def test_every_candidate_failing_is_unavailable_and_still_recorded(router)
         ("bad_json", {"json_output": True}, "invalid_json"),
     ],
 )
-async def test_each_validator_escalates_one_tier(router, fault, options, reason) -> None:
+async def test_each_validator_escalates_one_tier(
+    router: RouterHarness, fault: str, options: dict[str, Any], reason: str
+) -> None:
     await router.fault(model="*", fault=fault, count=1)
     response = await router.stub.Route(route_request(**options))
     first, last = response.attempts[0], response.attempts[-1]
@@ -81,7 +91,7 @@ async def test_each_validator_escalates_one_tier(router, fault, options, reason)
     assert records[0].outcome == common_pb2.ATTEMPT_OUTCOME_ESCALATED and records[0].usage.cost_usd > 0
 
 
-async def test_the_json_schema_is_sent_to_the_provider_and_checked(router) -> None:
+async def test_the_json_schema_is_sent_to_the_provider_and_checked(router: RouterHarness) -> None:
     import json
 
     schema = '{"type": "object", "required": ["spam"], "properties": {"spam": {"type": "boolean"}}}'
@@ -90,15 +100,17 @@ async def test_the_json_schema_is_sent_to_the_provider_and_checked(router) -> No
     assert isinstance(json.loads(response.content)["spam"], bool)  # the simulator honoured response_format
 
 
-async def test_a_rejected_answer_without_escalation_is_returned_after_one_attempt(router) -> None:
-    router.settings.escalate_on_validation_failure = False
+async def test_a_rejected_answer_without_escalation_is_returned_after_one_attempt(
+    start_router: StartRouter,
+) -> None:
+    router = await start_router(escalate_on_validation_failure=False)
     await router.fault(model="*", fault="refusal", count=1)
     response = await router.stub.Route(route_request())
     assert [a.outcome for a in response.attempts] == [common_pb2.ATTEMPT_OUTCOME_VALIDATION_FAILED]
     assert response.warnings == ["output_rejected:refusal"]
 
 
-async def test_a_provider_rejecting_the_request_does_not_cool_the_model_down(router) -> None:
+async def test_a_provider_rejecting_the_request_does_not_cool_the_model_down(router: RouterHarness) -> None:
     cheapest = (await router.stub.Route(route_request())).model
     await router.fault(
         model=cheapest, fault="status", status=400, count=router.settings.cooldown_after_failures + 1
@@ -109,7 +121,7 @@ async def test_a_provider_rejecting_the_request_does_not_cool_the_model_down(rou
     assert not any(c.skipped_reason == "cooldown" for c in response.candidates)
 
 
-async def test_a_stream_cut_after_the_first_delta_is_unavailable(router) -> None:
+async def test_a_stream_cut_after_the_first_delta_is_unavailable(router: RouterHarness) -> None:
     await router.fault(model="*", fault="cut_stream", after_chunks=2, count=1)
     stream = router.stub.RouteStream(
         router_pb2.RouteStreamRequest(messages=[common_pb2.ChatMessage(role="user", content=PROMPT)])
@@ -118,12 +130,14 @@ async def test_a_stream_cut_after_the_first_delta_is_unavailable(router) -> None
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         async for event in stream:
             deltas.append(event.delta.content)
-    assert details(raised.value).reason == "PROVIDER_STREAM_BROKEN" and len(deltas) == 2
+    found = details(raised.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_STREAM_BROKEN")
+    assert len(deltas) == 2
     [record] = router.sink.records
     assert record.outcome == common_pb2.ATTEMPT_OUTCOME_PROVIDER_ERROR and record.usage.output_tokens > 0
 
 
-async def test_a_stream_cut_before_the_first_delta_falls_back(router) -> None:
+async def test_a_stream_cut_before_the_first_delta_falls_back(router: RouterHarness) -> None:
     await router.fault(model="*", fault="cut_stream", after_chunks=0, count=1)
     events = [
         e
@@ -139,7 +153,7 @@ async def test_a_stream_cut_before_the_first_delta_falls_back(router) -> None:
     assert "".join(e.delta.content for e in events[:-1]) == summary.content
 
 
-async def test_buffered_stream_validates_and_escalates(router) -> None:
+async def test_buffered_stream_validates_and_escalates(router: RouterHarness) -> None:
     await router.fault(model="*", fault="refusal", count=1)
     events = [
         e

@@ -107,10 +107,12 @@ def test_violations_are_bounded_whatever_the_request() -> None:
     assert len(violations) == MAX_VIOLATIONS + 1 and "980 more" in violations[-1][1]
 
 
-async def test_a_request_larger_than_the_limits_admit_is_refused_before_it_is_decoded(router) -> None:
+async def test_a_request_larger_than_the_limits_admit_is_refused_before_it_is_decoded(
+    router: RouterHarness,
+) -> None:
     """gRPC's receive limit is sized to the router's own limits: a 3 MB message is refused by gRPC
     (RESOURCE_EXHAUSTED), not decoded, and the router keeps serving."""
-    from router_svc.server import max_request_bytes
+    from router_svc.parsing import max_request_bytes
 
     limit = max_request_bytes(router.settings)
     assert limit < 3_000_000

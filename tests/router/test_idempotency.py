@@ -15,10 +15,12 @@ import yaml
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
 from router_svc.idempotency import IdempotencyCache, IdempotencyKeyReused
-from router_svc.pricing import PriceBook
 from router_svc.server import create_server
+from service_kit.pricing import PriceBook
+from tests.doubles import RecordingSink
 from tests.rich_status import details
 from tests.router.conftest import RouterHarness, heuristic_policy, router_settings
+from tests.waiting import eventually
 
 ALICE_PROMPT = "Summarize Alice's order history: 3 orders, one refund, address 12 Elm St."
 OTHER_PROMPT = "Summarize Bob's order history: 1 order."
@@ -60,6 +62,11 @@ async def collect(events: object) -> tuple[list[str], router_pb2.RouteResponse]:
             summary = event.summary
     assert summary is not None
     return deltas, summary
+
+
+async def in_flight(router: RouterHarness) -> int:
+    """Provider calls the simulator is answering now."""
+    return int((await router.simulator_stats())["in_flight"])
 
 
 # ---- the cache on its own ------------------------------------------------------------------------
@@ -176,7 +183,7 @@ async def test_a_retried_stream_is_replayed_not_called_again(router: RouterHarne
 async def test_a_retry_while_the_first_stream_is_in_flight_waits_for_it(router: RouterHarness) -> None:
     await router.fault(model="*", fault="delay", delay_ms=300)
     first = asyncio.create_task(collect(router.stub.RouteStream(stream(ALICE_PROMPT, "s-2"))))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: in_flight(router), "the first stream at the provider")
     second_deltas, second = await collect(router.stub.RouteStream(stream(ALICE_PROMPT, "s-2")))
     first_deltas, summary = await first
     assert second.replayed and second_deltas == ["".join(first_deltas)]
@@ -184,20 +191,27 @@ async def test_a_retry_while_the_first_stream_is_in_flight_waits_for_it(router: 
 
 
 async def test_a_waiting_retry_runs_itself_when_the_first_client_gives_up(router: RouterHarness) -> None:
-    await router.fault(model="*", fault="delay", delay_ms=600, count=1)
+    # The first call must reach the provider within its deadline, and give up while the provider is
+    # still at it: 1.5 s of deadline (a loaded machine took more than 0.3 s to get there), 5 s of call.
+    await router.fault(model="*", fault="delay", delay_ms=5000, count=1)
 
     async def give_up() -> router_pb2.RouteResponse:
-        return await router.stub.Route(route(ALICE_PROMPT, "r-1"), timeout=0.3)
+        return await router.stub.Route(route(ALICE_PROMPT, "r-1"), timeout=1.5)
 
     first = asyncio.create_task(give_up())
-    await asyncio.sleep(0.1)
+    await eventually(lambda: in_flight(router), "the first call at the provider")
     second = await router.stub.Route(route(ALICE_PROMPT, "r-1"), timeout=10)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await first
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert not second.replayed
     # Two provider calls (one cancelled), two runs in the records: nothing collides, nothing is lost.
-    await asyncio.sleep(0.2)  # the cancelled run records its attempt as it unwinds
+
+    async def settled() -> bool:  # the cancelled run records its attempt as it unwinds
+        stats = await router.simulator_stats()
+        return len(router.sink.records) >= 2 and stats["in_flight"] == 0 and stats["totals"]["cancelled"] >= 1
+
+    await eventually(settled, "both runs ended and recorded")
     stats = (await router.simulator_stats())["totals"]
     assert stats["requests"] == 2 and stats["cancelled"] == 1
     runs = {r.run_id: r.outcome for r in router.sink.records}
@@ -213,7 +227,11 @@ async def test_a_waiting_retry_runs_itself_when_the_first_client_gives_up(router
 
 @pytest.mark.parametrize("effort", [None, "high"])
 async def test_the_baseline_counts_reasoning_only_when_it_is_configured_to_reason(
-    effort: str | None, classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink
+    effort: str | None,
+    classifier_address: str,
+    simulator_url: str,
+    tmp_path: Path,
+    recording_sink: RecordingSink,
 ) -> None:
     policy = yaml.safe_load(heuristic_policy(tmp_path).read_text())
     if effort:

@@ -14,9 +14,9 @@ import pytest
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc.judge import Judge
-from router_svc.pricing import PriceBook
 from router_svc.providers import Providers
 from router_svc.server import create_server as create_router
+from service_kit.pricing import PriceBook
 from tests.doubles import RecordingSink
 from tests.router.conftest import RouterHarness, router_settings
 

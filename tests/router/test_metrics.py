@@ -10,9 +10,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
 from service_kit import metrics
+from tests.router.conftest import RouterHarness
 
 ROUTE = "/llmroute.router.v1.RouterService/Route"
 STREAM = "/llmroute.router.v1.RouterService/RouteStream"
+# (metric name, its labels) -> value, from one scrape.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def request(text: str) -> router_pb2.RouteRequest:
@@ -21,7 +24,13 @@ def request(text: str) -> router_pb2.RouteRequest:
     )
 
 
-async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def stream_request(text: str) -> router_pb2.RouteStreamRequest:
+    return router_pb2.RouteStreamRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=text)], caller="tests"
+    )
+
+
+async def scrape(port: int) -> Samples:
     async with httpx.AsyncClient() as client:
         reply = await client.get(f"http://127.0.0.1:{port}/metrics")
     reply.raise_for_status()
@@ -32,11 +41,11 @@ async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
     }
 
 
-def rpcs(samples: dict, method: str, code: str) -> float:
+def rpcs(samples: Samples, method: str, code: str) -> float:
     return samples.get(("llmroute_rpcs_total", frozenset({("method", method), ("code", code)})), 0.0)
 
 
-def durations(samples: dict, method: str) -> float:
+def durations(samples: Samples, method: str) -> float:
     return samples.get(("llmroute_rpc_duration_seconds_count", frozenset({("method", method)})), 0.0)
 
 
@@ -45,10 +54,10 @@ def metrics_port() -> int:
     return metrics.serve("127.0.0.1", 0)
 
 
-async def test_rpcs_are_counted_by_method_and_status_code(router, metrics_port: int) -> None:
+async def test_rpcs_are_counted_by_method_and_status_code(router: RouterHarness, metrics_port: int) -> None:
     before = await scrape(metrics_port)
     await router.stub.Route(request("Is this spam? 'free cruise'"))
-    async for _ in router.stub.RouteStream(request("Say hello.")):
+    async for _ in router.stub.RouteStream(stream_request("Say hello.")):
         pass
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await router.stub.Route(router_pb2.RouteRequest(caller="tests"))  # no messages
@@ -61,21 +70,19 @@ async def test_rpcs_are_counted_by_method_and_status_code(router, metrics_port: 
     assert durations(after, ROUTE) - durations(before, ROUTE) == 2
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_provider_calls_spend_and_requests_are_counted_as_the_ledger_counts_them(
-    router, metrics_port: int
+    router: RouterHarness, metrics_port: int
 ) -> None:
     before = await scrape(metrics_port)
     reply = await router.stub.Route(request("Is this spam? 'free cruise'"))
     after = await scrape(metrics_port)
     tier = common_pb2.Tier.Name(reply.tier).removeprefix("TIER_").lower()
     source = (
-        common_pb2.ClassifierSource.Name(reply.classification.source)
-        .removeprefix("CLASSIFIER_SOURCE_")
-        .lower()
+        common_pb2.ClassifierSource.Name(reply.decision.source).removeprefix("CLASSIFIER_SOURCE_").lower()
     )
 
     def delta(name: str, **labels: str) -> float:

@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from llmroute.common.v1 import common_pb2
-from router_svc._litellm import litellm
 from router_svc.cooldown import Cooldowns
-from router_svc.pricing import PriceBook
 from router_svc.providers import Providers
 from router_svc.validators import DEFAULT_VALIDATORS, Answer, Expectations, first_failure
+from service_kit.litellm_offline import litellm
 from service_kit.policy import DEFAULT_POLICY_PATH, ModelSpec, PolicyError, load_policy
 from service_kit.policy_source import PolicySource
+from service_kit.pricing import PriceBook
 
 
 def test_prices_come_from_litellms_map_with_cached_and_reasoning_tokens() -> None:
@@ -66,10 +66,8 @@ def test_providers_simulate_everything_without_keys_and_only_keyed_providers_wit
     assert keyed.resolve(local) is not None
     own_key = ModelSpec(model="openai/my-model", api_base="http://x/v1", api_key_env="MY_KEY")
     assert keyed.resolve(own_key) is None
-    assert (
-        Providers("auto", "", environ={"MY_KEY": "k", "GROQ_API_KEY": "g"}).resolve(own_key).kwargs["api_key"]
-        == "k"
-    )
+    resolved = Providers("auto", "", environ={"MY_KEY": "k", "GROQ_API_KEY": "g"}).resolve(own_key)
+    assert resolved is not None and resolved.kwargs["api_key"] == "k"
 
 
 def test_cooldown_opens_after_repeated_failures_and_one_probe_closes_it() -> None:
@@ -88,6 +86,25 @@ def test_cooldown_opens_after_repeated_failures_and_one_probe_closes_it() -> Non
     assert cooldowns.available("m")
     cooldowns.success("m")
     assert cooldowns.available("m") and cooldowns.available("m") and not cooldowns.in_cooldown("m")
+
+
+def test_a_retry_after_holds_a_model_that_long_and_never_shortens_an_open_breaker() -> None:
+    now = [0.0]
+    opened: list[tuple[str, float]] = []
+    cooldowns = Cooldowns(after_failures=3, seconds=10, clock=lambda: now[0])
+    cooldowns.listen(lambda model, seconds: opened.append((model, seconds)), lambda model: None)
+    cooldowns.failure("m")
+    cooldowns.hold("m", 2)  # one failure, but the provider asked for 2 s
+    assert not cooldowns.available("m") and opened == [("m", 2)]
+    now[0] = 2.5
+    assert cooldowns.available("m")  # then one probe, as after any cooldown
+    assert not cooldowns.available("m")
+    cooldowns.success("m")
+    for _ in range(3):
+        cooldowns.failure("m")  # open for 10 s
+    cooldowns.hold("m", 1)
+    now[0] = 2.5 + 5
+    assert not cooldowns.available("m") and opened[-1] == ("m", 10)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +164,7 @@ def test_thresholds_cut_scores_into_tiers_and_shift_under_budget_pressure() -> N
 async def test_price_refresh_from_a_file_replaces_the_map_and_a_bad_file_keeps_it(tmp_path: Path) -> None:
     import json
 
-    from router_svc.pricing import PriceSource
+    from service_kit.pricing import PriceSource
 
     source_file = tmp_path / "prices.json"
     source = PriceSource(None, str(source_file), refresh_seconds=3600)

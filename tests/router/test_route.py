@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
+from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -11,9 +12,12 @@ import pytest
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2
-from router_svc.pricing import PriceBook
 from service_kit.policy import load_policy
+from service_kit.pricing import PriceBook
+from tests.doubles import RecordingSink
 from tests.rich_status import details
+from tests.router.conftest import RouterHarness
+from tests.waiting import eventually
 
 SPAM_CHECK = "Is this message spam? Answer yes or no: 'You won a free cruise, click here'"
 HARD = (
@@ -30,11 +34,13 @@ def request(text: str, **options: object) -> router_pb2.RouteRequest:
     )
 
 
-async def test_routes_a_simple_prompt_to_the_cheapest_simple_model_and_prices_it(router) -> None:
+async def test_routes_a_simple_prompt_to_the_cheapest_simple_model_and_prices_it(
+    router: RouterHarness,
+) -> None:
     response = await router.stub.Route(request(SPAM_CHECK))
 
     assert response.tier == common_pb2.TIER_SIMPLE
-    assert response.classification.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
+    assert response.decision.source == common_pb2.CLASSIFIER_SOURCE_LOCAL_MODEL
     assert response.simulated and response.content.startswith("[simulated")
     # The chosen model is the cheapest eligible candidate the response explains.
     eligible = [c for c in response.candidates if not c.skipped_reason]
@@ -63,13 +69,13 @@ async def test_routes_a_simple_prompt_to_the_cheapest_simple_model_and_prices_it
     assert record.price_map_version == response.price_map_version != ""
 
 
-async def test_a_hard_prompt_goes_to_a_stronger_tier(router) -> None:
+async def test_a_hard_prompt_goes_to_a_stronger_tier(router: RouterHarness) -> None:
     response = await router.stub.Route(request(HARD))
     assert response.tier in (common_pb2.TIER_COMPLEX, common_pb2.TIER_REASONING)
-    assert response.classification.score > 0.5
+    assert response.decision.score > 0.5
 
 
-async def test_falls_back_to_the_next_candidate_when_the_cheapest_fails(router) -> None:
+async def test_falls_back_to_the_next_candidate_when_the_cheapest_fails(router: RouterHarness) -> None:
     first = (await router.stub.Route(request(SPAM_CHECK))).model
     await router.fault(model=first, fault="status", status=500)
 
@@ -86,7 +92,7 @@ async def test_falls_back_to_the_next_candidate_when_the_cheapest_fails(router) 
     assert [r.final for r in records].count(True) == 1
 
 
-async def test_escalates_one_tier_when_the_output_is_rejected(router) -> None:
+async def test_escalates_one_tier_when_the_output_is_rejected(router: RouterHarness) -> None:
     first = (await router.stub.Route(request(SPAM_CHECK))).model
     await router.fault(model="*", fault="empty", count=1)
 
@@ -100,7 +106,9 @@ async def test_escalates_one_tier_when_the_output_is_rejected(router) -> None:
     assert response.usage.cost_usd == pytest.approx(sum(a.usage.cost_usd for a in response.attempts))
 
 
-async def test_classifier_down_degrades_to_the_default_tier(simulator_url, tmp_path, recording_sink) -> None:
+async def test_classifier_down_degrades_to_the_default_tier(
+    simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
+) -> None:
     from router_svc.server import create_server
     from tests.router.conftest import router_settings
 
@@ -115,12 +123,12 @@ async def test_classifier_down_degrades_to_the_default_tier(simulator_url, tmp_p
             response = await router_pb2_grpc.RouterServiceStub(channel).Route(request(SPAM_CHECK))
     finally:
         await running.stop(0)
-    assert response.classification.source == common_pb2.CLASSIFIER_SOURCE_DEFAULT
+    assert response.decision.source == common_pb2.CLASSIFIER_SOURCE_DEFAULT
     assert response.tier == common_pb2.TIER_MODERATE
     assert any(w.startswith("classifier_unavailable") for w in response.warnings)
 
 
-async def test_max_cost_too_low_is_resource_exhausted_with_details(router) -> None:
+async def test_max_cost_too_low_is_resource_exhausted_with_details(router: RouterHarness) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await router.stub.Route(request(SPAM_CHECK, max_cost_usd=1e-12))
     found = details(raised.value)
@@ -130,17 +138,17 @@ async def test_max_cost_too_low_is_resource_exhausted_with_details(router) -> No
     assert router.sink.records == []
 
 
-async def test_force_model_and_force_tier(router) -> None:
+async def test_force_model_and_force_tier(router: RouterHarness) -> None:
     forced = await router.stub.Route(request(SPAM_CHECK, force_model="gpt-4.1"))
     assert forced.model == "gpt-4.1"
-    assert forced.classification.source == common_pb2.CLASSIFIER_SOURCE_OVERRIDE
+    assert forced.decision.source == common_pb2.CLASSIFIER_SOURCE_OVERRIDE
 
     tiered = await router.stub.Route(request(SPAM_CHECK, force_tier=common_pb2.TIER_COMPLEX))
     assert tiered.tier == common_pb2.TIER_COMPLEX
 
 
 async def test_a_model_without_a_price_is_flagged_not_free(
-    classifier_address, simulator_url, tmp_path, recording_sink
+    classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
 ) -> None:
     import yaml
 
@@ -175,7 +183,7 @@ async def test_a_model_without_a_price_is_flagged_not_free(
         await running.stop(0)
 
 
-async def test_only_the_policys_models_may_be_forced(router) -> None:
+async def test_only_the_policys_models_may_be_forced(router: RouterHarness) -> None:
     before = (await router.simulator_stats())["totals"]["requests"]
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await router.stub.Route(request(SPAM_CHECK, force_model="openai/gpt-4-32k-expensive"))
@@ -185,19 +193,21 @@ async def test_only_the_policys_models_may_be_forced(router) -> None:
     assert (await router.simulator_stats())["totals"]["requests"] == before
 
 
-async def test_a_provider_error_reaches_nobody_as_text(router) -> None:
+async def test_a_provider_error_reaches_nobody_as_text(router: RouterHarness) -> None:
     await router.fault(
         model="*", fault="status", status=400, message="secret sk-live-123 and the prompt text"
     )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await router.stub.Route(request(SPAM_CHECK))
-    assert "sk-live" not in (raised.value.details() or "")
+    found = details(raised.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.UNAVAILABLE, "ALL_PROVIDERS_FAILED")
+    assert "sk-live" not in (raised.value.details() or "") and "sk-live" not in str(found.metadata)
     assert router.sink.records and all(
         "sk-live" not in r.error and "(400)" in r.error for r in router.sink.records
     )
 
 
-async def test_same_request_id_is_routed_once(router) -> None:
+async def test_same_request_id_is_routed_once(router: RouterHarness) -> None:
     req = request(SPAM_CHECK)
     req.request_id = "order-42"
     first = await router.stub.Route(req)
@@ -208,7 +218,7 @@ async def test_same_request_id_is_routed_once(router) -> None:
     assert [(r.request_id, r.run_id) for r in router.sink.records] == [("order-42", first.run_id)]
 
 
-async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
+async def test_route_stream_sends_deltas_then_the_summary(router: RouterHarness) -> None:
     stream_request = router_pb2.RouteStreamRequest(
         messages=[common_pb2.ChatMessage(role="user", content="Write a short poem about the sea.")],
         caller="tests",
@@ -227,7 +237,7 @@ async def test_route_stream_sends_deltas_then_the_summary(router) -> None:
     )
 
 
-async def test_route_stream_falls_back_before_the_first_delta(router) -> None:
+async def test_route_stream_falls_back_before_the_first_delta(router: RouterHarness) -> None:
     await router.fault(model="*", fault="status", status=503, count=1)
     stream_request = router_pb2.RouteStreamRequest(
         messages=[common_pb2.ChatMessage(role="user", content=SPAM_CHECK)], caller="tests"
@@ -251,7 +261,9 @@ async def test_route_stream_falls_back_before_the_first_delta(router) -> None:
         ([("user", "x" * 400_001)], {}, "messages"),
     ],
 )
-async def test_bad_input_is_invalid_argument_with_field_violations(router, messages, options, field) -> None:
+async def test_bad_input_is_invalid_argument_with_field_violations(
+    router: RouterHarness, messages: list[tuple[str, str]], options: dict[str, Any], field: str
+) -> None:
     bad = router_pb2.RouteRequest(
         messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
         options=router_pb2.RouteOptions(**options),
@@ -266,7 +278,7 @@ async def test_bad_input_is_invalid_argument_with_field_violations(router, messa
 
 
 async def test_warm_up_calls_the_cheapest_model_of_each_tier_and_accounts_for_it(
-    classifier_address, simulator_url, tmp_path, recording_sink
+    classifier_address: str, simulator_url: str, tmp_path: Path, recording_sink: RecordingSink
 ) -> None:
     from router_svc.server import create_server
     from tests.router.conftest import router_settings
@@ -282,7 +294,9 @@ async def test_warm_up_calls_the_cheapest_model_of_each_tier_and_accounts_for_it
     assert warmed <= {spec.model for specs in policy.tiers.values() for spec in specs}
 
 
-async def test_the_clients_deadline_cancels_the_provider_call_and_the_attempt_is_recorded(router) -> None:
+async def test_the_clients_deadline_cancels_the_provider_call_and_the_attempt_is_recorded(
+    router: RouterHarness,
+) -> None:
     # A first call pays LiteLLM's lazy imports, which could eat the whole deadline below.
     await router.stub.Route(request(SPAM_CHECK))
     router.sink.records.clear()
@@ -291,11 +305,11 @@ async def test_the_clients_deadline_cancels_the_provider_call_and_the_attempt_is
         await router.stub.Route(request(SPAM_CHECK), timeout=1.0)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
-    for _ in range(50):  # the server side notices the cancellation a moment later
-        stats = await router.simulator_stats()
-        if stats["totals"]["cancelled"] and router.sink.records:
-            break
-        await asyncio.sleep(0.05)
+    async def noticed() -> dict[str, Any] | None:  # the server side notices the cancellation a moment later
+        stats: dict[str, Any] = await router.simulator_stats()
+        return stats if stats["totals"]["cancelled"] and router.sink.records else None
+
+    stats = await eventually(noticed, "the cancelled call at the provider and in the records")
     assert stats["totals"]["cancelled"] == 1 and stats["in_flight"] == 0
     [record] = router.sink.records
     # The router's own deadline timer and the client's cancellation race: either ends the attempt.
@@ -303,7 +317,7 @@ async def test_the_clients_deadline_cancels_the_provider_call_and_the_attempt_is
     assert record.usage.input_tokens > 0 and record.usage.cost_usd > 0  # the prompt was sent: it is charged
 
 
-async def test_a_model_in_cooldown_is_skipped_until_its_probe_succeeds(router) -> None:
+async def test_a_model_in_cooldown_is_skipped_until_its_probe_succeeds(router: RouterHarness) -> None:
     first = (await router.stub.Route(request(SPAM_CHECK))).model
     await router.fault(model=first, fault="status", status=500, count=router.settings.cooldown_after_failures)
     # Two retries' worth of failures per request: after enough of them the model is in cooldown.
@@ -315,12 +329,16 @@ async def test_a_model_in_cooldown_is_skipped_until_its_probe_succeeds(router) -
     assert response.model != first and all(a.model != first for a in response.attempts)
 
 
-async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_failed_run(router) -> None:
+async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_failed_run(
+    router: RouterHarness,
+) -> None:
     await router.fault(model="*", fault="status", status=503, retry_after=0)
     retried = request(SPAM_CHECK)
     retried.request_id = "invoice-7"
-    with pytest.raises(grpc.aio.AioRpcError):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await router.stub.Route(retried)
+    found = details(raised.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.UNAVAILABLE, "ALL_PROVIDERS_FAILED")
     failed_keys = [(r.request_id, r.attempt) for r in router.sink.records]
     async with httpx.AsyncClient() as client:
         await client.delete(router.simulator_url.removesuffix("/v1") + "/_sim/faults")
@@ -338,7 +356,7 @@ async def test_a_retry_after_a_failure_is_recorded_without_colliding_with_the_fa
 
 
 async def test_a_refused_request_still_accounts_for_a_paid_classification(
-    simulator_url, tmp_path, recording_sink, monkeypatch
+    simulator_url: str, tmp_path: Path, recording_sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pydantic_ai.models
 
@@ -376,7 +394,7 @@ async def test_a_refused_request_still_accounts_for_a_paid_classification(
     assert record.classifier_cost_usd > 0 and record.classifier_source == common_pb2.CLASSIFIER_SOURCE_LLM
 
 
-async def test_a_simulated_answer_is_recorded_as_simulated(router) -> None:
+async def test_a_simulated_answer_is_recorded_as_simulated(router: RouterHarness) -> None:
     reply = await router.stub.Route(request(SPAM_CHECK))
     assert reply.simulated
     [record] = [r for r in router.sink.records if r.request_id == reply.request_id]
@@ -393,12 +411,20 @@ async def test_a_simulated_answer_is_recorded_as_simulated(router) -> None:
     ],
 )
 async def test_who_answers_is_visible_in_health_and_an_accidental_simulator_is_an_error(
-    simulator_url, tmp_path, recording_sink, monkeypatch, host, mode, real, error_logged
+    simulator_url: str,
+    tmp_path: Path,
+    recording_sink: RecordingSink,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    mode: str,
+    real: bool,
+    error_logged: bool,
 ) -> None:
     import structlog
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
 
     from router_svc.server import PROVIDERS_HEALTH, create_server
+    from service_kit import health_rpc
     from service_kit.providers import PROVIDER_KEYS
     from tests.router.conftest import router_settings
 
@@ -411,7 +437,7 @@ async def test_who_answers_is_visible_in_health_and_an_accidental_simulator_is_a
         running = await create_server(settings, usage_sink=recording_sink)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+            reply = await health_rpc.check_async(channel)(
                 health_pb2.HealthCheckRequest(service=PROVIDERS_HEALTH)
             )
     finally:

@@ -15,16 +15,18 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
 from llmroute.common.v1 import common_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from router_svc.server import create_server
 from router_svc.shared import HEALTH_COMPONENT, idempotency_key
+from service_kit import health_rpc
 from tests.doubles import RecordingSink
 from tests.rich_status import details
 from tests.router.conftest import RouterHarness, router_settings
+from tests.waiting import NotYet, eventually
 
 REDIS = "redis://127.0.0.1:6379/0"
 PROMPT = "Summarize in one line: the quarterly review moved to Thursday."
@@ -82,6 +84,10 @@ async def calls(harness: RouterHarness) -> int:
     return int((await harness.simulator_stats())["totals"]["requests"])
 
 
+async def in_flight(harness: RouterHarness) -> int:
+    return int((await harness.simulator_stats())["in_flight"])
+
+
 async def test_a_retry_on_the_other_replica_is_replayed_not_called_again(pair: Pair) -> None:
     first = await pair.a.stub.Route(route(request_id="order-1"))
     before = await calls(pair.a)
@@ -90,7 +96,8 @@ async def test_a_retry_on_the_other_replica_is_replayed_not_called_again(pair: P
     assert await calls(pair.a) == before and pair.b.sink.records == []
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await pair.b.stub.Route(route("Another prompt altogether.", request_id="order-1"))
-    assert details(raised.value).reason == "IDEMPOTENCY_KEY_REUSED"
+    found = details(raised.value)
+    assert (found.code, found.reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
 
 
 async def test_a_retry_while_the_run_is_in_flight_on_the_other_replica_waits_for_it(pair: Pair) -> None:
@@ -100,7 +107,7 @@ async def test_a_retry_while_the_run_is_in_flight_on_the_other_replica_waits_for
         return await pair.a.stub.Route(route(request_id="slow-1"), timeout=10)
 
     first = asyncio.create_task(slow())
-    await asyncio.sleep(0.15)
+    await eventually(lambda: in_flight(pair.a), "the first call at the provider")
     second = await pair.b.stub.Route(route(request_id="slow-1"), timeout=10)
     assert second.replayed and second.run_id == (await first).run_id
     assert await calls(pair.a) == 1
@@ -111,14 +118,14 @@ async def test_a_cooldown_learned_on_one_replica_holds_on_the_other(pair: Pair) 
     await pair.a.fault(model=cheapest, fault="status", status=503, retry_after=0)
     for _ in range(2):  # two failures open its breaker on replica a
         await pair.a.stub.Route(route(force_tier=common_pb2.TIER_SIMPLE))
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def skipped_on_b() -> router_pb2.RouteResponse | None:
         response = await pair.b.stub.Route(route(force_tier=common_pb2.TIER_SIMPLE))
         skipped = {c.model for c in response.candidates if c.skipped_reason == "cooldown"}
-        if cheapest in skipped or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    assert cheapest in skipped and all(a.model != cheapest for a in response.attempts)
+        return response if cheapest in skipped else None
+
+    response = await eventually(skipped_on_b, "the cooldown learned on replica b", interval=0.2)
+    assert all(a.model != cheapest for a in response.attempts)
 
 
 async def test_a_crashed_owners_run_is_taken_over_when_its_lease_lapses(pair: Pair) -> None:
@@ -157,28 +164,33 @@ async def test_redis_down_changes_nothing_but_the_sharing(
 
 
 async def health(harness: RouterHarness, component: str = "", until: str = "") -> str:
-    """The health status of the router (or of one of its components); with `until`, waits up to 2 s
-    for that status (a component's status follows Redis within half a second) and returns the last."""
+    """The health status of the router (or of one of its components); with `until`, waits for that
+    status (a component's status follows Redis within half a second) and returns the last seen."""
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{harness.server.port}")
+    seen = ""
+
+    async def reached() -> bool:
+        nonlocal seen
+        reply = await health_rpc.check_async(channel)(
+            health_pb2.HealthCheckRequest(service=component), timeout=2
+        )
+        seen = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return seen == until or not until
+
     try:
-        for _ in range(40):
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=component), timeout=2
-            )
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            if status == until or not until:
-                break
-            await asyncio.sleep(0.05)
-        return status
+        await eventually(reached, f"health {component or 'of the router'} {until}", timeout=10)
+    except NotYet:
+        pass  # the caller's assertion names what was seen instead
     finally:
         await channel.close()
+    return seen
 
 
 async def test_only_one_replica_runs_a_key_claimed_on_both_at_once(pair: Pair) -> None:
     await pair.a.fault(model="*", fault="delay", delay_ms=200, count=2)
     results = await asyncio.gather(
-        pair.a.stub.Route(route(request_id="race-1"), timeout=10),  # type: ignore[arg-type]
-        pair.b.stub.Route(route(request_id="race-1"), timeout=10),  # type: ignore[arg-type]
+        pair.a.stub.Route(route(request_id="race-1"), timeout=10),
+        pair.b.stub.Route(route(request_id="race-1"), timeout=10),
     )
     assert sorted(r.replayed for r in results) == [False, True] and results[0].run_id == results[1].run_id
     assert await calls(pair.a) == 1
@@ -202,12 +214,14 @@ async def test_redis_killed_under_load_and_restarted_loses_and_doubles_nothing(
     redis_process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     client = aioredis.from_url(url)
-    for _ in range(100):
+
+    async def answers() -> bool:
         try:
-            await client.ping()
-            break
+            return bool(await client.ping())
         except redis.exceptions.ConnectionError:
-            await asyncio.sleep(0.05)
+            return False
+
+    await eventually(answers, "the private Redis answering")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = await start(classifier_address, simulator_url, tmp_path / "a", url, "kill:")
@@ -229,7 +243,9 @@ async def test_redis_killed_under_load_and_restarted_loses_and_doubles_nothing(
         assert await health(a, HEALTH_COMPONENT, until="NOT_SERVING") == "NOT_SERVING"
         assert await health(a) == "SERVING"
         redis_process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
-        await asyncio.sleep(1.5)  # they try Redis again at most once a second
+        await eventually(answers, "the restarted Redis answering")
+        for harness in (a, b):  # each router finds Redis again on its own (a try at most once a second)
+            assert await health(harness, HEALTH_COMPONENT, until="SERVING") == "SERVING"
         await burst("after", 20)
         assert await health(a, HEALTH_COMPONENT, until="SERVING") == "SERVING"
         assert await health(b, HEALTH_COMPONENT, until="SERVING") == "SERVING"

@@ -33,15 +33,18 @@ class Sim:
     async def add_fault(self, **rule: Any) -> dict[str, Any]:
         async with self.http.post(f"{self.root}/_sim/faults", json=rule) as reply:
             assert reply.status == 201, await reply.text()
-            return (await reply.json())["rules"][0]
+            rules: list[dict[str, Any]] = (await reply.json())["rules"]
+            return rules[0]
 
     async def faults(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.root}/_sim/faults") as reply:
-            return (await reply.json())["rules"]
+            rules: list[dict[str, Any]] = (await reply.json())["rules"]
+            return rules
 
     async def stats(self) -> dict[str, Any]:
         async with self.http.get(f"{self.root}/_sim/stats") as reply:
-            return await reply.json()
+            stats: dict[str, Any] = await reply.json()
+            return stats
 
     async def chat(
         self, body: dict[str, Any], headers: dict[str, str] | None = None

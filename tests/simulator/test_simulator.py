@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import jsonschema
-import litellm
 import openai
 import pydantic_ai.models
 import pytest
@@ -24,6 +23,7 @@ from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
+from service_kit.litellm_offline import litellm
 from simulator import tokens
 from simulator.analysis import analyze
 from simulator.completion import REFUSAL
@@ -366,7 +366,7 @@ async def test_timeout_fault_hangs_until_the_client_gives_up(sim: Sim) -> None:
 
     async def cancelled() -> bool:
         stats = await sim.stats()
-        return stats["models"]["gpt-5-mini"]["cancelled"] == 1 and stats["in_flight"] == 0
+        return bool(stats["models"]["gpt-5-mini"]["cancelled"] == 1 and stats["in_flight"] == 0)
 
     await wait_for(cancelled)
 
@@ -518,7 +518,7 @@ async def test_a_cancelled_litellm_call_is_seen_as_cancelled(sim: Sim) -> None:
     call = asyncio.create_task(complete(sim, "o3", extra_headers={"x-sim-fault": "delay:10000"}))
 
     async def in_flight() -> bool:
-        return (await sim.stats())["in_flight"] == 1
+        return bool((await sim.stats())["in_flight"] == 1)
 
     await wait_for(in_flight)
     call.cancel()
@@ -527,7 +527,7 @@ async def test_a_cancelled_litellm_call_is_seen_as_cancelled(sim: Sim) -> None:
 
     async def cancelled() -> bool:
         stats = await sim.stats()
-        return stats["models"]["o3"]["cancelled"] == 1 and stats["in_flight"] == 0
+        return bool(stats["models"]["o3"]["cancelled"] == 1 and stats["in_flight"] == 0)
 
     await wait_for(cancelled)
     assert (await sim.stats())["models"]["o3"]["completed"] == 0
@@ -608,7 +608,7 @@ async def test_python_m_simulator_serves_logs_no_secrets_and_stops_on_sigterm() 
     assert lines[-1]["event"] == "simulator_stopped"
 
 
-async def test_fault_injection_is_off_unless_on_loopback_or_turned_on(start_sim) -> None:
+async def test_fault_injection_is_off_unless_on_loopback_or_turned_on(start_sim: StartSim) -> None:
     """A simulator others can reach cannot be told to fail every model for everyone."""
     exposed = await start_sim(host="0.0.0.0")
     ruled = await exposed.http.post(
