@@ -79,23 +79,32 @@ class Books:
     # Attempts recorded that the simulator never received (see the module's docstring).
     phantoms: int = 0
 
+    def by(self, dimension: ledger_pb2.GroupBy.ValueType) -> dict[str, ledger_pb2.Totals]:
+        return {g.key: g.totals for b in self.stats.breakdowns if b.group_by == dimension for g in b.groups}
+
     def by_model(self) -> dict[str, int]:
-        return {g.key: g.totals.attempts for b in self.stats.breakdowns for g in b.groups}
+        return {model: totals.attempts for model, totals in self.by(ledger_pb2.GROUP_BY_MODEL).items()}
 
     def of(self, request_id: str) -> list[dict[str, Any]]:
         return sorted((r for r in self.records if r["request_id"] == request_id), key=lambda r: r["attempt"])
 
 
-def settled(stack: Stack, timeout: float = 60.0, quiet: float = 12.0) -> Books:
+def settled(
+    stack: Stack,
+    group_by: tuple[ledger_pb2.GroupBy.ValueType, ...] = (ledger_pb2.GROUP_BY_MODEL,),
+    timeout: float = 60.0,
+    quiet: float = 12.0,
+) -> Books:
     """Wait until nothing is in flight, nothing is spooled, and the ledger holds every attempt the
     simulator saw (the router's reports are asynchronous), or the counts have not moved for `quiet`
     seconds (longer than the reporter's longest retry backoff, 10 s): a phantom leaves the ledger
-    ahead for good, and `reconcile` judges it. At the deadline, return what there is."""
+    ahead for good, and `reconcile` judges it. At the deadline, return what there is. The ledger's
+    stats are broken down by `group_by` (by model, unless told)."""
     deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
     while True:
         sim = simulator(stack, "/_sim/stats")
         try:
-            stats = ledger_stats(stack, ledger_pb2.GROUP_BY_MODEL)
+            stats = ledger_stats(stack, *group_by)
         except grpc.RpcError:
             stats = None
         if stats is not None:

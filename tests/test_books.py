@@ -29,7 +29,7 @@ def _record(
 def _books(records: list[dict[str, Any]], simulated: int, spooled: int = 0) -> Books:
     stats = ledger_pb2.GetStatsResponse(spool_depth=spooled)
     stats.totals.attempts = len(records)
-    breakdown = stats.breakdowns.add()
+    breakdown = stats.breakdowns.add(group_by=ledger_pb2.GROUP_BY_MODEL)
     group = breakdown.groups.add(key=MODEL)
     group.totals.attempts = len(records)
     sim = {"models": {MODEL: {"requests": simulated}}, "totals": {"requests": simulated}}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,10 @@ from typing import Any
 import grpc
 import pytest
 
+from benchmarks.books import Books, settled, simulator
 from devstack.stack import Ports, Stack
 from llmroute.common.v1 import common_pb2
-from llmroute.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from llmroute.ledger.v1 import ledger_pb2
 from llmroute.router.v1 import router_pb2, router_pb2_grpc
 from service_kit.pricing import PriceBook
 
@@ -40,19 +39,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # A second router replica on the same ledger, with a spool of its own.
         stack.start_replica("router", "router-2", {"ROUTER_SPOOL_PATH": str(state_dir / "router-2-spool.db")})
         yield stack
-
-
-def simulator(
-    stack: Stack, path: str, body: dict[str, Any] | None = None, method: str = "GET"
-) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{stack.ports.simulator}{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        return dict(json.loads(reply.read()))
 
 
 def grpcurl_stream(port: int, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,45 +64,19 @@ def grpcurl_stream(port: int, data: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
-def ledger_stats(stack: Stack, group_by: list[ledger_pb2.GroupBy.ValueType]) -> ledger_pb2.GetStatsResponse:
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.ledger}") as channel:
-        return ledger_pb2_grpc.LedgerServiceStub(channel).GetStats(
-            ledger_pb2.GetStatsRequest(group_by=group_by), timeout=10
-        )
-
-
-def settled(stack: Stack) -> tuple[dict[str, Any], ledger_pb2.GetStatsResponse]:
-    """The simulator's stats and the ledger's, once every router has reported what it spent (the
-    reports are asynchronous): the ledger's attempts stop changing and nothing is in flight."""
-    deadline, last = time.monotonic() + 30, None
-    while True:
-        sim = simulator(stack, "/_sim/stats")
-        stats = ledger_stats(stack, [ledger_pb2.GROUP_BY_MODEL, ledger_pb2.GROUP_BY_CALLER])
-        now = (sim["totals"]["requests"], stats.totals.attempts)
-        if sim["in_flight"] == 0 and now == last and now[0] == now[1]:
-            return sim, stats
-        if time.monotonic() > deadline:
-            return sim, stats
-        last = now
-        time.sleep(0.3)
-
-
-def by(stats: ledger_pb2.GetStatsResponse, dimension: int) -> dict[str, ledger_pb2.Totals]:
-    return {g.key: g.totals for b in stats.breakdowns if b.group_by == dimension for g in b.groups}
-
-
-def assert_reconciled(stack: Stack) -> ledger_pb2.GetStatsResponse:
-    sim, stats = settled(stack)
+def assert_reconciled(stack: Stack) -> Books:
+    books = settled(stack, (ledger_pb2.GROUP_BY_MODEL, ledger_pb2.GROUP_BY_CALLER))
+    sim, stats = books.sim, books.stats
     assert stats.totals.attempts == sim["totals"]["requests"]
     prices = PriceBook.from_litellm()
-    by_model = by(stats, ledger_pb2.GROUP_BY_MODEL)
+    by_model = books.by(ledger_pb2.GROUP_BY_MODEL)
     assert set(by_model) == set(sim["models"])
     for model, counted in sim["models"].items():
         assert by_model[model].attempts == counted["requests"], model
         if counted["cancelled"] == 0:  # a cancelled call is charged an estimate of its prompt
             paid = prices.cost(model, counted["prompt_tokens"], counted["completion_tokens"]).usd
             assert by_model[model].cost_usd == pytest.approx(paid, rel=1e-6, abs=1e-9), model
-    return stats
+    return books
 
 
 def nano(text: str, request_id: str, caller: str) -> router_pb2.RouteRequest:
@@ -144,8 +104,7 @@ def test_the_four_calls_of_the_report_are_all_in_the_ledger(stack: Stack) -> Non
         a = router.Route(nano("Extract the city: 'ship to Lyon'", "shared-id", "a"), timeout=30)
         b = router.Route(nano("Extract the city: 'ship to Lyon'", "shared-id", "b"), timeout=30)
     assert not a.replayed and not b.replayed and a.run_id != b.run_id
-    stats = assert_reconciled(stack)
-    by_caller = by(stats, ledger_pb2.GROUP_BY_CALLER)
+    by_caller = assert_reconciled(stack).by(ledger_pb2.GROUP_BY_CALLER)
     assert (by_caller["streamer"].attempts, by_caller["a"].attempts, by_caller["b"].attempts) == (1, 1, 1)
     assert by_caller["a"].cost_usd == pytest.approx(a.usage.cost_usd, rel=1e-9)
     assert by_caller["b"].cost_usd == pytest.approx(b.usage.cost_usd, rel=1e-9)
@@ -165,8 +124,7 @@ def test_a_stream_retried_after_a_failure_runs_again_and_both_runs_count(stack: 
     assert "Code: Unavailable" in raised.value.stderr and "ALL_PROVIDERS_FAILED" in raised.value.stderr
     events = grpcurl_stream(stack.ports.router, data)
     assert events[-1]["summary"]["model"] == NANO and "replayed" not in events[-1]["summary"]
-    stats = assert_reconciled(stack)
-    by_caller = by(stats, ledger_pb2.GROUP_BY_CALLER)
+    by_caller = assert_reconciled(stack).by(ledger_pb2.GROUP_BY_CALLER)
     assert (by_caller["flaky"].requests, by_caller["flaky"].attempts) == (2, 2)
     assert by_caller["flaky"].failed_attempt_cost_usd == 0  # a 500 before any output is not billed
 
@@ -181,8 +139,7 @@ def test_a_retry_on_another_router_replica_is_recorded_as_its_own_run(stack: Sta
     # Each replica ran it once and replayed it once: two provider calls, two runs, both recorded.
     assert [r.replayed for r in responses] == [False, False, True, True]
     assert responses[0].run_id != responses[1].run_id
-    stats = assert_reconciled(stack)
-    by_caller = by(stats, ledger_pb2.GROUP_BY_CALLER)
+    by_caller = assert_reconciled(stack).by(ledger_pb2.GROUP_BY_CALLER)
     assert (by_caller["roamer"].requests, by_caller["roamer"].attempts) == (2, 2)
     assert by_caller["roamer"].cost_usd == pytest.approx(
         responses[0].usage.cost_usd + responses[1].usage.cost_usd, rel=1e-9
