@@ -48,8 +48,10 @@ class Plan:
     """Where each part of a window is read from.
 
     Whole hours come from the rollups. A partial hour at either end is read from the raw tables,
-    or, when the rest of that hour is shorter, as the hour's rollup minus the raw rest: a window
-    ending now costs nothing for its last hour, and no edge scans more than half an hour of raw rows.
+    or, when the rest of that hour holds fewer rows, as the hour's rollup minus the raw rest. Rows
+    are timed up to now (later only from a clock ahead of the ledger's), so a window ending now
+    reads its last hour as the rollup minus next to nothing, and no edge scans more than half an
+    hour of raw rows.
     """
 
     since_us: int
@@ -63,10 +65,16 @@ class Plan:
         return self.add + self.subtract
 
 
-def plan(since_us: int, until_us: int, pruned_before_us: int) -> Plan:
+def plan(since_us: int, until_us: int, pruned_before_us: int, horizon_us: float = math.inf) -> Plan:
     """Cut [since, until) at hour boundaries. Raw rows of pruned hours are gone: an edge in a pruned
-    hour is rounded down to the hour, so that a record counts when its hour starts in the window."""
+    hour is rounded down to the hour, so that a record counts when its hour starts in the window.
+    `horizon_us`: now; time past it holds next to no rows, so a range there counts as costing
+    nothing to read (it is still read: rows from a clock ahead of the ledger's are subtracted too)."""
     h = HOUR_US
+
+    def span(a: int, b: int) -> float:  # how much of [a, b) holds rows, in time
+        return max(0.0, min(b, horizon_us) - a)
+
     first_full = -(-since_us // h)  # ceil
     end_full = until_us // h
     add: list[tuple[int, int]] = []
@@ -77,8 +85,7 @@ def plan(since_us: int, until_us: int, pruned_before_us: int) -> Plan:
             return Plan(since_us, until_us, None)
         if hour * h < pruned_before_us:
             return Plan(hour * h, hour * h, None)
-        inside = until_us - since_us
-        if inside <= h - inside:
+        if span(since_us, until_us) <= span(hour * h, since_us) + span(until_us, (hour + 1) * h):
             return Plan(since_us, until_us, None, add=((since_us, until_us),))
         for a, b in ((hour * h, since_us), (until_us, (hour + 1) * h)):
             if a < b:
@@ -89,7 +96,7 @@ def plan(since_us: int, until_us: int, pruned_before_us: int) -> Plan:
         hour = first_full - 1
         if hour * h < pruned_before_us:
             since_us, first = hour * h, hour
-        elif first_full * h - since_us <= since_us - hour * h:
+        elif span(since_us, first_full * h) <= span(hour * h, since_us):
             add.append((since_us, first_full * h))
         else:
             first = hour
@@ -98,7 +105,7 @@ def plan(since_us: int, until_us: int, pruned_before_us: int) -> Plan:
         hour = end_full
         if hour * h < pruned_before_us:
             until_us = hour * h
-        elif until_us - hour * h <= (hour + 1) * h - until_us:
+        elif span(hour * h, until_us) <= span(until_us, (hour + 1) * h):
             add.append((hour * h, until_us))
         else:
             end = hour + 1

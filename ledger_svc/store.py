@@ -92,7 +92,7 @@ class LedgerStore(GroupCommit, Budgets, Retention):
                 await conn.scalar(sa.select(ledger_meta.c.value).where(ledger_meta.c.key == "pruned_before"))
                 or 0
             )
-            plan = queries.plan(window.since_us, window.until_us, pruned_before)
+            plan = queries.plan(window.since_us, window.until_us, pruned_before, self._now())
             totals = (await queries.aggregate(conn, queries.TOTAL, plan, caller)).get("", queries.Aggregate())
             breakdowns = [(dim, await queries.aggregate(conn, dim, plan, caller)) for dim in group_by]
             depth = int(

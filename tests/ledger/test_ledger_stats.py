@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from datetime import datetime
+from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
 
+from ledger_svc import stats as stats_queries
 from ledger_svc.schema import usage_hourly
 from ledger_svc.stats import Plan, plan
 from llmroute.common.v1 import common_pb2 as C
@@ -328,6 +330,60 @@ def test_plan_reads_the_shorter_side_of_partial_hours() -> None:
     assert (p.since_us, p.full_hours, p.add) == (base, (100, 103), ())
     assert p.subtract == ((base + 2 * HOUR_US + 50 * MIN, base + 3 * HOUR_US),)
     assert plan(base + 5 * MIN, base + 15 * MIN, base + HOUR_US) == Plan(base, base, None)
+
+
+def test_plan_counts_time_after_now_as_holding_no_rows() -> None:
+    base = 100 * HOUR_US
+    now = base + 2 * HOUR_US + 10 * MIN
+    # A window ending now, 10 minutes into its hour: the hour's rollup minus what follows now
+    # (nothing, or rows from a clock ahead), not 10 minutes of raw rows; the head is unchanged.
+    p = plan(base + 50 * MIN, now, 0, horizon_us=now)
+    assert p.full_hours == (101, 103)
+    assert p.add == ((base + 50 * MIN, base + HOUR_US),) and p.subtract == ((now, base + 3 * HOUR_US),)
+    # Inside one hour: 5 minutes before the window is less to read than the 10 minutes inside it.
+    p = plan(base + 5 * MIN, base + 15 * MIN, 0, horizon_us=base + 15 * MIN)
+    assert p.full_hours == (100, 101)
+    assert p.subtract == ((base, base + 5 * MIN), (base + 15 * MIN, base + HOUR_US))
+    # A window in the past is planned as without a horizon.
+    assert plan(base + 50 * MIN, base + 70 * MIN, 0, horizon_us=now) == plan(
+        base + 50 * MIN, base + 70 * MIN, 0
+    )
+
+
+async def test_a_window_ending_now_early_in_the_hour_is_exact_without_reading_the_hour_raw(
+    midday_ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The current hour's figures come from its rollup minus the rows after now, which are only
+    rows from a clock ahead of the ledger's: they are subtracted, and the answer stays exact."""
+    ledger = midday_ledger
+    ledger.clock.advance(10 * 60)  # 12:10
+    now = ledger.clock()
+    records = [
+        record("before", 1, at=now - 50 * MIN, cost=0.1, final=True, total_ms=10),  # 11:20, outside
+        record("head", 1, at=now - 20 * MIN, cost=0.01, final=True, total_ms=10),  # 11:50
+        record("early", 1, at=now - 5 * MIN, cost=0.001, final=True, total_ms=20),  # 12:05
+        record("late", 1, at=now - 1 * MIN, cost=0.0001, final=True, total_ms=30),  # 12:09
+        record("ahead", 1, at=now + 2 * MIN, cost=1.0, final=True, total_ms=40),  # a clock ahead
+    ]
+    await ingest(ledger, records)
+    reads: list[tuple[tuple[tuple[int, int], ...], int]] = []
+    raw = stats_queries._raw
+
+    async def spy(conn: Any, ranges: Any, sign: int, *rest: Any) -> None:
+        reads.append((tuple(ranges), sign))
+        await raw(conn, ranges, sign, *rest)
+
+    monkeypatch.setattr(stats_queries, "_raw", spy)
+    stats = await ledger.stub.GetStats(L.GetStatsRequest(window=L.TimeWindow(last_minutes=30)))
+    since, until = stats.window.since.ToMicroseconds(), stats.window.until.ToMicroseconds()
+    assert stats.totals.requests == 3
+    reference(records, since, until)[""].check(stats.totals)
+    noon = until // HOUR_US * HOUR_US
+    added = [r for ranges, sign in reads if sign == 1 for r in ranges]
+    subtracted = [r for ranges, sign in reads if sign == -1 for r in ranges]
+    # For the totals and each breakdown: the head's 10 minutes, not the current hour's first 10.
+    assert set(added) == {(since, noon)}
+    assert set(subtracted) == {(until, noon + HOUR_US)}
 
 
 async def test_simulated_attempts_are_their_own_line_from_rollups_and_raw_records(ledger: Ledger) -> None:
